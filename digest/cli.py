@@ -1,0 +1,504 @@
+"""The `digest` command. Each command parses options, calls one function, prints."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from digest import __version__
+from digest.collect import CollectReport, add_feed, list_feeds, remove_feed
+from digest.context import Context
+from digest.db import make_engine, upgrade
+from digest.delivery import SendReport
+from digest.errors import DigestError
+from digest.issues import Draft, draft_issue
+from digest.settings import LoadedSettings, describe, load_settings
+
+F = TypeVar("F", bound=Callable[..., Any])
+err = Console(stderr=True, highlight=False)
+out = Console(highlight=False)
+log = logging.getLogger("digest")
+
+
+class State:
+    """What the top-level options gave: the settings, and a context opened on demand."""
+
+    def __init__(self, loaded: LoadedSettings) -> None:
+        self.loaded = loaded
+        self._ctx: Context | None = None
+
+    @property
+    def ctx(self) -> Context:
+        if self._ctx is None:
+            self._ctx = Context.open(self.loaded.settings)
+        return self._ctx
+
+
+def boundary(func: F) -> F:
+    """Turn library errors into a clean message and exit status 1."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except DigestError as e:
+            message = e.message + (f"\nHint: {e.hint}" if e.hint else "")
+            raise click.ClickException(message) from e
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _interactive() -> bool:
+    return sys.stdin.isatty() and sys.stderr.isatty()
+
+
+@contextmanager
+def progress_bar(description: str, *, enabled: bool) -> Iterator[Callable[[int, int], None]]:
+    """A rich progress bar on a terminal; plain log lines (every 10 %) otherwise."""
+    if enabled:
+        with Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                      MofNCompleteColumn(), TaskProgressColumn(),
+                      TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
+                      TimeRemainingColumn(), console=err, transient=False) as progress:
+            task = progress.add_task(description, total=None, rate="")
+
+            def update(done: int, total: int) -> None:
+                elapsed = progress.tasks[0].elapsed or 0
+                rate = f"{done / elapsed:,.0f}/s" if elapsed > 0.5 else ""
+                progress.update(task, completed=done, total=total, rate=rate)
+
+            yield update
+        return
+    last = [-1]
+
+    def log_line(done: int, total: int) -> None:
+        step = done * 10 // total if total else 10
+        if step != last[0]:
+            last[0] = step
+            log.info("%s: %d of %d", description, done, total)
+
+    yield log_line
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="digest")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              help="Settings file (default: ./digest.toml, or $DIGEST_CONFIG).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override one setting for this run (repeatable).")
+@click.option("-v", "--verbose", is_flag=True, help="Log debugging detail.")
+@click.pass_context
+@boundary
+def cli(click_ctx: click.Context, config_path: str | None, overrides: tuple[str, ...],
+        verbose: bool) -> None:
+    """Turn feeds of news recaps into a weekly email digest and send it."""
+    pairs = {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--set")
+        pairs[key.strip()] = value
+    loaded = load_settings(config_path, overrides=pairs)
+    level = "DEBUG" if verbose else loaded.settings.log_level
+    logging.basicConfig(level=level, format="%(message)s", datefmt="[%X]",
+                        handlers=[RichHandler(console=err, show_path=False,
+                                              rich_tracebacks=False)], force=True)
+    for noisy in ("httpx", "httpcore", "alembic", "CSSUTILS", "cssutils", "premailer"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    click_ctx.obj = State(loaded)
+    click_ctx.call_on_close(lambda: click_ctx.obj._ctx and click_ctx.obj._ctx.close())
+
+
+def state() -> State:
+    """The State of the running command."""
+    value: State = click.get_current_context().find_object(State)  # type: ignore[assignment]
+    return value
+
+
+# --- settings and database ----------------------------------------------------------
+
+@cli.command("config")
+@click.option("--describe", "with_help", is_flag=True, help="Show each setting's help too.")
+@boundary
+def config_cmd(with_help: bool) -> None:
+    """Print the effective settings (secrets masked) and where each came from."""
+    from digest.settings import declared
+    loaded = state().loaded
+    table = Table("setting", "value", "from", *(["help"] if with_help else []))
+    helps = {info.name: info.help for info in declared()}
+    for name, value, source in describe(loaded):
+        table.add_row(name, value, source, *([helps[name]] if with_help else []))
+    out.print(table)
+    if loaded.config_path is None:
+        out.print("No digest.toml found; using defaults and DIGEST_* variables.")
+
+
+@cli.group()
+def db() -> None:
+    """Manage the database."""
+
+
+@db.command("upgrade")
+@boundary
+def db_upgrade() -> None:
+    """Apply pending migrations (done automatically on first use too)."""
+    engine = make_engine(state().loaded.settings.database_url)
+    try:
+        upgrade(engine)
+    finally:
+        engine.dispose()
+    out.print(f"Database {engine.url.render_as_string()} is up to date.")
+
+
+# --- feeds ---------------------------------------------------------------------------
+
+@cli.group()
+def feeds() -> None:
+    """Add, list and remove feeds."""
+
+
+@feeds.command("add")
+@click.argument("url")
+@click.option("--name", help="A short name shown in emails and lists.")
+@boundary
+def feeds_add(url: str, name: str | None) -> None:
+    """Add a feed by URL."""
+    feed = add_feed(state().ctx.db, url, name)
+    out.print(f"Added feed {feed.name} ({feed.url}).")
+
+
+@feeds.command("list")
+@boundary
+def feeds_list() -> None:
+    """List feeds with their last fetch, status and entry count."""
+    rows = list_feeds(state().ctx.db)
+    if not rows:
+        out.print("No feeds yet. Add one with `digest feeds add URL`.")
+        return
+    table = Table("id", "name", "url", "last fetch (UTC)", "status", "entries")
+    for f in rows:
+        status = f.last_status or "never fetched"
+        if f.last_error:
+            status += f": {f.last_error}"
+        table.add_row(str(f.id), f.name, f.url,
+                      f.last_fetched_at.strftime("%Y-%m-%d %H:%M") if f.last_fetched_at
+                      else "-", status, str(f.entry_count))
+    out.print(table)
+
+
+@feeds.command("remove")
+@click.argument("feed")
+@boundary
+def feeds_remove(feed: str) -> None:
+    """Remove a feed (by id, URL or name); its collected entries stay."""
+    removed = remove_feed(state().ctx.db, feed)
+    out.print(f"Removed feed {removed.name} ({removed.url}).")
+
+
+def print_collect(report: CollectReport) -> None:
+    """Summarize a collection, naming every failed feed and why."""
+    ok = sum(1 for f in report.feeds if f.status == "ok")
+    unchanged = sum(1 for f in report.feeds if f.status == "not_modified")
+    err.print(f"Collected {len(report.feeds)} feeds: {report.new} new entries "
+              f"({ok} read, {unchanged} unchanged, {len(report.failed)} failed).")
+    for f in report.feeds:
+        if f.status == "error":
+            err.print(f"  [red]failed[/red] {f.url}: {f.error}")
+        elif f.warning:
+            err.print(f"  [yellow]warning[/yellow] {f.url}: {f.warning}")
+
+
+def _collect_with_progress(ctx: Context) -> CollectReport:
+    from digest.collect import collect
+    with progress_bar("Fetching feeds", enabled=_interactive()) as update:
+        total = [0]
+        done = [0]
+
+        def started(n: int) -> None:
+            total[0] = n
+            update(0, n)
+
+        def fetched(_result: object) -> None:
+            done[0] += 1
+            update(done[0], total[0])
+
+        return collect(ctx.db, ctx.settings, on_start=started, on_fetched=fetched)
+
+
+@cli.command("collect")
+@boundary
+def collect_cmd() -> None:
+    """Fetch every feed and store new entries."""
+    report = _collect_with_progress(state().ctx)
+    print_collect(report)
+
+
+# --- issues --------------------------------------------------------------------------
+
+@cli.command("preview")
+@click.option("--list", "list_name", required=True, help="The list whose next issue to show.")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path),
+              default=Path("preview.html"), show_default=True, help="Where to write the HTML.")
+@click.option("--text", "text_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the plain-text part here.")
+@boundary
+def preview_cmd(list_name: str, out_path: Path, text_path: Path | None) -> None:
+    """Write the next issue as it would be sent, without sending or changing anything."""
+    ctx = state().ctx
+    draft = draft_issue(ctx, list_name)
+    if draft is None:
+        out.print(f"Nothing new for list {list_name!r}: no issue to preview.")
+        return
+    write_preview(ctx, draft, out_path, text_path)
+
+
+def write_preview(ctx: Context, draft: Draft, out_path: Path, text_path: Path | None) -> None:
+    """Write a draft's HTML (and text) with a sample recipient's values filled in."""
+    from digest.rendering import Recipient
+    sample = Recipient(ctx.url("u/preview"), ctx.url("p/preview"), "reader")
+    html, text = draft.rendered.personalize(sample)
+    out_path.write_text(html, encoding="utf-8")
+    if text_path:
+        text_path.write_text(text, encoding="utf-8")
+    out.print(f"Issue {draft.number} of {draft.list_name}: {draft.rendered.subject!r}, "
+              f"{sum(len(s.entries) for s in draft.sections)} entries in "
+              f"{len(draft.sections)} sections, HTML {draft.rendered.html_bytes / 1000:.1f} KB.")
+    out.print(f"Wrote {out_path}" + (f" and {text_path}" if text_path else "") + ".")
+    for warning in draft.rendered.warnings:
+        err.print(f"[yellow]warning:[/yellow] {warning}")
+
+
+def print_send(report: SendReport) -> None:
+    """The final summary of a send, naming failures."""
+    c = report.counts
+    err.print(f"Issue {report.number} of {report.list_name} ({report.subject!r}): "
+              f"{c['accepted']} accepted, {c['failed']} failed, {c['uncertain']} uncertain, "
+              f"{c['skipped']} skipped" + (f", {c['pending']} pending" if c["pending"] else "")
+              + f"; {report.sent_now} sent by this run.")
+    for email, reason in report.failures[:20]:
+        err.print(f"  [red]{email}[/red]: {reason}")
+    if len(report.failures) > 20:
+        err.print(f"  … and more: `digest issues show {report.issue_id}`")
+    if c["uncertain"]:
+        err.print("Uncertain messages may or may not have gone out; resend them with "
+                  "`digest send --list " + report.list_name + " --resend-uncertain`.")
+
+
+@cli.command("send")
+@click.option("--list", "list_name", required=True, help="The list to send to.")
+@click.option("--no-collect", is_flag=True, help="Do not fetch feeds first.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--resend-uncertain", is_flag=True,
+              help="Send again to recipients whose delivery is uncertain or failed.")
+@boundary
+def send_cmd(list_name: str, no_collect: bool, yes: bool, resend_uncertain: bool) -> None:
+    """Collect, build the next issue of a list and send it to its active subscribers."""
+    from digest.pipeline import run_list
+    ctx = state().ctx
+    interactive = _interactive()
+
+    def confirm(draft: Draft, audience: int) -> bool:
+        if yes or not interactive:
+            return True
+        return click.confirm(f"Send issue {draft.number} {draft.rendered.subject!r} "
+                             f"({sum(len(s.entries) for s in draft.sections)} entries) to "
+                             f"{audience} subscribers of {list_name}?", err=True)
+
+    collected: CollectReport | None = None
+    if not no_collect:
+        collected = _collect_with_progress(ctx)
+        print_collect(collected)
+    with progress_bar(f"Sending {list_name}", enabled=interactive) as update:
+        result = run_list(ctx, list_name, collect_first=False, on_progress=update,
+                          resend_uncertain=resend_uncertain, confirm=confirm)
+    for warning in result.warnings:
+        err.print(f"[yellow]warning:[/yellow] {warning}")
+    if result.declined:
+        err.print("Not sent.")
+        return
+    if result.send is None:
+        err.print(f"Nothing new for list {list_name!r} since its last issue; nothing sent.")
+        return
+    if result.resumed:
+        err.print(f"Resumed issue {result.send.number}, whose send had been interrupted.")
+    print_send(result.send)
+    if not result.send.ok:
+        sys.exit(1)
+
+
+@cli.group("issues")
+def issues_group() -> None:
+    """Look at issues that were sent."""
+
+
+@issues_group.command("list")
+@click.option("--list", "list_name", help="Only this list.")
+@boundary
+def issues_list(list_name: str | None) -> None:
+    """List issues with their delivery counts."""
+    from digest.reports import issue_rows
+    table = Table("id", "list", "no.", "subject", "status", "created (UTC)", "accepted",
+                  "failed", "uncertain")
+    for row in issue_rows(state().ctx, list_name):
+        table.add_row(*row)
+    out.print(table)
+
+
+@issues_group.command("show")
+@click.argument("issue_id", type=int)
+@boundary
+def issues_show(issue_id: int) -> None:
+    """Show one issue: sections, delivery counts and failures."""
+    from digest.reports import describe_issue
+    for line in describe_issue(state().ctx, issue_id):
+        out.print(line, markup=False)
+
+
+# --- lists and subscribers -------------------------------------------------------------
+
+@cli.group("lists")
+def lists_group() -> None:
+    """Create and look at mailing lists."""
+
+
+@lists_group.command("create")
+@click.argument("name")
+@click.option("--title", help="The title shown in emails (default: from the name).")
+@boundary
+def lists_create(name: str, title: str | None) -> None:
+    """Create a list."""
+    from subscribers.lists import create_list
+    created = create_list(state().ctx.db, name, title)
+    out.print(f"Created list {created.name} ({created.title}).")
+
+
+@lists_group.command("list")
+@boundary
+def lists_list() -> None:
+    """List the lists with subscriber counts by status."""
+    from subscribers.lists import summarize_lists
+    from subscribers.models import STATUSES
+    table = Table("name", "title", *STATUSES)
+    for summary in summarize_lists(state().ctx.db):
+        table.add_row(summary.name, summary.title, *(str(summary.counts[s]) for s in STATUSES))
+    out.print(table)
+
+
+@lists_group.command("delete")
+@click.argument("name")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@boundary
+def lists_delete(name: str, yes: bool) -> None:
+    """Delete a list with its subscriptions and issues."""
+    from subscribers.lists import delete_list
+    if not yes and _interactive():
+        click.confirm(f"Delete list {name} with its subscriptions and issues?", abort=True,
+                      err=True)
+    delete_list(state().ctx.db, name)
+    out.print(f"Deleted list {name}.")
+
+
+@cli.group("subscribers")
+def subscribers_group() -> None:
+    """Add, list and remove subscribers."""
+
+
+@subscribers_group.command("add")
+@click.argument("email")
+@click.option("--list", "list_name", required=True)
+@click.option("--name", default="", help="The subscriber's name, for the greeting.")
+@click.option("--keywords", default="", help="Only these sections (;-separated).")
+@boundary
+def subscribers_add(email: str, list_name: str, name: str, keywords: str) -> None:
+    """Subscribe an address to a list (active at once)."""
+    from subscribers.subscriptions import add_subscriber
+    wanted = [k.strip() for k in keywords.split(";") if k.strip()]
+    result = add_subscriber(state().ctx.db, list_name, email, name=name, keywords=wanted)
+    messages = {
+        "added": f"Subscribed {result.email} to {list_name}.",
+        "updated": f"Updated {result.email} on {list_name}.",
+        "unchanged": f"{result.email} is already subscribed to {list_name}.",
+        "suppressed": f"{result.email} left {list_name} or is suppressed; not re-subscribed.",
+    }
+    out.print(messages[result.outcome])
+    if result.outcome == "suppressed":
+        sys.exit(1)
+
+
+@subscribers_group.command("list")
+@click.option("--list", "list_name", required=True)
+@click.option("--status", help="Only this status (active, unsubscribed, …).")
+@boundary
+def subscribers_list(list_name: str, status: str | None) -> None:
+    """List a list's subscribers."""
+    from subscribers.subscriptions import list_subscriptions
+    rows = list_subscriptions(state().ctx.db, list_name, status)
+    table = Table("email", "name", "status", "keywords", "since (UTC)")
+    for r in rows:
+        table.add_row(r.email, r.name, r.status, "; ".join(r.keywords) or "all",
+                      r.created_at.strftime("%Y-%m-%d"))
+    out.print(table)
+    out.print(f"{len(rows)} subscribers.")
+
+
+@subscribers_group.command("remove")
+@click.argument("email")
+@click.option("--list", "list_name", required=True)
+@boundary
+def subscribers_remove(email: str, list_name: str) -> None:
+    """Unsubscribe an address (kept as unsubscribed, so no import revives it)."""
+    from subscribers.subscriptions import remove_subscriber
+    changed = remove_subscriber(state().ctx.db, list_name, email)
+    out.print(f"Unsubscribed {email} from {list_name}." if changed
+              else f"{email} was already unsubscribed from {list_name}.")
+
+
+@subscribers_group.command("forget")
+@click.argument("email")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@boundary
+def subscribers_forget(email: str, yes: bool) -> None:
+    """Erase a person's data; only a hash stays, so they are never mailed again."""
+    from subscribers.subscriptions import forget_subscriber
+    if not yes and _interactive():
+        click.confirm(f"Erase {email} from every list?", abort=True, err=True)
+    existed = forget_subscriber(state().ctx.db, email)
+    out.print(f"Forgot {email}." if existed else
+              f"{email} was not known; it is now suppressed all the same.")
+
+
+# --- demo ------------------------------------------------------------------------------
+
+@cli.command("demo")
+@click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("."), show_default=True, help="Where to write demo.db, outbox/, "
+              "preview.html.")
+@boundary
+def demo_cmd(directory: Path) -> None:
+    """Run the whole job offline on bundled sample feeds, into a fresh SQLite file."""
+    from digest.demo import run_demo
+    run_demo(directory, console=err, interactive=_interactive(), progress=progress_bar)
+
+
+def main() -> None:
+    """Entry point of the console script."""
+    cli(prog_name="digest")

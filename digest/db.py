@@ -1,0 +1,167 @@
+"""The database: engine, sessions, migrations and column types shared by every package."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from sqlalchemy import DateTime, Engine, String, create_engine, event, select
+from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.types import TypeDecorator
+
+from digest.errors import ConfigError, DigestError
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware, in UTC."""
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp stored as naive UTC and always read back timezone-aware.
+
+    SQLite keeps no zone; storing UTC everywhere makes both databases agree.
+    """
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every table in the project."""
+
+
+class MetaValue(Base):
+    """Instance-wide values kept in the database (the generated secret key)."""
+
+    __tablename__ = "meta_values"
+    key: Mapped[str] = mapped_column(String(100), primary_key=True)
+    value: Mapped[str] = mapped_column(String(500))
+
+
+def load_all_models() -> None:
+    """Import every module that defines tables, so the metadata is complete."""
+    import digest.models
+    import schedules.models
+    import subscribers.models  # noqa: F401
+
+
+@dataclass
+class Database:
+    """An engine plus a session factory for one database URL."""
+
+    url: str
+    engine: Engine
+    sessions: sessionmaker[Session]
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session that commits on success and rolls back on error."""
+        with self.sessions() as session:
+            try:
+                yield session
+                session.commit()
+            except BaseException:
+                session.rollback()
+                raise
+
+    def dispose(self) -> None:
+        """Close every pooled connection."""
+        self.engine.dispose()
+
+    @property
+    def is_postgres(self) -> bool:
+        """Whether the database is PostgreSQL (row locks, advisory locks)."""
+        return self.engine.dialect.name == "postgresql"
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # WAL lets the web app read while a send writes; the busy timeout makes a second
+    # process wait for a lock instead of failing at once.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def make_engine(url: str) -> Engine:
+    """Create an engine for a database URL, with the pragmas SQLite needs."""
+    try:
+        if url.startswith("postgresql://"):
+            url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+        engine = create_engine(url, future=True, pool_pre_ping=True)
+    except (ArgumentError, ImportError) as e:
+        raise ConfigError(f"cannot use database URL: {e}", key="database_url") from e
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def alembic_config(engine: Engine) -> AlembicConfig:
+    """An Alembic configuration that runs our migrations on this engine."""
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.attributes["engine"] = engine
+    return cfg
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Apply migrations up to ``revision``."""
+    with engine.begin() as connection:
+        cfg = alembic_config(engine)
+        cfg.attributes["connection"] = connection
+        command.upgrade(cfg, revision)
+
+
+def open_database(url: str, *, migrate: bool = True) -> Database:
+    """Open a database, applying any pending migrations first (first use creates it)."""
+    engine = make_engine(url)
+    try:
+        if migrate:
+            upgrade(engine)
+    except OperationalError as e:
+        engine.dispose()
+        raise DigestError(f"cannot open database {engine.url.render_as_string()}: {e.orig}",
+                          hint="check database_url") from e
+    load_all_models()
+    return Database(url, engine, sessionmaker(engine, expire_on_commit=False))
+
+
+def instance_secret(db: Database) -> str:
+    """Return this instance's generated secret key, making it on first use."""
+    with db.session() as session:
+        found = session.scalar(select(MetaValue.value).where(MetaValue.key == "secret_key"))
+        if found:
+            return found
+    candidate = secrets.token_urlsafe(48)
+    try:
+        with db.session() as session:
+            session.add(MetaValue(key="secret_key", value=candidate))
+    except IntegrityError:
+        pass  # another process made one first; use theirs
+    with db.session() as session:
+        return session.scalars(select(MetaValue.value)
+                               .where(MetaValue.key == "secret_key")).one()

@@ -1,0 +1,160 @@
+"""Parse a fetched feed into normalized entries. Pure: bytes in, values out."""
+
+from __future__ import annotations
+
+import calendar
+import hashlib
+import io
+import re
+import unicodedata
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
+
+import feedparser
+
+from digest.errors import FeedError
+from digest.sanitize import html_to_text, summarize
+
+TRACKING_PARAMS = ("utm_", "fbclid", "gclid", "mc_cid", "mc_eid")
+_NON_WORD = re.compile(r"[\W_]+", re.UNICODE)
+
+
+@dataclass(frozen=True)
+class FeedEntry:
+    """One entry of a feed, normalized and safe to show."""
+
+    guid: str | None
+    link: str | None
+    title: str
+    summary_html: str
+    author: str | None
+    keywords: tuple[str, ...]
+    published_at: datetime | None
+
+    def dedupe_keys(self) -> list[str]:
+        """Keys that identify this recap across feeds: guid, canonical link, title."""
+        keys = []
+        if self.guid:
+            keys.append("guid:" + self.guid)
+        if self.link:
+            keys.append("link:" + canonical_link(self.link))
+        title = title_key(self.title)
+        if title:
+            keys.append("title:" + title)
+        return [hashlib.sha256(k.encode()).hexdigest() for k in keys]
+
+
+@dataclass(frozen=True)
+class ParsedFeed:
+    """What a feed held: its title, its entries, and a warning if it was malformed."""
+
+    title: str | None
+    entries: list[FeedEntry]
+    warning: str | None = None
+
+
+def canonical_link(url: str) -> str:
+    """The form of a link used to spot the same recap: no fragment, no tracking parameters."""
+    parts = urlsplit(url.strip())
+    host = (parts.hostname or "").lower()
+    port = parts.port
+    if port and not ((parts.scheme == "http" and port == 80) or
+                     (parts.scheme == "https" and port == 443)):
+        host = f"{host}:{port}"
+    path = parts.path or "/"
+    if len(path) > 1:
+        path = path.rstrip("/")
+    query = sorted((k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
+                   if not k.lower().startswith(TRACKING_PARAMS))
+    return urlunsplit((parts.scheme.lower(), host, path, urlencode(query), ""))
+
+
+def title_key(title: str) -> str:
+    """A title reduced for comparison: case, accents' forms, punctuation and spacing folded."""
+    folded = unicodedata.normalize("NFKC", title).casefold()
+    return " ".join(_NON_WORD.sub(" ", folded).split())
+
+
+def _absolute_http(link: str | None, base: str) -> str | None:
+    if not link:
+        return None
+    absolute = urljoin(base, link.strip())
+    return absolute if urlsplit(absolute).scheme in {"http", "https"} else None
+
+
+def _time(entry: Any) -> datetime | None:
+    for key in ("published_parsed", "updated_parsed", "created_parsed"):
+        value = entry.get(key)
+        if value:
+            try:
+                return datetime.fromtimestamp(calendar.timegm(value), UTC)
+            except (OverflowError, ValueError, TypeError):
+                continue
+    return None
+
+
+def _keywords(entry: Any) -> tuple[str, ...]:
+    seen: dict[str, str] = {}
+    for tag in entry.get("tags") or []:
+        term = tag.get("term") or tag.get("label") or ""
+        for part in str(term).split(","):
+            display = " ".join(html_to_text(part).split())
+            if display and display.casefold() not in seen:
+                seen[display.casefold()] = display[:100]
+    return tuple(seen.values())
+
+
+def _summary(entry: Any) -> str:
+    contents = entry.get("content") or []
+    for content in contents:
+        if content.get("value"):
+            return str(content["value"])
+    return str(entry.get("summary") or entry.get("description") or "")
+
+
+def normalize_entry(entry: Any, *, base: str, summary_max_chars: int) -> FeedEntry | None:
+    """Turn one feedparser entry into a :class:`FeedEntry`; None if it has nothing to show."""
+    link = _absolute_http(entry.get("link"), base)
+    title = " ".join(html_to_text(str(entry.get("title") or "")).split())[:500]
+    summary = summarize(_summary(entry), summary_max_chars, base_url=link or base)
+    if not title:
+        title = html_to_text(summary)[:80]
+    if not title and not link:
+        return None
+    guid = str(entry.get("id") or "").strip()[:2000] or None
+    author = " ".join(html_to_text(str(entry.get("author") or "")).split())[:300] or None
+    return FeedEntry(guid=guid, link=link, title=title or "(untitled)", summary_html=summary,
+                     author=author, keywords=_keywords(entry), published_at=_time(entry))
+
+
+def parse_feed(body: bytes, *, url: str, headers: Mapping[str, str] | None = None,
+               summary_max_chars: int = 600) -> ParsedFeed:
+    """Parse feed bytes; raise :class:`FeedError` when they hold no feed at all.
+
+    Bytes go in through BytesIO: a string could be taken for a file path or URL.
+    """
+    response_headers = {k.lower(): v for k, v in (headers or {}).items()}
+    response_headers.setdefault("content-location", url)
+    parsed = feedparser.parse(io.BytesIO(body), response_headers=response_headers,
+                              sanitize_html=False, resolve_relative_uris=False)
+    problem = parsed.get("bozo_exception") if parsed.get("bozo") else None
+    if not parsed.entries and not parsed.get("version"):
+        reason = f"not a feed ({problem})" if problem else "not a feed"
+        raise FeedError(url, reason)
+    entries = []
+    seen: set[str] = set()
+    for raw in parsed.entries:
+        entry = normalize_entry(raw, base=url, summary_max_chars=summary_max_chars)
+        if entry is None:
+            continue
+        keys = entry.dedupe_keys()
+        if seen.intersection(keys):
+            continue  # the same recap twice in one feed
+        seen.update(keys)
+        entries.append(entry)
+    title = html_to_text(str(parsed.feed.get("title") or "")) or None
+    warning = f"malformed feed, kept {len(entries)} entries: {problem}" if problem else None
+    return ParsedFeed(title=title, entries=entries, warning=warning)

@@ -1,0 +1,70 @@
+"""The whole job for one list: collect, build the issue, deliver it.
+
+`digest send` and the scheduled job both call :func:`run_list`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from digest.collect import CollectReport, collect
+from digest.context import Context
+from digest.db import utcnow
+from digest.delivery import ProgressCallback, SendReport, deliver
+from digest.issues import Draft, audience_size, draft_issue, record_issue, unfinished_issue
+from digest.transports import Transport, make_transport
+from subscribers.lists import get_list
+
+
+@dataclass
+class RunResult:
+    """What one run for a list did."""
+
+    list_name: str
+    collected: CollectReport | None
+    send: SendReport | None
+    resumed: bool = False
+    declined: bool = False
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def nothing_new(self) -> bool:
+        """True when there was no issue to send."""
+        return self.send is None and not self.declined
+
+
+def run_list(ctx: Context, list_name: str, *, collect_first: bool = True,
+             transport: Transport | None = None, now: datetime | None = None,
+             resend_uncertain: bool = False, sandbox: bool = False,
+             on_collect_start: Callable[[int], None] | None = None,
+             on_fetched: Callable[..., None] | None = None,
+             on_progress: ProgressCallback | None = None,
+             should_stop: Callable[[], bool] | None = None,
+             confirm: Callable[[Draft, int], bool] | None = None) -> RunResult:
+    """Collect (unless told not to), then finish an interrupted issue or send a new one."""
+    now = now or utcnow()
+    with ctx.db.session() as session:
+        list_id = get_list(session, list_name).id
+        pending = unfinished_issue(session, list_id)
+        pending_id = pending.id if pending else None
+    transport = transport or make_transport(ctx.settings)
+    if pending_id is not None:
+        # An issue whose send was interrupted goes out first, as it was built.
+        report = deliver(ctx, pending_id, transport, resend_uncertain=resend_uncertain,
+                         sandbox=sandbox, on_progress=on_progress, should_stop=should_stop)
+        return RunResult(list_name, None, report, resumed=True)
+    collected = None
+    if collect_first:
+        collected = collect(ctx.db, ctx.settings, now=now, on_start=on_collect_start,
+                            on_fetched=on_fetched)
+    draft = draft_issue(ctx, list_name, now=now)
+    if draft is None:
+        return RunResult(list_name, collected, None)
+    if confirm is not None and not confirm(draft, audience_size(ctx, draft.list_id)):
+        return RunResult(list_name, collected, None, declined=True)
+    issue_id = record_issue(ctx, draft, now=now)
+    report = deliver(ctx, issue_id, transport, sandbox=sandbox, on_progress=on_progress,
+                     should_stop=should_stop)
+    return RunResult(list_name, collected, report, warnings=draft.rendered.warnings)

@@ -1,0 +1,57 @@
+"""Read-only views of issues and their deliveries, for the CLI and the web app."""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select
+
+from digest.context import Context
+from digest.delivery import counts, failures
+from digest.issues import get_issue
+from digest.models import Delivery, Issue
+from subscribers.lists import get_list
+from subscribers.models import MailingList
+
+
+def issue_rows(ctx: Context, list_name: str | None = None) -> list[tuple[str, ...]]:
+    """One row per issue, newest first, with delivery counts."""
+    with ctx.db.session() as session:
+        query = (select(Issue, MailingList.name).join(MailingList,
+                                                      MailingList.id == Issue.list_id)
+                 .order_by(Issue.id.desc()))
+        if list_name:
+            query = query.where(Issue.list_id == get_list(session, list_name).id)
+        issues = session.execute(query).tuples().all()
+        tallies: dict[int, dict[str, int]] = {}
+        for issue_id, status, n in session.execute(
+                select(Delivery.issue_id, Delivery.status, func.count())
+                .group_by(Delivery.issue_id, Delivery.status)).tuples():
+            tallies.setdefault(issue_id, {})[status] = n
+    rows = []
+    for issue, name in issues:
+        t = tallies.get(issue.id, {})
+        rows.append((str(issue.id), name, str(issue.number), issue.subject, issue.status,
+                     issue.created_at.strftime("%Y-%m-%d %H:%M"), str(t.get("accepted", 0)),
+                     str(t.get("failed", 0)), str(t.get("uncertain", 0))))
+    return rows
+
+
+def describe_issue(ctx: Context, issue_id: int) -> list[str]:
+    """Lines describing one issue: what it held and how its delivery went."""
+    with ctx.db.session() as session:
+        issue, mailing_list = get_issue(session, issue_id)
+    tally = counts(ctx, issue_id)
+    lines = [
+        f"Issue {issue.id}: {mailing_list.name} no. {issue.number}",
+        f"Subject: {issue.subject}",
+        f"Status: {issue.status}; created {issue.created_at:%Y-%m-%d %H:%M} UTC"
+        + (f"; sent {issue.sent_at:%Y-%m-%d %H:%M} UTC" if issue.sent_at else ""),
+        f"Window: {issue.window_start:%Y-%m-%d %H:%M} to {issue.window_end:%Y-%m-%d %H:%M} UTC",
+        "Sections: " + ", ".join(f"{s['title']} ({s['count']})" for s in issue.sections),
+        "Deliveries: " + ", ".join(f"{k} {v}" for k, v in sorted(tally.items()))
+        + f" (total {sum(tally.values())})",
+    ]
+    problems = failures(ctx, issue_id)
+    if problems:
+        lines.append("Failed or uncertain:")
+        lines.extend(f"  {email}: {reason}" for email, reason in problems)
+    return lines

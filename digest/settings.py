@@ -1,0 +1,307 @@
+"""Settings, declared once as data and read in layers.
+
+Each setting is a field of :class:`Settings` with its type, default and help text.
+The layers, later ones winning: defaults → ``digest.toml`` → ``DIGEST_<KEY>``
+environment variables → command-line overrides. The result is passed around
+explicitly; there is no module-level configuration.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from digest.errors import ConfigError
+
+ENV_PREFIX = "DIGEST_"
+DEFAULT_CONFIG_NAME = "digest.toml"
+MASK = "********"
+
+
+def setting(default: Any, help: str, *, secret: bool = False, env: tuple[str, ...] = (),
+            choices: tuple[str, ...] = ()) -> Any:
+    """Declare one setting: its default, help text, and whether it is a secret."""
+    meta = {"help": help, "secret": secret, "env": env, "choices": choices}
+    if isinstance(default, list | dict):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The effective settings of one run of the tool."""
+
+    # Storage
+    database_url: str = setting(
+        "sqlite:///digest.db",
+        "SQLAlchemy URL of the database (sqlite:///file.db or postgresql+psycopg://…).")
+
+    # Identity of the newsletter
+    base_url: str = setting(
+        "http://localhost:8000",
+        "Public URL of `digest serve`; links in emails (unsubscribe, view in browser) start here.")
+    from_email: str = setting("digest@example.com", "Sender address of every email.")
+    from_name: str = setting("Recap Digest", "Sender name shown in the From header and footer.")
+    reply_to: str = setting("", "Reply-To address; empty for none.")
+    postal_address: str = setting(
+        "Recap Digest · 1 Example Street · Example City",
+        "Sender's postal address line, shown in every email's footer (CAN-SPAM).")
+    secret_key: str = setting(
+        "",
+        "Key that signs unsubscribe and confirmation tokens. Empty: a random key is made "
+        "once and kept in the database.", secret=True)
+    old_secret_keys: list[str] = setting(
+        [], "Earlier secret keys, still accepted when checking tokens (key rotation).",
+        secret=True)
+
+    # Collecting
+    fetch_timeout: float = setting(20.0, "Seconds a whole feed fetch may take.")
+    fetch_max_bytes: int = setting(10_000_000, "Largest feed body accepted, in bytes.")
+    fetch_max_redirects: int = setting(5, "Most redirects followed for one feed.")
+    fetch_concurrency: int = setting(10, "Feeds fetched at the same time.")
+    summary_max_chars: int = setting(
+        600, "Longest entry summary, in characters of text; longer ones are cut at a word.")
+
+    # Grouping
+    keyword_order: list[str] = setting(
+        [], "Sections that come first, in this order; an entry goes to its first keyword here.")
+    keyword_aliases: dict[str, str] = setting(
+        {}, "Keyword → the keyword it stands for (e.g. Türkiye = \"Turkey\").")
+    keyword_rules: dict[str, list[str]] = setting(
+        {}, "Keyword → words that put an untagged entry under it when found in its title or "
+        "summary.")
+    untagged_section: str = setting("More recaps", "Title of the last section, for untagged "
+                                    "entries.")
+
+    # Issues
+    lookback_days: int = setting(
+        7, "An issue holds entries dated within this many days that no earlier issue held.")
+    subject_template: str = setting(
+        "{list_title}: {top_sections}",
+        "Subject of an issue; {list_title}, {date}, {count} and {top_sections} are filled in.")
+    html_size_warning: int = setting(
+        100_000, "Warn when an issue's HTML passes this many bytes (Gmail clips near 102 KB).")
+
+    # Delivery
+    transport: str = setting("outbox", "How email leaves: outbox, smtp, sendgrid or locmem.",
+                             choices=("outbox", "smtp", "sendgrid", "locmem"))
+    outbox_dir: str = setting("outbox", "Folder the outbox transport writes .eml files into.")
+    batch_size: int = setting(500, "Recipients handed to the transport at once (at most 1000).")
+    smtp_host: str = setting("localhost", "SMTP server host.")
+    smtp_port: int = setting(25, "SMTP server port.")
+    smtp_security: str = setting("none", "SMTP connection security: none, starttls or tls.",
+                                 choices=("none", "starttls", "tls"))
+    smtp_username: str = setting("", "SMTP login name; empty for no login.")
+    smtp_password: str = setting("", "SMTP password.", secret=True)
+    smtp_rate: float = setting(0.0, "Most SMTP messages per second; 0 for no limit.")
+    sendgrid_api_key: str = setting("", "SendGrid API key.", secret=True,
+                                    env=("SENDGRID_API_KEY",))
+    sendgrid_host: str = setting("https://api.sendgrid.com", "SendGrid API host.")
+    sendgrid_timeout: float = setting(30.0, "Seconds one SendGrid request may take.")
+
+    log_level: str = setting("INFO", "Logging level: DEBUG, INFO, WARNING or ERROR.",
+                             choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+
+    def replace(self, **changes: Any) -> Settings:
+        """Return a copy with some settings changed (values are not re-validated)."""
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class SettingInfo:
+    """One declared setting, as documentation and for `digest config`."""
+
+    name: str
+    type: Any
+    default: Any
+    help: str
+    secret: bool
+    env_names: tuple[str, ...]
+    choices: tuple[str, ...]
+
+    @property
+    def type_name(self) -> str:
+        """The type as a reader would write it."""
+        return str(self.type).replace("typing.", "") if not isinstance(self.type, type) \
+            else self.type.__name__
+
+
+def declared() -> list[SettingInfo]:
+    """Every declared setting, in declaration order."""
+    hints = typing.get_type_hints(Settings)
+    infos = []
+    for f in dataclasses.fields(Settings):
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        else:
+            default = f.default_factory()  # type: ignore[misc]
+        infos.append(SettingInfo(
+            name=f.name, type=hints[f.name], default=default, help=f.metadata["help"],
+            secret=f.metadata["secret"],
+            env_names=(ENV_PREFIX + f.name.upper(), *f.metadata["env"]),
+            choices=f.metadata["choices"]))
+    return infos
+
+
+@dataclass(frozen=True)
+class LoadedSettings:
+    """Settings together with where each value came from."""
+
+    settings: Settings
+    sources: Mapping[str, str]
+    config_path: Path | None
+
+
+def _coerce(info: SettingInfo, value: Any, source: str, *, from_text: bool) -> Any:
+    """Check (and, for text from the environment or a flag, convert) one value."""
+    expected = info.type
+    origin = typing.get_origin(expected)
+    try:
+        if expected is bool:
+            if from_text and isinstance(value, str):
+                lowered = value.strip().lower()
+                if lowered in {"1", "true", "yes", "on"}:
+                    return True
+                if lowered in {"0", "false", "no", "off", ""}:
+                    return False
+                raise ValueError
+            if not isinstance(value, bool):
+                raise ValueError
+            return value
+        if expected is int:
+            if from_text and isinstance(value, str):
+                return int(value.strip().replace("_", ""))
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError
+            return value
+        if expected is float:
+            if from_text and isinstance(value, str):
+                return float(value.strip())
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError
+            return float(value)
+        if expected is str:
+            if not isinstance(value, str):
+                raise ValueError
+            if info.choices and value not in info.choices:
+                raise ConfigError(
+                    f"{value!r} is not one of {', '.join(info.choices)}",
+                    key=info.name, source=source)
+            return value
+        if origin is list:
+            if from_text and isinstance(value, str):
+                return [part.strip() for part in value.split(",") if part.strip()]
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ValueError
+            return list(value)
+        if origin is dict:
+            if from_text:
+                raise ConfigError("this setting is a table; set it in digest.toml",
+                                  key=info.name, source=source)
+            value_type = typing.get_args(expected)[1]
+            if not isinstance(value, dict):
+                raise ValueError
+            out: dict[str, Any] = {}
+            for k, v in value.items():
+                if value_type is str and not isinstance(v, str):
+                    raise ValueError
+                if typing.get_origin(value_type) is list:
+                    if isinstance(v, str):
+                        v = [v]
+                    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+                        raise ValueError
+                out[str(k)] = v
+            return out
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"expected {info.type_name}, got {value!r}", key=info.name,
+                          source=source) from e
+    raise AssertionError(f"unsupported setting type {expected!r}")  # pragma: no cover
+
+
+def find_config_file(explicit: str | Path | None, env: Mapping[str, str],
+                     cwd: Path | None = None) -> Path | None:
+    """Return the config file to read: --config, then DIGEST_CONFIG, then ./digest.toml."""
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        return path
+    from_env = env.get(ENV_PREFIX + "CONFIG")
+    if from_env:
+        path = Path(from_env)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist", key="DIGEST_CONFIG",
+                              source="environment")
+        return path
+    candidate = (cwd or Path.cwd()) / DEFAULT_CONFIG_NAME
+    return candidate if candidate.is_file() else None
+
+
+def load_settings(config: str | Path | None = None, *, env: Mapping[str, str] | None = None,
+                  overrides: Mapping[str, Any] | None = None,
+                  cwd: Path | None = None) -> LoadedSettings:
+    """Read the settings in layers: defaults, config file, environment, overrides."""
+    env = os.environ if env is None else env
+    infos = {info.name: info for info in declared()}
+    values: dict[str, Any] = {name: info.default for name, info in infos.items()}
+    sources = {name: "default" for name in infos}
+
+    path = find_config_file(config, env, cwd)
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"not valid TOML: {e}", source=str(path)) from e
+        except UnicodeDecodeError as e:
+            raise ConfigError("not UTF-8 text", source=str(path)) from e
+        for key, value in data.items():
+            info = infos.get(key)
+            if info is None:
+                close = [n for n in infos if n.startswith(key[:4])]
+                raise ConfigError(
+                    "unknown setting", key=key, source=str(path),
+                    hint=f"did you mean {close[0]!r}?" if close else
+                    "`digest config --help-settings` lists every setting")
+            values[key] = _coerce(info, value, str(path), from_text=False)
+            sources[key] = str(path)
+
+    for info in infos.values():
+        for env_name in info.env_names:
+            if env_name in env:
+                values[info.name] = _coerce(info, env[env_name], f"environment {env_name}",
+                                            from_text=True)
+                sources[info.name] = f"env {env_name}"
+                break
+
+    for key, value in (overrides or {}).items():
+        info = infos.get(key)
+        if info is None:
+            raise ConfigError("unknown setting", key=key, source="command line")
+        values[key] = _coerce(info, value, "command line", from_text=isinstance(value, str))
+        sources[key] = "command line"
+
+    if not 1 <= values["batch_size"] <= 1000:
+        raise ConfigError("must be between 1 and 1000", key="batch_size",
+                          source=sources["batch_size"])
+    return LoadedSettings(Settings(**values), sources, path)
+
+
+def describe(loaded: LoadedSettings) -> list[tuple[str, str, str]]:
+    """Return (name, value, source) rows with secrets masked, for `digest config`."""
+    rows = []
+    for info in declared():
+        value = getattr(loaded.settings, info.name)
+        if info.secret and value:
+            shown = MASK
+        elif isinstance(value, list | dict):
+            shown = repr(value)
+        else:
+            shown = str(value)
+        rows.append((info.name, shown, loaded.sources[info.name]))
+    return rows

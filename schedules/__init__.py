@@ -1,0 +1,1 @@
+"""Time: schedules, the scheduler daemon and run claims."""

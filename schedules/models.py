@@ -1,0 +1,1 @@
+"""Tables of schedules (filled in by the schedules issue)."""

@@ -1,0 +1,1 @@
+"""The audience: subscribers, lists, subscriptions, tokens and suppression."""

@@ -1,0 +1,153 @@
+"""Subscribers on lists: add, remove, forget, and the audience of an issue."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from digest.db import Database, utcnow
+from digest.errors import InvalidInputError, NotFoundError
+from subscribers.addresses import address_hash, address_key, normalize_address
+from subscribers.lists import get_list
+from subscribers.models import Subscriber, Subscription, Suppression
+
+RECEIVING = "active"
+LEFT = ("unsubscribed", "bounced", "complained")
+
+
+@dataclass(frozen=True)
+class SubscriptionView:
+    """A subscription as the CLI shows it."""
+
+    email: str
+    name: str
+    list_name: str
+    status: str
+    keywords: list[str]
+    source: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class AddResult:
+    """What adding an address did: added, updated, unchanged, or refused (suppressed/left)."""
+
+    outcome: str
+    subscription_id: int | None
+    email: str
+
+
+def find_subscriber(session: Session, email: str) -> Subscriber | None:
+    """A subscriber by address, compared case-insensitively."""
+    return session.scalars(select(Subscriber)
+                           .where(Subscriber.email_key == address_key(email))).first()
+
+
+def is_suppressed(session: Session, email: str) -> bool:
+    """Whether an address is on the suppression list (forgotten, bounced, complained)."""
+    return session.get(Suppression, address_hash(email)) is not None
+
+
+def subscribe(session: Session, list_id: int, email: str, *, name: str = "",
+              keywords: Sequence[str] = (), source: str = "cli", status: str = RECEIVING,
+              now: datetime | None = None) -> AddResult:
+    """Subscribe one (already normalized) address; never revive one that left or is suppressed."""
+    now = now or utcnow()
+    if is_suppressed(session, email):
+        return AddResult("suppressed", None, email)
+    person = find_subscriber(session, email)
+    if person is None:
+        person = Subscriber(email=email, email_key=address_key(email), name=name,
+                            created_at=now)
+        session.add(person)
+        session.flush()
+    elif name and person.name != name:
+        person.name = name
+    existing = session.scalars(select(Subscription).where(
+        Subscription.subscriber_id == person.id, Subscription.list_id == list_id)).first()
+    if existing is None:
+        sub = Subscription(subscriber_id=person.id, list_id=list_id, status=status,
+                           source=source, keywords=list(keywords), created_at=now,
+                           updated_at=now, confirmed_at=now if status == RECEIVING else None)
+        session.add(sub)
+        session.flush()
+        return AddResult("added", sub.id, person.email)
+    if existing.status in LEFT:
+        return AddResult("suppressed", existing.id, person.email)
+    changed = False
+    if keywords and list(keywords) != existing.keywords:
+        existing.keywords = list(keywords)
+        changed = True
+    if changed:
+        existing.updated_at = now
+    return AddResult("updated" if changed else "unchanged", existing.id, person.email)
+
+
+def add_subscriber(db: Database, list_name: str, email: str, *, name: str = "",
+                   keywords: Sequence[str] = (), source: str = "cli") -> AddResult:
+    """Validate an address and subscribe it to a list."""
+    display = normalize_address(email)
+    try:
+        with db.session() as session:
+            mailing_list = get_list(session, list_name)
+            return subscribe(session, mailing_list.id, display, name=name.strip(),
+                             keywords=keywords, source=source)
+    except IntegrityError as e:  # the same address added at the same moment elsewhere
+        raise InvalidInputError(f"{display} was added concurrently; try again") from e
+
+
+def unsubscribe(session: Session, subscription: Subscription, *, status: str = "unsubscribed",
+                now: datetime | None = None) -> bool:
+    """Mark a subscription as left; True if it changed. It is kept, so nothing revives it."""
+    if subscription.status == status:
+        return False
+    subscription.status = status
+    subscription.unsubscribed_at = subscription.updated_at = now or utcnow()
+    return True
+
+
+def remove_subscriber(db: Database, list_name: str, email: str) -> bool:
+    """Unsubscribe an address from a list; True if it was subscribed."""
+    with db.session() as session:
+        mailing_list = get_list(session, list_name)
+        person = find_subscriber(session, email)
+        sub = None if person is None else session.scalars(select(Subscription).where(
+            Subscription.subscriber_id == person.id,
+            Subscription.list_id == mailing_list.id)).first()
+        if sub is None:
+            raise NotFoundError(f"{email} is not on list {list_name!r}")
+        return unsubscribe(session, sub)
+
+
+def forget_subscriber(db: Database, email: str) -> bool:
+    """Erase a person everywhere, keeping only a hashed suppression entry."""
+    with db.session() as session:
+        person = find_subscriber(session, email)
+        if session.get(Suppression, address_hash(email)) is None:
+            session.add(Suppression(email_hash=address_hash(email), reason="forgotten"))
+        if person is None:
+            return False
+        session.execute(delete(Subscription).where(Subscription.subscriber_id == person.id))
+        session.delete(person)
+        return True
+
+
+def list_subscriptions(db: Database, list_name: str,
+                       status: str | None = None) -> list[SubscriptionView]:
+    """The subscriptions of a list, oldest first, optionally of one status."""
+    with db.session() as session:
+        mailing_list = get_list(session, list_name)
+        query = (select(Subscriber, Subscription)
+                 .join(Subscription, Subscription.subscriber_id == Subscriber.id)
+                 .where(Subscription.list_id == mailing_list.id)
+                 .order_by(Subscription.id))
+        if status:
+            query = query.where(Subscription.status == status)
+        return [SubscriptionView(p.email, p.name, mailing_list.name, s.status,
+                                 list(s.keywords), s.source, s.created_at)
+                for p, s in session.execute(query).tuples()]
