@@ -138,10 +138,14 @@ def state() -> State:
 
 @cli.command("config")
 @click.option("--describe", "with_help", is_flag=True, help="Show each setting's help too.")
+@click.option("--markdown", is_flag=True, help="Print every setting as a Markdown table.")
 @boundary
-def config_cmd(with_help: bool) -> None:
+def config_cmd(with_help: bool, markdown: bool) -> None:
     """Print the effective settings (secrets masked) and where each came from."""
-    from digest.settings import declared
+    from digest.settings import declared, markdown_table
+    if markdown:
+        click.echo(markdown_table(), nl=False)
+        return
     loaded = state().loaded
     table = Table("setting", "value", "from", *(["help"] if with_help else []))
     helps = {info.name: info.help for info in declared()}

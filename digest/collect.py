@@ -103,7 +103,7 @@ def list_feeds(db: Database) -> list[FeedSummary]:
     """Every feed with the state of its last fetch and how many entries it gave."""
     with db.session() as session:
         counts = dict(session.execute(
-            select(Entry.feed_id, func.count()).group_by(Entry.feed_id)).tuples().all())
+            select(Entry.feed_id, func.count()).group_by(Entry.feed_id)).all())
         return [FeedSummary(f.id, f.url, f.name, f.last_fetched_at, f.last_status,
                             f.last_error, counts.get(f.id, 0))
                 for f in session.scalars(select(Feed).order_by(Feed.id))]
@@ -205,7 +205,7 @@ def collect(db: Database, settings: Settings, *, now: datetime | None = None,
                 if feed is None:
                     continue  # removed while we fetched
                 feed_report = _apply_result(session, feed, result, settings, now)
-        except Exception as e:  # noqa: BLE001 - one bad feed must not sink the rest
+        except Exception as e:
             log.exception("storing %s failed", result.url)
             feed_report = FeedReport(result.url, result.url, "error",
                                      error=f"could not store entries: {e}")

@@ -62,8 +62,6 @@ class MetaValue(Base):
 
 def load_all_models() -> None:
     """Import every module that defines tables, so the metadata is complete."""
-    import digest.models
-    import schedules.models
     import subscribers.models  # noqa: F401
 
 

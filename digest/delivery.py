@@ -28,9 +28,9 @@ from digest.transports.base import (
     ACCEPTED,
     FAILED,
     UNCERTAIN,
+    Outcome,
     OutgoingIssue,
     OutgoingRecipient,
-    Outcome,
     Transport,
 )
 from subscribers.models import MailingList, Subscriber, Subscription
@@ -164,7 +164,7 @@ def counts(ctx: Context, issue_id: int) -> Counter[str]:
     with ctx.db.session() as session:
         return Counter(dict(session.execute(
             select(Delivery.status, func.count()).where(Delivery.issue_id == issue_id)
-            .group_by(Delivery.status)).tuples().all()))
+            .group_by(Delivery.status)).all()))
 
 
 def failures(ctx: Context, issue_id: int, limit: int = 50) -> list[tuple[str, str]]:
@@ -176,7 +176,7 @@ def failures(ctx: Context, issue_id: int, limit: int = 50) -> list[tuple[str, st
                     .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
                     .where(Delivery.issue_id == issue_id,
                            Delivery.status.in_((FAILED, UNCERTAIN)))
-                    .order_by(Delivery.id).limit(limit)).tuples()]
+                    .order_by(Delivery.id).limit(limit))]
 
 
 def deliver(ctx: Context, issue_id: int, transport: Transport, *,

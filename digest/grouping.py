@@ -73,7 +73,7 @@ class _Keywords:
 
     def __init__(self, config: KeywordConfig) -> None:
         self.aliases = {keyword_key(k): v.strip() for k, v in config.aliases.items()}
-        self.order = {}
+        self.order: dict[str, int] = {}
         self.display: dict[str, str] = {}
         for index, name in enumerate(config.order):
             key = self.canonical_key(name)

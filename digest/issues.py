@@ -44,7 +44,7 @@ def keyword_config(ctx: Context) -> KeywordConfig:
                                        s.untagged_section)
 
 
-def held_entry_ids(list_id: int) -> Select[tuple[int]]:
+def held_entry_ids(list_id: int) -> Select[Any]:
     """Entry ids already in an issue of the list that was sent (or is being sent)."""
     return (select(IssueEntry.entry_id).join(Issue, Issue.id == IssueEntry.issue_id)
             .where(Issue.list_id == list_id, Issue.status.in_(SENT_OR_SENDING)))
@@ -55,7 +55,7 @@ def new_items(session: Session, list_id: int, *, since: datetime) -> list[Item]:
     rows = session.execute(
         select(Entry, Feed.name).outerjoin(Feed, Feed.id == Entry.feed_id)
         .where(Entry.dated_at >= since, Entry.id.not_in(held_entry_ids(list_id)))
-        .order_by(Entry.dated_at.desc(), Entry.id)).tuples().all()
+        .order_by(Entry.dated_at.desc(), Entry.id)).all()
     return [Item(e.id, e.title, e.link, e.summary_html, tuple(e.keywords), e.dated_at,
                  source or "", e.author) for e, source in rows]
 

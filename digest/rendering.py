@@ -170,10 +170,12 @@ class Renderer:
         self.env.globals["ph"] = {k: v[0] for k, v in PLACEHOLDERS.items()}
         self.env.globals["ph_text"] = {k: v[1] for k, v in PLACEHOLDERS.items()}
         self.size_warning = size_warning
+        # strip_important=False: the @media rules must keep their !important to beat the
+        # inlined styles on a phone.
         self._premailer = premailer.Premailer(
             base_url=None, allow_network=False, disable_validation=True,
             cssutils_logging_level=logging.CRITICAL, keep_style_tags=False,
-            strip_important=True, remove_classes=False)
+            strip_important=False, remove_classes=False)
         self._lock = threading.Lock()  # premailer keeps state while it transforms
 
     def inline(self, markup: str) -> str:

@@ -20,13 +20,13 @@ def issue_rows(ctx: Context, list_name: str | None = None) -> list[tuple[str, ..
                  .order_by(Issue.id.desc()))
         if list_name:
             query = query.where(Issue.list_id == get_list(session, list_name).id)
-        issues = session.execute(query).tuples().all()
+        issues = session.execute(query).all()
         tallies: dict[int, dict[str, int]] = {}
         for issue_id, status, n in session.execute(
                 select(Delivery.issue_id, Delivery.status, func.count())
-                .group_by(Delivery.issue_id, Delivery.status)).tuples():
+                .group_by(Delivery.issue_id, Delivery.status)):
             tallies.setdefault(issue_id, {})[status] = n
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for issue, name in issues:
         t = tallies.get(issue.id, {})
         rows.append((str(issue.id), name, str(issue.number), issue.subject, issue.status,

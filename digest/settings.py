@@ -137,10 +137,8 @@ def declared() -> list[SettingInfo]:
     hints = typing.get_type_hints(Settings)
     infos = []
     for f in dataclasses.fields(Settings):
-        if f.default is not dataclasses.MISSING:
-            default = f.default
-        else:
-            default = f.default_factory()  # type: ignore[misc]
+        default = f.default if f.default_factory is dataclasses.MISSING \
+            else f.default_factory()
         infos.append(SettingInfo(
             name=f.name, type=hints[f.name], default=default, help=f.metadata["help"],
             secret=f.metadata["secret"],
@@ -211,12 +209,12 @@ def _coerce(info: SettingInfo, value: Any, source: str, *, from_text: bool) -> A
             for k, v in value.items():
                 if value_type is str and not isinstance(v, str):
                     raise ValueError
-                if typing.get_origin(value_type) is list:
-                    if isinstance(v, str):
-                        v = [v]
-                    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
-                        raise ValueError
-                out[str(k)] = v
+                item = [v] if typing.get_origin(value_type) is list and isinstance(v, str) \
+                    else v
+                if typing.get_origin(value_type) is list and (
+                        not isinstance(item, list) or not all(isinstance(x, str) for x in item)):
+                    raise ValueError
+                out[str(k)] = item
             return out
     except (ValueError, TypeError) as e:
         raise ConfigError(f"expected {info.type_name}, got {value!r}", key=info.name,
@@ -305,3 +303,18 @@ def describe(loaded: LoadedSettings) -> list[tuple[str, str, str]]:
             shown = str(value)
         rows.append((info.name, shown, loaded.sources[info.name]))
     return rows
+
+
+def markdown_table() -> str:
+    """Every setting as a Markdown table, for docs/settings.md."""
+    lines = ["| setting | type | default | environment | help |", "|---|---|---|---|---|"]
+    for info in declared():
+        default = MASK if info.secret and info.default else repr(info.default)
+        env = ", ".join(f"`{e}`" for e in info.env_names) if info.type in (str, int, float,
+                                                                           bool) \
+            or typing.get_origin(info.type) is list else "file only"
+        help_text = info.help.replace("|", "\\|")
+        if info.choices:
+            help_text += f" One of: {', '.join(info.choices)}."
+        lines.append(f"| `{info.name}` | {info.type_name} | `{default}` | {env} | {help_text} |")
+    return "\n".join(lines) + "\n"

@@ -150,4 +150,4 @@ def list_subscriptions(db: Database, list_name: str,
             query = query.where(Subscription.status == status)
         return [SubscriptionView(p.email, p.name, mailing_list.name, s.status,
                                  list(s.keywords), s.source, s.created_at)
-                for p, s in session.execute(query).tuples()]
+                for p, s in session.execute(query)]

@@ -38,7 +38,7 @@ class Tokens:
             return str(self._timed.dumps(subscription_id))
         return str(self._plain[purpose].dumps(subscription_id))
 
-    def read(self, purpose: str, token: str, *, max_age: float | None = None) -> int:
+    def read(self, purpose: str, token: str, *, max_age: int | None = None) -> int:
         """The subscription id in a token; raise :class:`InvalidToken` if it is not good."""
         try:
             if purpose == "confirm":

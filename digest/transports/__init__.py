@@ -13,8 +13,14 @@ TRANSPORTS: dict[str, type[Transport]] = {
     LocmemTransport.name: LocmemTransport,
 }
 
-__all__ = ["TRANSPORTS", "OutgoingIssue", "OutgoingRecipient", "Outcome", "Transport",
-           "make_transport"]
+__all__ = [
+    "TRANSPORTS",
+    "Outcome",
+    "OutgoingIssue",
+    "OutgoingRecipient",
+    "Transport",
+    "make_transport",
+]
 
 
 def make_transport(settings: Settings, name: str | None = None) -> Transport:

@@ -9,9 +9,9 @@ from typing import ClassVar, Self
 from digest.settings import Settings
 from digest.transports.base import (
     ACCEPTED,
+    Outcome,
     OutgoingIssue,
     OutgoingRecipient,
-    Outcome,
     Transport,
     build_message,
 )

@@ -14,9 +14,9 @@ from digest.settings import Settings
 from digest.transports.base import (
     ACCEPTED,
     FAILED,
+    Outcome,
     OutgoingIssue,
     OutgoingRecipient,
-    Outcome,
     Transport,
     build_message,
 )
