@@ -312,7 +312,7 @@ def print_send(report: SendReport) -> None:
 @click.option("--no-collect", is_flag=True, help="Do not fetch feeds first.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @click.option("--resend-uncertain", is_flag=True,
-              help="Send again to recipients whose delivery is uncertain or failed.")
+              help="Send again to recipients whose delivery is uncertain.")
 @boundary
 def send_cmd(list_name: str, no_collect: bool, yes: bool, resend_uncertain: bool) -> None:
     """Collect, build the next issue of a list and send it to its active subscribers."""

@@ -196,8 +196,7 @@ def deliver(ctx: Context, issue_id: int, transport: Transport, *,
         if resend_uncertain:
             with ctx.db.session() as session:
                 session.execute(update(Delivery).where(
-                    Delivery.issue_id == issue_id,
-                    Delivery.status.in_((UNCERTAIN, FAILED)))
+                    Delivery.issue_id == issue_id, Delivery.status == UNCERTAIN)
                     .values(status="pending", error=None, updated_at=now()))
         before = counts(ctx, issue_id)
         total = sum(before.values())

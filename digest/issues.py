@@ -141,11 +141,21 @@ def record_issue(ctx: Context, draft: Draft, *, now: datetime | None = None) -> 
         return issue.id
 
 
-def unfinished_issue(session: Session, list_id: int) -> Issue | None:
-    """The list's issue whose sending was started and not finished, if any."""
-    return session.scalars(select(Issue).where(Issue.list_id == list_id,
-                                               Issue.status == "sending")
-                           .order_by(Issue.id)).first()
+def unfinished_issue(session: Session, list_id: int, *,
+                     with_uncertain: bool = False) -> Issue | None:
+    """The list's issue whose sending was started and not finished, if any.
+
+    With ``with_uncertain``, also the latest issue that has uncertain deliveries.
+    """
+    found = session.scalars(select(Issue).where(Issue.list_id == list_id,
+                                                Issue.status == "sending")
+                            .order_by(Issue.id)).first()
+    if found is None and with_uncertain:
+        found = session.scalars(
+            select(Issue).where(Issue.list_id == list_id, Issue.id.in_(
+                select(Delivery.issue_id).where(Delivery.status == "uncertain")))
+            .order_by(Issue.id.desc())).first()
+    return found
 
 
 def get_issue(session: Session, issue_id: int) -> tuple[Issue, MailingList]:

@@ -47,7 +47,7 @@ def run_list(ctx: Context, list_name: str, *, collect_first: bool = True,
     now = now or utcnow()
     with ctx.db.session() as session:
         list_id = get_list(session, list_name).id
-        pending = unfinished_issue(session, list_id)
+        pending = unfinished_issue(session, list_id, with_uncertain=resend_uncertain)
         pending_id = pending.id if pending else None
     transport = transport or make_transport(ctx.settings)
     if pending_id is not None:

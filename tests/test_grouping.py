@@ -1,0 +1,80 @@
+"""Grouping entries into sections: pure functions, no I/O."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from digest.grouping import Item, KeywordConfig, group, keep_sections, summary_line
+
+T0 = datetime(2026, 11, 23, 8, tzinfo=UTC)
+
+
+def entry(n: int, *keywords: str, title: str | None = None, summary: str = "",
+          days: int = 0) -> Item:
+    return Item(n, title or f"Recap {n}", f"https://n.example/{n}", summary, keywords,
+                T0 - timedelta(days=days))
+
+
+def layout(sections: list) -> list[tuple[str, list[int]]]:  # type: ignore[type-arg]
+    return [(s.title, [p.item.id for p in s.entries]) for s in sections]
+
+
+def test_each_entry_lands_in_exactly_one_section_by_configured_order() -> None:
+    items = [entry(1, "Iran", "Syria"), entry(2, "Syria"), entry(3, "Iran"),
+             entry(4, "Ukraine", "Syria"), entry(5)]
+    sections = group(items, KeywordConfig(order=("Syria", "Iran")))
+    assert layout(sections) == [("Syria", [1, 2, 4]), ("Iran", [3]), ("More recaps", [5])]
+    placed = {p.item.id: p.also_in for s in sections for p in s.entries}
+    assert placed[1] == ("Iran",)
+    assert placed[4] == ("Ukraine",)
+    assert sum(len(s.entries) for s in sections) == len(items)
+
+
+def test_without_configured_order_the_largest_keyword_wins() -> None:
+    items = [entry(1, "Economy", "Russia"), entry(2, "Russia"), entry(3, "Russia"),
+             entry(4, "Economy")]
+    sections = group(items, KeywordConfig())
+    assert layout(sections) == [("Russia", [1, 2, 3]), ("Economy", [4])]
+
+
+def test_keywords_are_trimmed_case_folded_and_displayed_as_first_seen() -> None:
+    items = [entry(1, " syria "), entry(2, "SYRIA"), entry(3, "Syria")]
+    [section] = group(items, KeywordConfig())
+    assert section.title == "syria" and len(section.entries) == 3
+    [section] = group(items, KeywordConfig(order=("Syria",)))
+    assert section.title == "Syria"  # the configured form wins
+
+
+def test_aliases_merge_keywords() -> None:
+    items = [entry(1, "Türkiye"), entry(2, "Turkey"), entry(3, "سوريا"), entry(4, "Syria")]
+    config = KeywordConfig(aliases={"Türkiye": "Turkey", "سوريا": "Syria"})
+    assert sorted(layout(group(items, config))) == [("Syria", [3, 4]), ("Turkey", [1, 2])]
+
+
+def test_editor_rules_place_untagged_entries_by_words() -> None:
+    items = [entry(1, title="A quiet week on the Golan"),
+             entry(2, summary="<p>The <b>Knesset</b> voted.</p>"),
+             entry(3, title="Golanski is not a match"),
+             entry(4, "Israel")]
+    config = KeywordConfig(rules={"Israel": ("Golan", "Knesset")})
+    assert layout(group(items, config)) == [("Israel", [1, 2, 4]), ("More recaps", [3])]
+
+
+def test_sections_follow_order_then_size_and_untagged_come_last() -> None:
+    items = [entry(1), entry(2, "B"), entry(3, "C"), entry(4, "C"), entry(5, "A")]
+    sections = group(items, KeywordConfig(order=("A",), untagged_title="Elsewhere"))
+    assert [s.title for s in sections] == ["A", "C", "B", "Elsewhere"]
+
+
+def test_entries_in_a_section_are_newest_first() -> None:
+    items = [entry(1, "X", days=3), entry(2, "X", days=1), entry(3, "X", days=2)]
+    assert layout(group(items, KeywordConfig())) == [("X", [2, 3, 1])]
+
+
+def test_summary_line_and_keyword_filter() -> None:
+    items = [entry(i, "Syria") for i in range(4)] + [entry(10 + i, "Iran") for i in range(3)] \
+        + [entry(20, "Yemen"), entry(21, "Iraq"), entry(22)]
+    sections = group(items, KeywordConfig(order=("Syria", "Iran")))
+    assert summary_line(sections) == "4 on Syria, 3 on Iran, 1 on Iraq and 2 more"
+    assert [s.title for s in keep_sections(sections, ["iran", "YEMEN"])] == ["Iran", "Yemen"]
+    assert summary_line(group([entry(1, "Iran")], KeywordConfig())) == "1 on Iran"

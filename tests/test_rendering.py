@@ -1,0 +1,109 @@
+"""Rendering an issue: golden files, placeholders, phone layout, size warning."""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from digest.feeds import parse_feed
+from digest.grouping import Item, KeywordConfig, group
+from digest.rendering import (
+    PLACEHOLDERS,
+    IssueContent,
+    Recipient,
+    RenderedIssue,
+    Renderer,
+    Sender,
+)
+from digest.settings import load_settings
+
+GOLDEN = Path(__file__).parent / "golden"
+REGENERATE = os.environ.get("DIGEST_REGEN_GOLDEN") == "1"
+NOW = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
+READER = Recipient("https://digest.example/u/TOKEN.sig", "https://digest.example/p/TOKEN.sig",
+                   "Alice <&> Reader")
+
+
+def render_case(case: str, renderer: Renderer) -> RenderedIssue:
+    folder = GOLDEN / case
+    settings = load_settings(folder / "config.toml", env={}).settings
+    feed = parse_feed((folder / "feed.xml").read_bytes(), url="https://news.example/feed.xml")
+    items = [Item(i, e.title, e.link, e.summary_html, e.keywords, e.published_at or NOW,
+                  "Golden Desk") for i, e in enumerate(feed.entries, 1)]
+    sections = group(items, KeywordConfig.from_settings(
+        settings.keyword_order, settings.keyword_aliases, settings.keyword_rules,
+        settings.untagged_section))
+    content = IssueContent("weekly", "The Weekly Recap", 7, "The Weekly Recap: Syria, Iran",
+                           NOW, sections,
+                           Sender(settings.from_name, "desk@news.example",
+                                  settings.postal_address),
+                           "https://digest.example/archive/weekly/7")
+    return renderer.render_issue(content)
+
+
+@pytest.fixture(scope="module")
+def renderer() -> Renderer:
+    return Renderer()
+
+
+@pytest.fixture(scope="module")
+def rendered(renderer: Renderer) -> RenderedIssue:
+    return render_case("basic", renderer)
+
+
+@pytest.mark.parametrize("case", sorted(p.name for p in GOLDEN.iterdir() if p.is_dir()))
+def test_golden_files(case: str, renderer: Renderer) -> None:
+    html, text = render_case(case, renderer).personalize(READER)
+    expected_html, expected_txt = GOLDEN / case / "expected.html", GOLDEN / case / "expected.txt"
+    if REGENERATE:
+        expected_html.write_text(html, encoding="utf-8")
+        expected_txt.write_text(text, encoding="utf-8")
+    assert html == expected_html.read_text(encoding="utf-8"), \
+        "rendering changed; if on purpose, rerun with DIGEST_REGEN_GOLDEN=1 and review the diff"
+    assert text == expected_txt.read_text(encoding="utf-8")
+
+
+def test_placeholders_survive_inlining_and_are_filled_per_recipient(
+        rendered: RenderedIssue) -> None:
+    for html_token, text_token in PLACEHOLDERS.values():
+        assert re.fullmatch(r"[A-Za-z0-9_-]+", html_token)
+        assert re.fullmatch(r"[A-Za-z0-9_-]+", text_token)
+    assert 'href="__DIGEST_UNSUBSCRIBE_URL__"' in rendered.html
+    assert "__DIGEST_UNSUBSCRIBE_URL_TEXT__" in rendered.text
+    html, text = rendered.personalize(READER)
+    assert 'href="https://digest.example/u/TOKEN.sig"' in html
+    assert "Hi Alice &lt;&amp;&gt; Reader," in html          # escaped in HTML
+    assert "Hi Alice <&> Reader," in text                   # as is in text
+    assert "Unsubscribe: https://digest.example/u/TOKEN.sig" in text
+    assert "__DIGEST_" not in html.replace("__DIGEST\u200b_", "")
+    # A placeholder-looking string from a feed is never filled in.
+    assert "Alice" not in html.split("Nobody is called")[1].split("</p>")[0]
+    other, _ = rendered.personalize(Recipient("https://x/u/2", "https://x/p/2", ""))
+    assert "Hi there," in other and "https://x/u/2" in other
+
+
+def test_email_layout(rendered: RenderedIssue) -> None:
+    html = rendered.html
+    assert 'width="600"' in html and "max-width:600px" in html.replace(" ", "")
+    media = html[html.index("@media"):]
+    assert "width: 100% !important" in media  # phone layout beats the inlined width
+    assert html.count('dir="auto"') >= 4
+    assert "View in browser" in html and "https://digest.example/archive/weekly/7" in html
+    assert "1 Golden Street" in html and "The Golden Desk" in html
+    assert "<script" not in html and "t.example/p.gif" not in html
+    assert rendered.preheader == "2 on Syria, 1 on Iran and 1 more"
+    assert "2 on Syria, 1 on Iran and 1 more" in html.split("<table", 1)[0]
+    # Text part comes from the same data.
+    assert "== Syria (2) ==" in rendered.text and "== More recaps (1) ==" in rendered.text
+    assert "Also in: Iran" in rendered.text
+
+
+def test_size_warning_when_html_nears_gmail_clip(renderer: Renderer) -> None:
+    small = Renderer(size_warning=1_000)
+    assert render_case("basic", small).warnings
+    assert "Gmail" in render_case("basic", small).warnings[0]
+    assert not render_case("basic", renderer).warnings
