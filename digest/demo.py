@@ -16,7 +16,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from rich.console import Console
-from rich.table import Table
 
 from digest.collect import add_feed, collect
 from digest.context import Context
@@ -191,17 +190,16 @@ def run_demo(directory: Path, *, console: Console, interactive: bool = False,
     finally:
         ctx.close()
     written = [directory / "demo.db", preview_html, preview_txt, *emails]
-    table = Table("file", "what", title=f"Files written by the demo in {directory}")
-    table.columns[0].overflow = "fold"
+    console.print(f"\nFiles written by the demo, in {directory}:", soft_wrap=True)
 
-    def shown(path: Path) -> str:
-        return str(path.relative_to(directory))
+    def say(path: Path, what: str) -> None:
+        console.print(f"  {path.relative_to(directory)}  ({what})", soft_wrap=True,
+                      markup=False, highlight=False)
 
-    table.add_row(shown(written[0]), "fresh SQLite database (feeds, entries, issue, deliveries)")
-    table.add_row(shown(preview_html),
-                  f"the issue as HTML ({draft.rendered.html_bytes:,} bytes)")
-    table.add_row(shown(preview_txt), "the issue's plain-text part")
+    say(written[0], "a fresh SQLite database: feeds, entries, the issue, its deliveries")
+    say(preview_html, f"the issue as HTML, {draft.rendered.html_bytes:,} bytes; open it in a "
+                      "browser")
+    say(preview_txt, "the issue's plain-text part")
     for path in emails:
-        table.add_row(shown(path), "an email as sent (RFC 5322; open it in a mail client)")
-    console.print(table)
+        say(path, "one email as sent; open it in a mail client")
     return written

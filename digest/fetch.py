@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import httpx
@@ -126,5 +127,14 @@ async def fetch_all_async(requests: Sequence[FetchRequest], limits: FetchLimits,
 
 def fetch_all(requests: Sequence[FetchRequest], limits: FetchLimits,
               on_done: Callable[[FetchResult], None] | None = None) -> list[FetchResult]:
-    """Fetch every feed concurrently from synchronous code."""
-    return asyncio.run(fetch_all_async(requests, limits, on_done))
+    """Fetch every feed concurrently from synchronous code.
+
+    Under a running event loop (the web app, a test driver) the fetch gets a loop of its
+    own in a worker thread, since a loop cannot be started inside another.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(fetch_all_async(requests, limits, on_done))
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, fetch_all_async(requests, limits, on_done)).result()

@@ -124,3 +124,21 @@ def chromium_path() -> str:
         pytest.skip(f"browser tests skipped: no Chromium at {CHROMIUM}; "
                     "install it with `apt-get install chromium` (never a downloaded browser)")
     return CHROMIUM
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[object]:
+    """Debian's Chromium driven by Playwright (never a downloaded browser)."""
+    path = chromium_path()
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as p:
+        instance = p.chromium.launch(
+            executable_path=path, headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--no-first-run", "--disable-sync",
+                  "--disable-quic"])
+        yield instance
+        instance.close()
+
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"

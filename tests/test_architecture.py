@@ -1,0 +1,54 @@
+"""The layout rules: subscribers and schedules never import the CLI or the web layer."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EDGES = ("digest.cli", "digest.web", "digest.demo")
+PURE = ("digest/grouping.py", "digest/rendering.py", "digest/feeds.py", "digest/sanitize.py")
+
+
+def imports_of(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+    return found
+
+
+@pytest.mark.parametrize("package", ["subscribers", "schedules"])
+def test_audience_and_time_never_import_the_edges(package: str) -> None:
+    for path in (ROOT / package).rglob("*.py"):
+        bad = {m for m in imports_of(path) if m.startswith(EDGES)}
+        assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
+
+
+def test_the_core_is_pure() -> None:
+    for name in PURE:
+        bad = {m for m in imports_of(ROOT / name)
+               if m.split(".")[0] in {"sqlalchemy", "httpx", "click", "starlette"}
+               or m in {"digest.db", "digest.context"}}
+        assert not bad, f"{name} does I/O through {bad}"
+
+
+def test_wheel_ships_templates_and_typing_marker(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "hatchling", "build", "-t", "wheel",
+                           "-d", str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    [wheel] = tmp_path.glob("*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert "digest/templates/email/issue.html" in names
+    assert "digest/templates/email/issue.txt" in names
+    assert {"digest/py.typed", "subscribers/py.typed", "schedules/py.typed"} <= names
+    assert any(n.startswith("digest/migrations/versions/0001") for n in names)
+    assert "digest/samples/arabic.xml" in names

@@ -1,0 +1,97 @@
+"""The `digest` command as an editor uses it, from a shell with no terminal."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from digest.cli import cli
+from tests.feedserver import FeedServer, Route, rss
+
+
+def ok(runner: CliRunner, *args: str) -> str:
+    result = runner.invoke(cli, list(args), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_the_whole_job_from_the_command_line(runner: CliRunner, tmp_path: Path,
+                                             feed_server: FeedServer) -> None:
+    date = format_datetime(datetime.now(UTC) - timedelta(days=1))
+    url = feed_server.add("/f.xml", body=rss([
+        {"title": "Recap: Iran Moves in Syria", "guid": "1", "link": "https://n.example/1",
+         "date": date, "tags": ["Iran", "Syria"]}]))
+    broken = feed_server.add("/broken", Route(status=503))
+    ok(runner, "feeds", "add", url, "--name", "Desk")
+    ok(runner, "feeds", "add", broken)
+    ok(runner, "lists", "create", "weekly", "--title", "The Weekly Recap")
+    ok(runner, "subscribers", "add", "Reader@Example.ORG", "--list", "weekly", "--name", "R")
+    out = ok(runner, "subscribers", "add", "reader@example.org", "--list", "weekly")
+    assert "already subscribed" in out
+    assert "Reader@example.org" in ok(runner, "subscribers", "list", "--list", "weekly")
+
+    out = ok(runner, "preview", "--list", "weekly", "--out", "p.html", "--text", "p.txt")
+    assert "Nothing new" in out  # preview does not collect
+    out = ok(runner, "collect")
+    assert "1 new" in out and "HTTP 503" in out and broken in out
+    ok(runner, "preview", "--list", "weekly", "--out", "p.html", "--text", "p.txt")
+    assert "Recap: Iran Moves in Syria" in (tmp_path / "p.html").read_text(encoding="utf-8")
+
+    out = ok(runner, "send", "--list", "weekly")
+    assert "1 accepted, 0 failed" in out
+    [eml] = list((tmp_path / "outbox").rglob("*.eml"))
+    msg = email.message_from_bytes(eml.read_bytes(), policy=email.policy.default)
+    assert str(msg["To"]) == "R <Reader@example.org>"
+    assert "Nothing new" in ok(runner, "send", "--list", "weekly", "--no-collect")
+    assert len(list((tmp_path / "outbox").rglob("*.eml"))) == 1
+
+    listing = ok(runner, "feeds", "list")
+    assert "Desk" in listing and "503" in listing
+    assert "weekly" in ok(runner, "issues", "list")
+    shown = ok(runner, "issues", "show", "1")
+    assert "accepted 1" in shown and "Iran (1)" in shown or "Syria (1)" in shown
+
+
+def test_errors_are_clear_and_name_the_thing(runner: CliRunner) -> None:
+    result = runner.invoke(cli, ["send", "--list", "nope"])
+    assert result.exit_code == 1 and "no list named 'nope'" in result.output
+    assert "Traceback" not in result.output
+    result = runner.invoke(cli, ["feeds", "add", "ftp://x.example/feed"])
+    assert result.exit_code == 1 and "not an http(s) URL" in result.output
+    ok(runner, "lists", "create", "weekly")
+    result = runner.invoke(cli, ["subscribers", "add", "not-an-address", "--list", "weekly"])
+    assert result.exit_code == 1 and "not a valid address" in result.output
+    result = runner.invoke(cli, ["--set", "lookback_days=soon", "config"])
+    assert result.exit_code == 1 and "lookback_days" in result.output
+
+
+def test_removed_subscribers_stay_removed(runner: CliRunner) -> None:
+    ok(runner, "lists", "create", "weekly")
+    ok(runner, "subscribers", "add", "a@example.org", "--list", "weekly")
+    ok(runner, "subscribers", "remove", "A@EXAMPLE.org", "--list", "weekly")
+    result = runner.invoke(cli, ["subscribers", "add", "a@example.org", "--list", "weekly"])
+    assert result.exit_code == 1 and "not re-subscribed" in result.output
+    assert "unsubscribed" in ok(runner, "subscribers", "list", "--list", "weekly")
+    ok(runner, "subscribers", "forget", "a@example.org", "--yes")
+    assert "0 subscribers" in ok(runner, "subscribers", "list", "--list", "weekly")
+    result = runner.invoke(cli, ["subscribers", "add", "a@example.org", "--list", "weekly"])
+    assert result.exit_code == 1
+
+
+def test_python_dash_m_and_db_upgrade(tmp_path: Path) -> None:
+    db = tmp_path / "x.db"
+    env = {"DIGEST_DATABASE_URL": f"sqlite:///{db}", "PATH": "/usr/bin:/bin"}
+    done = subprocess.run([sys.executable, "-m", "digest", "db", "upgrade"], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "up to date" in done.stdout and db.exists()
+    done = subprocess.run([sys.executable, "-m", "digest", "--help"], capture_output=True,
+                          text=True, timeout=60)
+    assert "send" in done.stdout and "collect" in done.stdout
