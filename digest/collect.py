@@ -3,23 +3,33 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import datetime
+from multiprocessing import get_context
+from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, insert, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from digest.db import Database, utcnow
 from digest.errors import FeedError, InvalidInputError, NotFoundError
-from digest.feeds import FeedEntry, parse_feed
+from digest.feeds import FeedEntry, ParsedFeed, parse_feed
 from digest.fetch import FetchLimits, FetchRequest, FetchResult, fetch_all
 from digest.models import Entry, EntryKey, Feed
 from digest.settings import Settings
 
 log = logging.getLogger(__name__)
+# Below this many feeds, starting worker processes costs more than it saves.
+PARALLEL_PARSE_FROM = 40
+COMMIT_EVERY = 25
+ANALYZE_AFTER = 1000
 
 
 @dataclass(frozen=True)
@@ -111,36 +121,66 @@ def list_feeds(db: Database) -> list[FeedSummary]:
 
 def _store_entries(session: Session, feed: Feed, entries: list[FeedEntry],
                    now: datetime) -> tuple[int, int, int]:
-    """Insert new entries and refresh changed ones; return (new, updated, duplicates)."""
-    new = updated = duplicates = 0
-    for item in entries:
-        keys = item.dedupe_keys()
-        known = session.execute(
-            select(EntryKey.key, EntryKey.entry_id).where(EntryKey.key.in_(keys))).all()
-        if known:
-            entry = session.get(Entry, known[0].entry_id)
-            same_feed_guid = (entry is not None and entry.feed_id == feed.id
-                              and item.guid and entry.guid == item.guid)
-            if entry is not None and same_feed_guid and _refresh(entry, item, now):
-                updated += 1
-            elif not same_feed_guid:
-                duplicates += 1
+    """Insert new entries and refresh changed ones; return (new, updated, duplicates).
+
+    One query finds every known key of the feed's entries; the new ones go in as one
+    multi-row insert. If another collector stored some of them meanwhile, the feed is
+    stored again entry by entry.
+    """
+    keyed = [(item, item.dedupe_keys()) for item in entries]
+    all_keys = [k for _, keys in keyed for k in keys]
+    known: dict[str, int] = {}
+    for start in range(0, len(all_keys), 500):
+        known.update(session.execute(
+            select(EntryKey.key, EntryKey.entry_id)
+            .where(EntryKey.key.in_(all_keys[start:start + 500]))).all())
+    fresh: list[tuple[FeedEntry, list[str]]] = []
+    updated = duplicates = 0
+    for item, keys in keyed:
+        match = next((known[k] for k in keys if k in known), None)
+        if match is None:
+            fresh.append((item, keys))
             continue
-        dated = item.published_at or now
-        entry = Entry(feed_id=feed.id, guid=item.guid, link=item.link, title=item.title,
-                      summary_html=item.summary_html, author=item.author,
-                      keywords=list(item.keywords), published_at=item.published_at,
-                      first_seen_at=now, dated_at=dated, updated_at=now)
+        entry = session.get(Entry, match)
+        same_feed_guid = (entry is not None and entry.feed_id == feed.id
+                          and item.guid is not None and entry.guid == item.guid)
+        if entry is not None and same_feed_guid:
+            updated += _refresh(entry, item, now)
+        elif not same_feed_guid:
+            duplicates += 1
+    if not fresh:
+        return 0, updated, duplicates
+    rows = [{"feed_id": feed.id, "guid": item.guid, "link": item.link, "title": item.title,
+             "summary_html": item.summary_html, "author": item.author,
+             "keywords": list(item.keywords), "published_at": item.published_at,
+             "first_seen_at": now, "dated_at": item.published_at or now, "updated_at": now}
+            for item, _ in fresh]
+    try:
+        with session.begin_nested():
+            ids = session.scalars(insert(Entry).returning(Entry.id, sort_by_parameter_order=True),
+                                  rows).all()
+            session.execute(insert(EntryKey), [
+                {"key": k, "entry_id": entry_id}
+                for entry_id, (_, keys) in zip(ids, fresh, strict=True) for k in keys])
+    except IntegrityError:
+        return _store_one_by_one(session, feed, fresh, rows, updated, duplicates)
+    return len(fresh), updated, duplicates
+
+
+def _store_one_by_one(session: Session, feed: Feed, fresh: list[tuple[FeedEntry, list[str]]],
+                      rows: list[dict[str, Any]], updated: int,
+                      duplicates: int) -> tuple[int, int, int]:
+    """The slow path, when a concurrent collector stored some of the same entries."""
+    new = 0
+    for (_, keys), row in zip(fresh, rows, strict=True):
         try:
             with session.begin_nested():
-                session.add(entry)
-                session.flush()
-                session.add_all(EntryKey(key=k, entry_id=entry.id) for k in keys)
-                session.flush()
+                entry_id = session.scalars(insert(Entry).returning(Entry.id), [row]).one()
+                session.execute(insert(EntryKey),
+                                [{"key": k, "entry_id": entry_id} for k in keys])
+            new += 1
         except IntegrityError:
-            duplicates += 1  # another collector stored it a moment ago
-            continue
-        new += 1
+            duplicates += 1
     return new, updated, duplicates
 
 
@@ -156,30 +196,87 @@ def _refresh(entry: Entry, item: FeedEntry, now: datetime) -> bool:
     return bool(changed)
 
 
-def _apply_result(session: Session, feed: Feed, result: FetchResult, settings: Settings,
-                  now: datetime) -> FeedReport:
-    feed.last_fetched_at = now
-    if result.status == "not_modified":
-        feed.last_status, feed.last_error = "not_modified", None
-        feed.last_ok_at = now
-        return FeedReport(feed.url, feed.name, "not_modified")
-    if result.status == "error":
-        feed.last_status, feed.last_error = "error", result.error
-        return FeedReport(feed.url, feed.name, "error", error=result.error)
+def parse_job(body: bytes, url: str, headers: dict[str, str],
+              summary_max_chars: int) -> ParsedFeed | str:
+    """Parse one body; the reason as text when it is no feed (picklable for a pool)."""
     try:
-        parsed = parse_feed(result.body, url=result.final_url or feed.url,
-                            headers=result.headers,
-                            summary_max_chars=settings.summary_max_chars)
+        return parse_feed(body, url=url, headers=headers, summary_max_chars=summary_max_chars)
     except FeedError as e:
-        feed.last_status, feed.last_error = "error", e.reason
-        return FeedReport(feed.url, feed.name, "error", error=e.reason)
+        return e.reason
+
+
+class _Parser:
+    """Parses fetched bodies, in worker processes when there are many.
+
+    Parsing is CPU work; with a pool it overlaps the fetching and uses every core.
+    """
+
+    def __init__(self, settings: Settings, feeds: int) -> None:
+        self.max_chars = settings.summary_max_chars
+        self.pool: ProcessPoolExecutor | None = None
+        self.futures: dict[str, Future[ParsedFeed | str]] = {}
+        self.workers = min(os.cpu_count() or 1, 4)
+        self.parallel = feeds >= PARALLEL_PARSE_FROM and self.workers > 1
+
+    def submit(self, result: FetchResult) -> None:
+        if not self.parallel or result.status != "ok":
+            return
+        if self.pool is None:  # started on the first body: a run of 304s needs none
+            self.pool = ProcessPoolExecutor(self.workers, mp_context=get_context("spawn"))
+        if self.pool is not None:
+            with suppress(BrokenProcessPool, RuntimeError):  # else parsed inline later
+                self.futures[result.url] = self.pool.submit(
+                    parse_job, result.body, result.final_url or result.url, result.headers,
+                    self.max_chars)
+
+    def parsed(self, result: FetchResult) -> ParsedFeed | str:
+        future = self.futures.pop(result.url, None)
+        if future is not None:
+            try:
+                return future.result()
+            except BrokenProcessPool:
+                log.warning("parser process died; parsing %s here", result.url)
+        return parse_job(result.body, result.final_url or result.url, result.headers,
+                         self.max_chars)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(cancel_futures=True)
+
+
+def _apply_result(session: Session, feed: Feed, parsed: ParsedFeed | str,
+                  now: datetime) -> FeedReport:
+    """Store a parsed feed's entries on the feed (or record why it is no feed)."""
+    feed.last_fetched_at = now
+    if isinstance(parsed, str):
+        feed.last_status, feed.last_error = "error", parsed
+        return FeedReport(feed.url, feed.name, "error", error=parsed)
     new, updated, duplicates = _store_entries(session, feed, parsed.entries, now)
-    # Validators are kept only once the body was read: a feed that failed to parse must be
-    # fetched in full next time, not answered with 304.
-    feed.etag, feed.last_modified = result.etag, result.last_modified
     feed.last_status, feed.last_error, feed.last_ok_at = "ok", parsed.warning, now
     return FeedReport(feed.url, feed.name, "ok", new=new, updated=updated,
                       duplicates=duplicates, warning=parsed.warning)
+
+
+def _keep_validators(feed: Feed, result: FetchResult) -> None:
+    # Validators are kept only once the body was read: a feed that failed to parse must be
+    # fetched in full next time, not answered with 304.
+    feed.etag, feed.last_modified = result.etag, result.last_modified
+
+
+def _record_unread(db: Database, results: list[FetchResult], now: datetime) -> None:
+    """Record feeds that answered 304 or failed, all in one transaction."""
+    if not results:
+        return
+    with db.session() as session:
+        unchanged = [r.url for r in results if r.status == "not_modified"]
+        for start in range(0, len(unchanged), 500):
+            session.execute(update(Feed).where(Feed.url.in_(unchanged[start:start + 500]))
+                            .values(last_fetched_at=now, last_status="not_modified",
+                                    last_error=None, last_ok_at=now))
+        for r in results:
+            if r.status == "error":
+                session.execute(update(Feed).where(Feed.url == r.url).values(
+                    last_fetched_at=now, last_status="error", last_error=r.error))
 
 
 def collect(db: Database, settings: Settings, *, now: datetime | None = None,
@@ -195,23 +292,72 @@ def collect(db: Database, settings: Settings, *, now: datetime | None = None,
     limits = FetchLimits(timeout=settings.fetch_timeout, max_bytes=settings.fetch_max_bytes,
                          max_redirects=settings.fetch_max_redirects,
                          concurrency=settings.fetch_concurrency)
-    results = fetch_all(requests, limits, on_fetched) if requests else []
+    parser = _Parser(settings, len(requests))
+
+    def fetched(result: FetchResult) -> None:
+        parser.submit(result)
+        if on_fetched is not None:
+            on_fetched(result)
+
+    try:
+        results = fetch_all(requests, limits, fetched) if requests else []
+        return _store_results(db, results, parser, now)
+    finally:
+        parser.close()
+
+
+def _store_results(db: Database, results: list[FetchResult], parser: _Parser,
+                   now: datetime) -> CollectReport:
+    names: dict[str, str] = {}
+    with db.session() as session:
+        names.update(session.execute(select(Feed.url, Feed.name)).all())
     report = CollectReport()
+    _record_unread(db, [r for r in results if r.status != "ok"], now)
     for result in results:
-        # One transaction per feed: a database error on one feed keeps the others' work.
-        try:
-            with db.session() as session:
-                feed = session.scalars(select(Feed).where(Feed.url == result.url)).first()
-                if feed is None:
-                    continue  # removed while we fetched
-                feed_report = _apply_result(session, feed, result, settings, now)
-        except Exception as e:
-            log.exception("storing %s failed", result.url)
-            feed_report = FeedReport(result.url, result.url, "error",
-                                     error=f"could not store entries: {e}")
-        if feed_report.status == "error":
-            log.warning("feed %s failed: %s", feed_report.url, feed_report.error)
-        elif feed_report.warning:
-            log.warning("feed %s: %s", feed_report.url, feed_report.warning)
-        report.feeds.append(feed_report)
+        if result.status != "ok":
+            name = names.get(result.url, result.url)
+            if result.status == "error":
+                log.warning("feed %s failed: %s", result.url, result.error)
+            report.feeds.append(FeedReport(result.url, name, result.status,
+                                           error=result.error))
+    fetched = [r for r in results if r.status == "ok"]
+    # One savepoint per feed, so a database error on one feed keeps the others' work; a
+    # commit every few feeds, since a commit costs a disk flush.
+    unanalyzed = 0
+    for start in range(0, len(fetched), COMMIT_EVERY):
+        with db.session() as session:
+            for result in fetched[start:start + COMMIT_EVERY]:
+                feed_report = _store_one(session, result, parser.parsed(result), now)
+                unanalyzed += feed_report.new
+                report.feeds.append(feed_report)
+        if db.is_postgres and unanalyzed >= ANALYZE_AFTER:
+            # A bulk load leaves PostgreSQL planning the key lookups for an empty table
+            # (a sequential scan each) until autovacuum catches up; refresh the statistics.
+            with db.engine.connect() as connection:
+                connection.execute(text("ANALYZE entry_keys"))
+                connection.execute(text("ANALYZE entries"))
+                connection.commit()
+            unanalyzed = 0
     return report
+
+
+def _store_one(session: Session, result: FetchResult, parsed: ParsedFeed | str,
+               now: datetime) -> FeedReport:
+    """Store one fetched feed inside a savepoint; report what happened."""
+    try:
+        with session.begin_nested():
+            feed = session.scalars(select(Feed).where(Feed.url == result.url)).first()
+            if feed is None:
+                return FeedReport(result.url, result.url, "error", error="removed meanwhile")
+            feed_report = _apply_result(session, feed, parsed, now)
+            if feed_report.status == "ok":
+                _keep_validators(feed, result)
+    except Exception as e:
+        log.exception("storing %s failed", result.url)
+        return FeedReport(result.url, result.url, "error",
+                          error=f"could not store entries: {e}")
+    if feed_report.status == "error":
+        log.warning("feed %s failed: %s", feed_report.url, feed_report.error)
+    elif feed_report.warning:
+        log.warning("feed %s: %s", feed_report.url, feed_report.warning)
+    return feed_report

@@ -56,12 +56,17 @@ def render_sample(name: str, base: str, now: datetime) -> bytes:
     return text.replace("{{base}}", base).replace("{{long_text}}", LONG_TEXT).encode("utf-8")
 
 
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 64  # the default 5 drops connections under concurrent fetches
+    daemon_threads = True
+
+
 class SampleServer:
     """Serve the sample feeds on 127.0.0.1 on a free port, with ETags."""
 
     def __init__(self, now: datetime) -> None:
         self.now = now
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.httpd = _Server(("127.0.0.1", 0), self._handler())
         self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 

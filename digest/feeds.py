@@ -137,7 +137,9 @@ def parse_feed(body: bytes, *, url: str, headers: Mapping[str, str] | None = Non
     Bytes go in through BytesIO: a string could be taken for a file path or URL.
     """
     response_headers = {k.lower(): v for k, v in (headers or {}).items()}
-    response_headers.setdefault("content-location", url)
+    # No content-location: feedparser would then urljoin every element (half its time);
+    # the few links we keep are made absolute in normalize_entry instead.
+    response_headers.pop("content-location", None)
     parsed = feedparser.parse(io.BytesIO(body), response_headers=response_headers,
                               sanitize_html=False, resolve_relative_uris=False)
     problem = parsed.get("bozo_exception") if parsed.get("bozo") else None

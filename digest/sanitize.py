@@ -47,6 +47,8 @@ def _drop_tracking_images(cleaned: str) -> str:
 
 def sanitize_html(raw: str, *, base_url: str | None = None) -> str:
     """Return ``raw`` reduced to the allow-list: no scripts, styles, handlers or bad URLs."""
+    if not raw.strip():
+        return ""
     cleaned = nh3.clean(
         raw,
         tags=ALLOWED_TAGS,
@@ -62,6 +64,8 @@ def sanitize_html(raw: str, *, base_url: str | None = None) -> str:
 
 def html_to_text(fragment: str) -> str:
     """Plain text of an HTML fragment: tags removed, entities decoded, spaces folded."""
+    if "<" not in fragment and "&" not in fragment:
+        return _SPACE.sub(" ", fragment).strip()  # most titles and tags: nothing to strip
     stripped = nh3.clean(fragment.replace("<br", " <br").replace("</p>", " </p>"),
                          tags=set(), clean_content_tags=DROPPED_WITH_CONTENT)
     return _SPACE.sub(" ", html.unescape(stripped)).strip()
@@ -125,7 +129,8 @@ class _Truncator(HTMLParser):
 
 def truncate_html(fragment: str, limit: int) -> str:
     """Cut sanitized HTML to at most ``limit`` characters of text, on a word boundary."""
-    if len(html_to_text(fragment)) <= limit:
+    # The markup is never shorter than its text, so a short fragment needs no measuring.
+    if len(fragment) <= limit or len(html_to_text(fragment)) <= limit:
         return fragment
     parser = _Truncator(limit)
     parser.feed(fragment)

@@ -25,14 +25,20 @@ class Route:
     headers: dict[str, str] = field(default_factory=dict)
 
 
+class _Server(ThreadingHTTPServer):
+    # socketserver's default backlog of 5 drops SYNs under 10 concurrent fetches, and the
+    # client's retransmit a second later would show up as a slow feed.
+    request_queue_size = 128
+    daemon_threads = True
+
+
 class FeedServer:
     """Serve routes on 127.0.0.1:0; records every request's headers."""
 
     def __init__(self) -> None:
         self.routes: dict[str, Route] = {}
         self.requests: list[tuple[str, dict[str, str]]] = []
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.httpd.daemon_threads = True
+        self.httpd = _Server(("127.0.0.1", 0), self._handler())
         self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()

@@ -19,7 +19,7 @@ from digest.delivery import counts
 from digest.issues import draft_issue
 from digest.models import Delivery, Issue
 from digest.pipeline import run_list
-from digest.transports.base import OutgoingIssue, OutgoingRecipient, Outcome
+from digest.transports.base import Outcome, OutgoingIssue, OutgoingRecipient
 from digest.transports.outbox import OutboxTransport
 from subscribers.lists import create_list
 from subscribers.subscriptions import add_subscriber, remove_subscriber
