@@ -10,10 +10,14 @@ can tell, and otherwise reported uncertain — never silently resent.
 from __future__ import annotations
 
 import logging
+import os
+import secrets
+import socket
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import func, select, update
 
@@ -101,28 +105,36 @@ def make_recipient(ctx: Context, issue: OutgoingIssue, delivery_id: int, subscri
         message_id=f"<digest.{issue.list_name}.{issue.number}.{delivery_id}@{domain}>")
 
 
-def _rows(ctx: Context, issue_id: int, status: str, limit: int | None = None,
-          after: int = 0) -> list[tuple[int, int, int, str, str, str]]:
+def _rows_by_id(ctx: Context, ids: Sequence[int]) -> list[tuple[int, int, int, str, str, str]]:
+    """(delivery, subscriber, subscription, email, name, subscription status) by id."""
+    out: list[tuple[int, int, int, str, str, str]] = []
     with ctx.db.session() as session:
-        query = (select(Delivery.id, Delivery.subscriber_id, Delivery.subscription_id,
-                        Subscriber.email, Subscriber.name, Subscription.status)
-                 .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
-                 .join(Subscription, Subscription.id == Delivery.subscription_id)
-                 .where(Delivery.issue_id == issue_id, Delivery.status == status,
-                        Delivery.id > after)
-                 .order_by(Delivery.id))
-        if limit:
-            query = query.limit(limit)
-        return [tuple(r) for r in session.execute(query).all()]  # type: ignore[misc]
+        for start in range(0, len(ids), 1000):
+            out.extend(tuple(r) for r in session.execute(  # type: ignore[misc]
+                select(Delivery.id, Delivery.subscriber_id, Delivery.subscription_id,
+                       Subscriber.email, Subscriber.name, Subscription.status)
+                .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
+                .join(Subscription, Subscription.id == Delivery.subscription_id)
+                .where(Delivery.id.in_(ids[start:start + 1000]))
+                .order_by(Delivery.id)).all())
+    return out
 
 
 def _set_status(ctx: Context, ids: Sequence[int], status: str, *, now: datetime,
                 error: str | None = None, message_id: str | None = None,
-                only_from: str | None = None, count_attempt: bool = False) -> list[int]:
-    """Move deliveries to ``status``; return the ids that actually moved."""
+                only_from: str | None = None, count_attempt: bool = False,
+                release: bool = False, holder: str | None = None) -> list[int]:
+    """Move deliveries to ``status``; return the ids that actually moved.
+
+    ``only_from`` and ``holder`` make the move conditional on the current state, so a
+    row taken over by someone else is never moved by mistake.
+    """
     if not ids:
         return []
     values: dict[str, object] = {"status": status, "updated_at": now}
+    if release:
+        values["claimed_by"] = None
+        values["lease_until"] = None
     if error is not None:
         values["error"] = error[:2000]
     if message_id is not None:
@@ -136,27 +148,96 @@ def _set_status(ctx: Context, ids: Sequence[int], status: str, *, now: datetime,
             query = update(Delivery).where(Delivery.id.in_(chunk)).values(**values)
             if only_from is not None:
                 query = query.where(Delivery.status == only_from)
+            if holder is not None:
+                query = query.where(Delivery.claimed_by == holder)
             moved.extend(session.scalars(query.returning(Delivery.id)).all())
     return moved
 
 
-def recover_interrupted(ctx: Context, issue: OutgoingIssue, transport: Transport,
-                        now: datetime) -> tuple[int, int]:
-    """Settle deliveries left 'sending' by a stopped process: (confirmed, uncertain)."""
-    rows = _rows(ctx, issue.issue_id, "sending")
-    if not rows:
+# Claimer ids of the sends running in this process (a web request and the scheduler may
+# both send): a claim by this pid whose id is not here belongs to a send that ended.
+_LIVE_CLAIMERS: set[str] = set()
+
+
+def worker_identity() -> str:
+    """This process as a claimer of deliveries: host, pid and a nonce."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+def _claimer_gone(claimed_by: str | None, lease_until: datetime | None, now: datetime) -> bool:
+    """Whether a claim is abandoned: its lease ran out, or its process on this host died."""
+    if claimed_by is None or lease_until is None or lease_until < now:
+        return True
+    host, _, rest = claimed_by.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False  # another machine's worker: trust its lease
+    if int(pid_text) == os.getpid():
+        return claimed_by not in _LIVE_CLAIMERS
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def settle_abandoned(ctx: Context, issue: OutgoingIssue, transport: Transport,
+                     now: datetime, me: str) -> tuple[int, int]:
+    """Settle deliveries held by a process that died: (confirmed, uncertain).
+
+    Claimed but never handed over: back to pending. Being handed over: accepted where the
+    transport can prove it went out, otherwise uncertain — never silently resent.
+    """
+    with ctx.db.session() as session:
+        held = session.execute(
+            select(Delivery.id, Delivery.status, Delivery.claimed_by, Delivery.lease_until)
+            .where(Delivery.issue_id == issue.issue_id,
+                   Delivery.status.in_(("claimed", "sending")))).all()
+    dead = [(d, status) for d, status, by, lease in held
+            if by != me and _claimer_gone(by, lease, now)]
+    _set_status(ctx, [d for d, st in dead if st == "claimed"], "pending", now=now,
+                only_from="claimed", release=True)
+    sending = {d for d, st in dead if st == "sending"}
+    if not sending:
         return 0, 0
+    rows = [r for r in _rows_by_id(ctx, sorted(sending))]
     recipients = [make_recipient(ctx, issue, d, sub, subn, email, name)
                   for d, sub, subn, email, name, _ in rows]
     confirmed = transport.already_sent(issue, recipients)
-    _set_status(ctx, sorted(confirmed), ACCEPTED, now=now, only_from="sending")
-    unsure = [r.delivery_id for r in recipients if r.delivery_id not in confirmed]
-    _set_status(ctx, unsure, UNCERTAIN, now=now, only_from="sending",
+    _set_status(ctx, sorted(confirmed), ACCEPTED, now=now, only_from="sending", release=True)
+    unsure = sorted(sending - confirmed)
+    _set_status(ctx, unsure, UNCERTAIN, now=now, only_from="sending", release=True,
                 error="the send stopped while this message was being handed over")
     if unsure:
         log.warning("issue %s: %d deliveries were in flight when a send stopped; marked "
                     "uncertain (resend with --resend-uncertain)", issue.issue_id, len(unsure))
     return len(confirmed), len(unsure)
+
+
+def claim_batch(ctx: Context, issue_id: int, me: str, size: int, now: datetime) -> list[int]:
+    """Claim up to ``size`` pending deliveries for this process, under a lease.
+
+    On PostgreSQL the candidates are locked with FOR UPDATE SKIP LOCKED, so workers on
+    several machines take disjoint batches; SQLite runs one writer at a time anyway.
+    """
+    candidates = (select(Delivery.id)
+                  .where(Delivery.issue_id == issue_id, Delivery.status == "pending")
+                  .order_by(Delivery.id).limit(size))
+    lease = now + timedelta(seconds=ctx.settings.send_lease_seconds)
+    claim = update(Delivery).values(status="claimed", claimed_by=me, lease_until=lease,
+                                    updated_at=now)
+    if ctx.db.is_postgres:
+        # A CTE is evaluated once; an IN (subquery … LIMIT) may be re-scanned and claim
+        # more than `size` rows.
+        picked = candidates.with_for_update(skip_locked=True).cte("picked")
+        claim = claim.where(Delivery.id == picked.c.id)
+    else:
+        claim = claim.where(Delivery.id.in_(candidates.scalar_subquery()))
+    with ctx.db.session() as session:
+        return sorted(session.scalars(
+            claim.where(Delivery.status == "pending").returning(Delivery.id)).all())
 
 
 def counts(ctx: Context, issue_id: int) -> Counter[str]:
@@ -183,61 +264,64 @@ def deliver(ctx: Context, issue_id: int, transport: Transport, *,
             resend_uncertain: bool = False, sandbox: bool = False,
             on_progress: ProgressCallback | None = None,
             should_stop: Callable[[], bool] | None = None,
-            now: Callable[[], datetime] = utcnow) -> SendReport:
-    """Send an issue's pending deliveries in batches; resumable at any point."""
+            now: Callable[[], datetime] = utcnow,
+            sleep: Callable[[float], None] = time.sleep) -> SendReport:
+    """Send an issue's pending deliveries in claimed batches; resumable at any point.
+
+    Several processes may run this for the same issue at once (``digest send --worker``):
+    each claims its own batches and waits at the end for the others' to settle.
+    """
     with ctx.db.session() as session:
         issue_row, mailing_list = get_issue(session, issue_id)
         issue = outgoing_issue(mailing_list, issue_row, ctx, sandbox=sandbox)
     report = SendReport(issue_id, issue.list_name, issue.number, issue.rendered.subject)
-    batch_size = ctx.settings.batch_size
+    me = worker_identity()
+    _LIVE_CLAIMERS.add(me)
+    try:
+        return _deliver(ctx, issue, report, transport, me, resend_uncertain=resend_uncertain,
+                        on_progress=on_progress, should_stop=should_stop, now=now,
+                        sleep=sleep)
+    finally:
+        _LIVE_CLAIMERS.discard(me)
 
+
+def _deliver(ctx: Context, issue: OutgoingIssue, report: SendReport, transport: Transport,
+             me: str, *, resend_uncertain: bool, on_progress: ProgressCallback | None,
+             should_stop: Callable[[], bool] | None, now: Callable[[], datetime],
+             sleep: Callable[[float], None]) -> SendReport:
+    issue_id = issue.issue_id
     with transport:
-        recover_interrupted(ctx, issue, transport, now())
+        settle_abandoned(ctx, issue, transport, now(), me)
         if resend_uncertain:
             with ctx.db.session() as session:
                 session.execute(update(Delivery).where(
                     Delivery.issue_id == issue_id, Delivery.status == UNCERTAIN)
                     .values(status="pending", error=None, updated_at=now()))
-        before = counts(ctx, issue_id)
-        total = sum(before.values())
-        done = total - before["pending"]
-        if on_progress:
-            on_progress(done, total)
-        last_id = 0
         while True:
             if should_stop is not None and should_stop():
                 report.stopped = True
                 break
-            rows = _rows(ctx, issue_id, "pending", batch_size, after=last_id)
-            if not rows:
-                break
-            last_id = rows[-1][0]
-            left = [r[0] for r in rows if r[5] != "active"]
-            _set_status(ctx, left, "skipped", now=now(), only_from="pending",
-                        error="no longer subscribed when the batch was sent")
-            wanted = {r[0]: r for r in rows if r[5] == "active"}
-            claimed = set(_set_status(ctx, list(wanted), "sending", now=now(),
-                                      only_from="pending", count_attempt=True))
-            recipients = [make_recipient(ctx, issue, d, sub, subn, email, name)
-                          for d, (_, sub, subn, email, name, _) in wanted.items()
-                          if d in claimed]
-            if recipients:
-                try:
-                    outcomes = transport.send_batch(issue, recipients)
-                except DeliveryError:
-                    # The transport knows nothing left: the batch can be tried again.
-                    _set_status(ctx, [r.delivery_id for r in recipients], "pending",
-                                now=now(), only_from="sending")
-                    raise
-                _record(ctx, outcomes, now())
-                report.sent_now += sum(1 for o in outcomes if o.status == ACCEPTED)
-            done += len(rows)
+            tally = counts(ctx, issue_id)
             if on_progress:
-                on_progress(done, total)
+                total = sum(tally.values())
+                on_progress(total - tally["pending"] - tally["claimed"] - tally["sending"],
+                            total)
+            ids = claim_batch(ctx, issue_id, me, ctx.settings.batch_size, now())
+            if not ids:
+                if not tally["claimed"] and not tally["sending"]:
+                    break
+                # Other workers hold the rest: wait for them, or for their leases to end.
+                sleep(1.0)
+                settle_abandoned(ctx, issue, transport, now(), me)
+                continue
+            report.sent_now += _send_claimed(ctx, issue, transport, ids, me, now)
 
     report.counts = counts(ctx, issue_id)
     report.failures = failures(ctx, issue_id)
-    if not report.counts["pending"] and not report.counts["sending"]:
+    if on_progress:
+        total = sum(report.counts.values())
+        on_progress(total - report.counts["pending"], total)
+    if not any(report.counts[s] for s in ("pending", "claimed", "sending")):
         with ctx.db.session() as session:
             row = session.get(Issue, issue_id)
             if row is not None and row.status != "sent":
@@ -246,10 +330,37 @@ def deliver(ctx: Context, issue_id: int, transport: Transport, *,
     return report
 
 
+def _send_claimed(ctx: Context, issue: OutgoingIssue, transport: Transport, ids: list[int],
+                  me: str, now: Callable[[], datetime]) -> int:
+    """Hand one claimed batch to the transport and record each outcome; return accepted."""
+    rows = _rows_by_id(ctx, ids)
+    left = [r[0] for r in rows if r[5] != "active"]
+    _set_status(ctx, left, "skipped", now=now(), only_from="claimed", holder=me,
+                release=True, error="no longer subscribed when the batch was sent")
+    wanted = {r[0]: r for r in rows if r[5] == "active"}
+    # Committed before the hand-over: after a crash these rows read "maybe sent".
+    handing = set(_set_status(ctx, list(wanted), "sending", now=now(), only_from="claimed",
+                              holder=me, count_attempt=True))
+    recipients = [make_recipient(ctx, issue, d, sub, subn, email, name)
+                  for d, (_, sub, subn, email, name, _) in wanted.items() if d in handing]
+    if not recipients:
+        return 0
+    try:
+        outcomes = transport.send_batch(issue, recipients)
+    except DeliveryError:
+        # The transport knows nothing went out: the batch can be tried again later.
+        _set_status(ctx, [r.delivery_id for r in recipients], "pending", now=now(),
+                    only_from="sending", holder=me, release=True)
+        raise
+    _record(ctx, outcomes, now())
+    return sum(1 for o in outcomes if o.status == ACCEPTED)
+
+
 def _record(ctx: Context, outcomes: Sequence[Outcome], now: datetime) -> None:
     """Write each outcome onto its delivery record, in one transaction."""
     rows = [{"id": o.delivery_id, "status": o.status, "message_id": o.message_id,
-             "error": o.error[:2000] if o.error else None, "updated_at": now}
+             "error": o.error[:2000] if o.error else None, "updated_at": now,
+             "claimed_by": None, "lease_until": None}
             for o in outcomes]
     if rows:
         with ctx.db.session() as session:

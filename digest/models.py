@@ -88,9 +88,11 @@ class IssueEntry(Base):
 
 
 class Delivery(Base):
-    """One issue to one subscriber: pending → sending → accepted | failed | uncertain.
+    """One issue to one subscriber.
 
-    ``skipped`` is for a subscriber who left between the issue being built and their batch.
+    pending → claimed (leased by a worker, not yet handed over) → sending (being handed
+    to the transport) → accepted | failed | uncertain. ``skipped`` is for a subscriber
+    who left between the issue being built and their batch.
     """
 
     __tablename__ = "deliveries"
@@ -108,3 +110,6 @@ class Delivery(Base):
     message_id: Mapped[str | None] = mapped_column(String(300))
     error: Mapped[str | None] = mapped_column(Text)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Who holds the row while it is claimed or sending, and until when.
+    claimed_by: Mapped[str | None] = mapped_column(String(200))
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -104,6 +104,13 @@ class Settings:
                                     env=("SENDGRID_API_KEY",))
     sendgrid_host: str = setting("https://api.sendgrid.com", "SendGrid API host.")
     sendgrid_timeout: float = setting(30.0, "Seconds one SendGrid request may take.")
+    retry_attempts: int = setting(
+        5, "Tries of one batch after a 429, a 5xx, a 4xx SMTP reply or a failed connection.")
+    retry_max_wait: float = setting(
+        60.0, "Longest wait, in seconds, before one retry (backoff or X-RateLimit-Reset).")
+    send_lease_seconds: int = setting(
+        300, "How long a worker holds the batch it claimed; after that, if it died, another "
+        "worker takes the batch over.")
 
     log_level: str = setting("INFO", "Logging level: DEBUG, INFO, WARNING or ERROR.",
                              choices=("DEBUG", "INFO", "WARNING", "ERROR"))

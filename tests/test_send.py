@@ -156,8 +156,9 @@ def test_an_interrupted_send_resumes_without_sending_twice(any_ctx: Context,
     for i in range(8):
         add_subscriber(ctx.db, "weekly", f"reader{i}@example.org")
     outbox = Path(ctx.settings.outbox_dir)
+    crashing = CrashingOutbox(outbox, crash_on=2, survive=1)
     with pytest.raises(SystemExit):
-        run_list(ctx, "weekly", transport=CrashingOutbox(outbox, crash_on=2, survive=1))
+        run_list(ctx, "weekly", transport=crashing)
     [issue_id] = _issue_ids(ctx)
     assert counts(ctx, issue_id) == {"accepted": 3, "sending": 3, "pending": 2}
     # Someone leaves before the rest goes out: they are skipped, not sent to.
