@@ -313,9 +313,19 @@ def print_send(report: SendReport) -> None:
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @click.option("--resend-uncertain", is_flag=True,
               help="Send again to recipients whose delivery is uncertain.")
+@click.option("--sandbox", is_flag=True,
+              help="SendGrid sandbox mode: requests are validated, nothing is delivered.")
+@click.option("--worker", is_flag=True,
+              help="Only help send the issue of this list that is being sent (several "
+                   "workers on PostgreSQL share its batches); never collect or build one.")
 @boundary
-def send_cmd(list_name: str, no_collect: bool, yes: bool, resend_uncertain: bool) -> None:
-    """Collect, build the next issue of a list and send it to its active subscribers."""
+def send_cmd(list_name: str, no_collect: bool, yes: bool, resend_uncertain: bool,
+             sandbox: bool, worker: bool) -> None:
+    """Collect, build the next issue of a list and send it to its active subscribers.
+
+    Running it again never sends an issue twice to anyone; an interrupted send resumes.
+    Exits with status 1 when any delivery failed or is uncertain.
+    """
     from digest.pipeline import run_list
     ctx = state().ctx
     interactive = _interactive()
@@ -328,19 +338,21 @@ def send_cmd(list_name: str, no_collect: bool, yes: bool, resend_uncertain: bool
                              f"{audience} subscribers of {list_name}?", err=True)
 
     collected: CollectReport | None = None
-    if not no_collect:
+    if not no_collect and not worker:
         collected = _collect_with_progress(ctx)
         print_collect(collected)
     with progress_bar(f"Sending {list_name}", enabled=interactive) as update:
         result = run_list(ctx, list_name, collect_first=False, on_progress=update,
-                          resend_uncertain=resend_uncertain, confirm=confirm)
+                          resend_uncertain=resend_uncertain, confirm=confirm,
+                          sandbox=sandbox, join_only=worker)
     for warning in result.warnings:
         err.print(f"[yellow]warning:[/yellow] {warning}")
     if result.declined:
         err.print("Not sent.")
         return
     if result.send is None:
-        err.print(f"Nothing new for list {list_name!r} since its last issue; nothing sent.")
+        err.print(f"No issue of {list_name!r} is being sent; nothing to do." if worker else
+                  f"Nothing new for list {list_name!r} since its last issue; nothing sent.")
         return
     if result.resumed:
         err.print(f"Resumed issue {result.send.number}, whose send had been interrupted.")

@@ -74,6 +74,7 @@ def outgoing_issue(mailing_list: MailingList, issue: Issue, ctx: Context, *,
         list_title=mailing_list.title, number=issue.number,
         rendered=RenderedIssue(issue.subject, issue.html, issue.text, ""),
         sender=format_sender(s.from_name, s.from_email), sender_email=s.from_email,
+        sender_name=s.from_name,
         reply_to=s.reply_to or None,
         headers={"List-Id": f"{mailing_list.title} <{mailing_list.name}.{domain}>",
                  "Precedence": "bulk", "Auto-Submitted": "auto-generated"},
@@ -324,7 +325,7 @@ def _deliver(ctx: Context, issue: OutgoingIssue, report: SendReport, transport: 
     if not any(report.counts[s] for s in ("pending", "claimed", "sending")):
         with ctx.db.session() as session:
             row = session.get(Issue, issue_id)
-            if row is not None and row.status != "sent":
+            if row is not None and row.status == "sending":
                 row.status, row.sent_at = "sent", now()
         report.finished = True
     return report

@@ -112,14 +112,15 @@ def section_summary(sections: list[Section]) -> list[dict[str, Any]]:
     return [{"title": s.title, "key": s.key, "count": len(s.entries)} for s in sections]
 
 
-def record_issue(ctx: Context, draft: Draft, *, now: datetime | None = None) -> int:
+def record_issue(ctx: Context, draft: Draft, *, now: datetime | None = None,
+                 status: str = "sending") -> int:
     """Record the issue, its entries, and a pending delivery per active subscriber.
 
     One transaction: an issue exists only together with its whole audience.
     """
     now = now or utcnow()
     with ctx.db.session() as session:
-        issue = Issue(list_id=draft.list_id, number=draft.number, status="sending",
+        issue = Issue(list_id=draft.list_id, number=draft.number, status=status,
                       subject=draft.rendered.subject, intro=draft.content.intro,
                       html=draft.rendered.html, text=draft.rendered.text,
                       sections=section_summary(draft.sections),
@@ -173,3 +174,11 @@ def audience_size(ctx: Context, list_id: int) -> int:
     with ctx.db.session() as session:
         return session.scalar(select(func.count()).select_from(Subscription).where(
             Subscription.list_id == list_id, Subscription.status == "active")) or 0
+
+
+def discard_sandbox_issues(ctx: Context, list_id: int) -> None:
+    """Delete a list's sandbox issues: they validated a send and must hold no entries."""
+    with ctx.db.session() as session:
+        for issue in session.scalars(select(Issue).where(Issue.list_id == list_id,
+                                                         Issue.status == "sandbox")):
+            session.delete(issue)

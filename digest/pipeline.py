@@ -13,7 +13,14 @@ from digest.collect import CollectReport, collect
 from digest.context import Context
 from digest.db import utcnow
 from digest.delivery import ProgressCallback, SendReport, deliver
-from digest.issues import Draft, audience_size, draft_issue, record_issue, unfinished_issue
+from digest.issues import (
+    Draft,
+    audience_size,
+    discard_sandbox_issues,
+    draft_issue,
+    record_issue,
+    unfinished_issue,
+)
 from digest.transports import Transport, make_transport
 from subscribers.lists import get_list
 
@@ -42,11 +49,18 @@ def run_list(ctx: Context, list_name: str, *, collect_first: bool = True,
              on_fetched: Callable[..., None] | None = None,
              on_progress: ProgressCallback | None = None,
              should_stop: Callable[[], bool] | None = None,
-             confirm: Callable[[Draft, int], bool] | None = None) -> RunResult:
-    """Collect (unless told not to), then finish an interrupted issue or send a new one."""
+             confirm: Callable[[Draft, int], bool] | None = None,
+             join_only: bool = False) -> RunResult:
+    """Collect (unless told not to), then finish an interrupted issue or send a new one.
+
+    With ``join_only`` (``digest send --worker``) it only helps send the list's issue that
+    is being sent, if there is one, and never collects or builds an issue.
+    """
     now = now or utcnow()
     with ctx.db.session() as session:
         list_id = get_list(session, list_name).id
+    discard_sandbox_issues(ctx, list_id)
+    with ctx.db.session() as session:
         pending = unfinished_issue(session, list_id, with_uncertain=resend_uncertain)
         pending_id = pending.id if pending else None
     transport = transport or make_transport(ctx.settings)
@@ -55,6 +69,8 @@ def run_list(ctx: Context, list_name: str, *, collect_first: bool = True,
         report = deliver(ctx, pending_id, transport, resend_uncertain=resend_uncertain,
                          sandbox=sandbox, on_progress=on_progress, should_stop=should_stop)
         return RunResult(list_name, None, report, resumed=True)
+    if join_only:
+        return RunResult(list_name, None, None)
     collected = None
     if collect_first:
         collected = collect(ctx.db, ctx.settings, now=now, on_start=on_collect_start,
@@ -64,7 +80,11 @@ def run_list(ctx: Context, list_name: str, *, collect_first: bool = True,
         return RunResult(list_name, collected, None)
     if confirm is not None and not confirm(draft, audience_size(ctx, draft.list_id)):
         return RunResult(list_name, collected, None, declined=True)
-    issue_id = record_issue(ctx, draft, now=now)
+    # A sandbox run validates the send and then forgets the issue: it must not count as
+    # sent, or the real subscribers would never get these entries.
+    issue_id = record_issue(ctx, draft, now=now, status="sandbox" if sandbox else "sending")
     report = deliver(ctx, issue_id, transport, sandbox=sandbox, on_progress=on_progress,
                      should_stop=should_stop)
+    if sandbox:
+        discard_sandbox_issues(ctx, list_id)
     return RunResult(list_name, collected, report, warnings=draft.rendered.warnings)

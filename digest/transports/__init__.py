@@ -7,10 +7,14 @@ from digest.settings import Settings
 from digest.transports.base import Outcome, OutgoingIssue, OutgoingRecipient, Transport
 from digest.transports.locmem import LocmemTransport
 from digest.transports.outbox import OutboxTransport
+from digest.transports.sendgrid import SendGridTransport
+from digest.transports.smtp import SMTPTransport
 
 TRANSPORTS: dict[str, type[Transport]] = {
     OutboxTransport.name: OutboxTransport,
     LocmemTransport.name: LocmemTransport,
+    SMTPTransport.name: SMTPTransport,
+    SendGridTransport.name: SendGridTransport,
 }
 
 __all__ = [

@@ -28,6 +28,7 @@ class OutgoingIssue:
     rendered: RenderedIssue
     sender: str          # From header value
     sender_email: str
+    sender_name: str = ""
     reply_to: str | None = None
     headers: Mapping[str, str] = field(default_factory=dict)  # List-Id and the like
     sandbox: bool = False

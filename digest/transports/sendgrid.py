@@ -1,0 +1,191 @@
+"""The SendGrid transport: v3 Mail Send through the official client, 1000 recipients a call.
+
+The issue's HTML and text go once per request; each recipient's values go in
+``substitutions`` (they reach only subject and content), their List-Unsubscribe headers
+in ``personalizations[].headers``, and ids in ``custom_args`` (strings) so Event Webhook
+events map back to the delivery record.
+
+What an answer means for the batch:
+- 202 (200 in sandbox mode): accepted; X-Message-Id goes on every record.
+- 429: wait until X-RateLimit-Reset (bounded), then try again.
+- 5xx, or a connection that failed before the request went out: back off and try
+  again, bounded; when tries run out the send stops and the batch stays pending.
+- 400/413: the batch fails, with SendGrid's error messages on each record.
+- 401/403: the send stops at once (bad key, unverified sender).
+- Connection lost or timed out after the request went out: uncertain.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import logging
+import random
+import time
+import urllib.error
+from collections.abc import Callable, Sequence
+from typing import Any, Self
+
+from python_http_client import exceptions as sg_errors
+from sendgrid import SendGridAPIClient
+
+from digest.errors import ConfigError, DeliveryError
+from digest.settings import Settings
+from digest.transports.base import (
+    ACCEPTED,
+    FAILED,
+    UNCERTAIN,
+    Outcome,
+    OutgoingIssue,
+    OutgoingRecipient,
+    Transport,
+)
+
+log = logging.getLogger(__name__)
+MAX_RECIPIENTS = 1000
+# python_http_client logs every request's headers, API key included, at DEBUG.
+logging.getLogger("python_http_client").setLevel(logging.WARNING)
+
+
+def sendgrid_errors(error: sg_errors.HTTPError) -> str:
+    """SendGrid's own error messages from an error answer, joined for a person."""
+    try:
+        body = json.loads(error.body or b"{}")
+        messages = [f"{e.get('message', '')}" + (f" (field {e['field']})" if e.get("field")
+                                                 else "")
+                    for e in body.get("errors", [])]
+    except (ValueError, AttributeError, TypeError):
+        messages = []
+    return "; ".join(m for m in messages if m) or f"HTTP {error.status_code} {error.reason}"
+
+
+class SendGridTransport(Transport):
+    """Sends batches through SendGrid's v3 Mail Send API."""
+
+    name = "sendgrid"
+
+    def __init__(self, api_key: str, *, host: str = "https://api.sendgrid.com",
+                 timeout: float = 30.0, attempts: int = 5, max_wait: float = 60.0,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        if not api_key:
+            raise ConfigError("no SendGrid API key: set SENDGRID_API_KEY",
+                              key="sendgrid_api_key")
+        self.client = SendGridAPIClient(api_key, host=host.rstrip("/"))
+        self.timeout = timeout
+        self.attempts = max(1, attempts)
+        self.max_wait = max_wait
+        self.sleep = sleep
+        self.requests = 0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Self:
+        return cls(settings.sendgrid_api_key, host=settings.sendgrid_host,
+                   timeout=settings.sendgrid_timeout, attempts=settings.retry_attempts,
+                   max_wait=settings.retry_max_wait)
+
+    def __repr__(self) -> str:  # never show the key
+        return f"SendGridTransport(host={self.client.host!r})"
+
+    def request_body(self, issue: OutgoingIssue,
+                     recipients: Sequence[OutgoingRecipient]) -> dict[str, Any]:
+        """The v3 Mail Send body for one batch."""
+        if len(recipients) > MAX_RECIPIENTS:
+            raise ValueError(f"a SendGrid request holds at most {MAX_RECIPIENTS} recipients")
+        rendered = issue.rendered
+        personalizations = []
+        for r in recipients:
+            to = {"email": r.email, "name": r.name} if r.name else {"email": r.email}
+            personalizations.append({
+                "to": [to],
+                "substitutions": r.values.values(),
+                "headers": dict(r.headers),
+                "custom_args": {"delivery_id": str(r.delivery_id),
+                                "subscriber_id": str(r.subscriber_id)},
+            })
+        sender_name = issue.sender_name
+        body: dict[str, Any] = {
+            "personalizations": personalizations,
+            "from": ({"email": issue.sender_email, "name": sender_name} if sender_name
+                     else {"email": issue.sender_email}),
+            "subject": rendered.subject,
+            # text/plain must come before text/html.
+            "content": [{"type": "text/plain", "value": rendered.text},
+                        {"type": "text/html", "value": rendered.html}],
+            "headers": dict(issue.headers),
+            "categories": [issue.list_name[:255]],
+            "custom_args": {"issue_id": str(issue.issue_id), "list": issue.list_name},
+        }
+        if issue.reply_to:
+            body["reply_to"] = {"email": issue.reply_to}
+        if issue.sandbox:
+            body["mail_settings"] = {"sandbox_mode": {"enable": True}}
+        return body
+
+    def _wait_for_reset(self, error: sg_errors.HTTPError, attempt: int) -> float:
+        reset = None
+        with contextlib.suppress(TypeError, ValueError, AttributeError):
+            reset = float(error.headers.get("X-RateLimit-Reset"))
+        wait = reset - time.time() if reset else self._backoff(attempt)
+        return min(max(wait, 0.05), self.max_wait)
+
+    def _backoff(self, attempt: int) -> float:
+        # Exponential with full jitter: many workers retrying never move in step.
+        return float(min(self.max_wait, 0.5 * 2 ** attempt) * random.uniform(0.5, 1.0))
+
+    def send_batch(self, issue: OutgoingIssue,
+                   recipients: Sequence[OutgoingRecipient]) -> list[Outcome]:
+        body = self.request_body(issue, recipients)
+        ids = [r.delivery_id for r in recipients]
+
+        def all_as(status: str, message_id: str | None = None,
+                   error: str | None = None) -> list[Outcome]:
+            return [Outcome(d, status, message_id=message_id, error=error) for d in ids]
+
+        last_problem = ""
+        for attempt in range(self.attempts):
+            self.requests += 1
+            try:
+                response = self.client.client.mail.send.post(request_body=body,
+                                                             timeout=self.timeout)
+            except (sg_errors.UnauthorizedError, sg_errors.ForbiddenError) as e:
+                raise DeliveryError(
+                    f"SendGrid refused the request ({e.status_code}): {sendgrid_errors(e)}",
+                    hint="check SENDGRID_API_KEY (it needs the Mail Send permission) and "
+                         "that the sender address or domain is verified") from None
+            except (sg_errors.BadRequestsError, sg_errors.PayloadTooLargeError) as e:
+                return all_as(FAILED, error=f"SendGrid {e.status_code}: {sendgrid_errors(e)}")
+            except sg_errors.TooManyRequestsError as e:
+                wait = self._wait_for_reset(e, attempt)
+                last_problem = "rate limited (429)"
+                log.info("SendGrid rate limit; waiting %.1f s", wait)
+                self.sleep(wait)
+                continue
+            except sg_errors.HTTPError as e:
+                if e.status_code >= 500:
+                    last_problem = f"SendGrid {e.status_code}: {sendgrid_errors(e)}"
+                    log.warning("%s; retrying", last_problem)
+                    self.sleep(self._backoff(attempt))
+                    continue
+                return all_as(FAILED, error=f"SendGrid {e.status_code}: {sendgrid_errors(e)}")
+            except urllib.error.URLError as e:
+                # urllib raises URLError only while connecting and sending: nothing was
+                # accepted, so trying again cannot duplicate.
+                last_problem = f"cannot reach SendGrid: {e.reason}"
+                log.warning("%s; retrying", last_problem)
+                self.sleep(self._backoff(attempt))
+                continue
+            except (OSError, http.client.HTTPException) as e:
+                # The request went out and no answer came back: SendGrid may have it.
+                return all_as(UNCERTAIN, error=f"no answer from SendGrid after sending "
+                                               f"({type(e).__name__}: {e})")
+            status = response.status_code
+            if status in (200, 202):
+                message_id = response.headers.get("X-Message-Id") if response.headers \
+                    else None
+                return all_as(ACCEPTED, message_id=message_id)
+            return all_as(UNCERTAIN, error=f"unexpected answer from SendGrid: HTTP {status}")
+        raise DeliveryError(f"SendGrid did not take the batch after {self.attempts} tries: "
+                            f"{last_problem}",
+                            hint="nothing in this batch was sent; run the send again to "
+                                 "resume")
