@@ -298,24 +298,28 @@ def _deliver(ctx: Context, issue: OutgoingIssue, report: SendReport, transport: 
                 session.execute(update(Delivery).where(
                     Delivery.issue_id == issue_id, Delivery.status == UNCERTAIN)
                     .values(status="pending", error=None, updated_at=now()))
+        tally = counts(ctx, issue_id)
+        total = sum(tally.values())
+        done = total - tally["pending"] - tally["claimed"] - tally["sending"]
         while True:
             if should_stop is not None and should_stop():
                 report.stopped = True
                 break
-            tally = counts(ctx, issue_id)
             if on_progress:
-                total = sum(tally.values())
-                on_progress(total - tally["pending"] - tally["claimed"] - tally["sending"],
-                            total)
+                on_progress(done, total)
             ids = claim_batch(ctx, issue_id, me, ctx.settings.batch_size, now())
             if not ids:
-                if not tally["claimed"] and not tally["sending"]:
+                # Counting scans the issue, so only here, not once per batch.
+                tally = counts(ctx, issue_id)
+                done = total - tally["pending"] - tally["claimed"] - tally["sending"]
+                if not tally["claimed"] and not tally["sending"] and not tally["pending"]:
                     break
                 # Other workers hold the rest: wait for them, or for their leases to end.
                 sleep(1.0)
                 settle_abandoned(ctx, issue, transport, now(), me)
                 continue
             report.sent_now += _send_claimed(ctx, issue, transport, ids, me, now)
+            done += len(ids)
 
     report.counts = counts(ctx, issue_id)
     report.failures = failures(ctx, issue_id)
@@ -358,11 +362,18 @@ def _send_claimed(ctx: Context, issue: OutgoingIssue, transport: Transport, ids:
 
 
 def _record(ctx: Context, outcomes: Sequence[Outcome], now: datetime) -> None:
-    """Write each outcome onto its delivery record, in one transaction."""
-    rows = [{"id": o.delivery_id, "status": o.status, "message_id": o.message_id,
-             "error": o.error[:2000] if o.error else None, "updated_at": now,
-             "claimed_by": None, "lease_until": None}
-            for o in outcomes]
-    if rows:
-        with ctx.db.session() as session:
-            session.execute(update(Delivery), rows)
+    """Write each outcome onto its delivery record, in one transaction.
+
+    Outcomes that say the same (a SendGrid batch shares one status and X-Message-Id) go
+    in one UPDATE each.
+    """
+    groups: dict[tuple[str, str | None, str | None], list[int]] = {}
+    for o in outcomes:
+        key = (o.status, o.message_id, o.error[:2000] if o.error else None)
+        groups.setdefault(key, []).append(o.delivery_id)
+    with ctx.db.session() as session:
+        for (status, message_id, error), ids in groups.items():
+            for start in range(0, len(ids), 1000):
+                session.execute(update(Delivery).where(Delivery.id.in_(ids[start:start + 1000]))
+                                .values(status=status, message_id=message_id, error=error,
+                                        updated_at=now, claimed_by=None, lease_until=None))

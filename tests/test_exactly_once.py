@@ -1,0 +1,156 @@
+"""Exactly once under faults and kills: real child processes, a faulty SendGrid stand-in.
+
+Every active subscriber must end accepted exactly once or reported uncertain; nobody
+unsubscribed, bounced or pending is ever sent to.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, insert, select
+
+from digest.collect import add_feed, collect
+from digest.context import Context
+from digest.models import Delivery, Issue
+from subscribers.lists import create_list
+from subscribers.models import Subscriber, Subscription
+from tests.conftest import make_settings
+from tests.feedserver import FeedServer, rss
+from tests.sendgrid_standin import SendGridStandIn
+from tests.test_send import recap
+
+KEY = "SG.exactly-once"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def populate(ctx: Context, active: int) -> set[str]:
+    """A list with ``active`` active subscribers and some who must never be mailed."""
+    mailing_list = create_list(ctx.db, "weekly")
+    others = {"unsubscribed": 150, "bounced": 100, "complained": 50, "pending": 200}
+    rows, subs = [], []
+    n = 0
+    for status, count in [("active", active), *others.items()]:
+        for _ in range(count):
+            n += 1
+            rows.append({"id": n, "email": f"{status}{n}@example.org",
+                         "email_key": f"{status}{n}@example.org", "name": ""})
+            subs.append({"subscriber_id": n, "list_id": mailing_list.id, "status": status,
+                         "source": "test", "keywords": []})
+    with ctx.db.session() as s:
+        s.execute(insert(Subscriber), rows)
+        s.execute(insert(Subscription), subs)
+    return {r["email"] for r in rows if r["email"].startswith("active")}
+
+
+def child_env(ctx: Context, standin: SendGridStandIn, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DIGEST_")}
+    env.update({"DIGEST_DATABASE_URL": ctx.settings.database_url,
+                "DIGEST_TRANSPORT": "sendgrid", "DIGEST_SENDGRID_HOST": standin.url,
+                "SENDGRID_API_KEY": KEY, "DIGEST_SECRET_KEY": "test-secret",
+                "DIGEST_BATCH_SIZE": "500", "DIGEST_SENDGRID_TIMEOUT": "1",
+                "DIGEST_RETRY_MAX_WAIT": "0.3", "DIGEST_RETRY_ATTEMPTS": "6",
+                "DIGEST_LOG_LEVEL": "WARNING", **extra})
+    return env
+
+
+def send(env: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "digest", "send", "--list", "weekly",
+                             "--no-collect", "--yes", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def check_exactly_once(ctx: Context, standin: SendGridStandIn, active: set[str]) -> None:
+    with ctx.db.session() as s:
+        states = dict(s.execute(select(Subscriber.email, Delivery.status)
+                                .join(Delivery, Delivery.subscriber_id == Subscriber.id)).all())
+    assert set(states) == active, "deliveries exist exactly for the active subscribers"
+    assert set(states.values()) <= {"accepted", "uncertain"}, set(states.values())
+    assert not set(standin.accepted) - active, "someone not active was mailed"
+    assert max(standin.accepted.values()) == 1, "someone got the issue twice"
+    for address, status in states.items():
+        if status == "accepted":
+            assert standin.accepted[address] == 1, address
+    uncertain = sum(1 for st in states.values() if st == "uncertain")
+    assert uncertain <= len(active) // 4, f"too many uncertain: {uncertain}"
+
+
+@pytest.fixture
+def standin() -> Iterator[SendGridStandIn]:
+    server = SendGridStandIn(KEY, seed=7)
+    yield server
+    server.close()
+
+
+def test_killed_and_restarted_sends_reach_everyone_once(
+        tmp_path: Path, database_url: str, feed_server: FeedServer,
+        standin: SendGridStandIn) -> None:
+    ctx = Context.open(make_settings(tmp_path, database_url))
+    add_feed(ctx.db, feed_server.add("/f.xml", body=rss([recap(1)])))
+    collect(ctx.db, ctx.settings)
+    active = populate(ctx, 20_000)
+    standin.fault_rates = {"429": 0.05, "500": 0.05, "drop_after_accept": 0.03, "slow": 0.02}
+    standin.slow_seconds = 1.5
+    standin.delay = 0.05
+    standin.keep_bodies = False
+    env = child_env(ctx, standin)
+    rng = random.Random(11)
+    kills = 0
+    for _ in range(30):
+        process = send(env)
+        if kills < 4:
+            time.sleep(rng.uniform(1.5, 4.0))
+            if process.poll() is None:
+                process.send_signal(signal.SIGKILL)
+                kills += 1
+        output = process.communicate(timeout=300)[0].decode()
+        if process.returncode == 0 or "uncertain" in output and "pending" not in output \
+                and process.returncode == 1:
+            with ctx.db.session() as s:
+                left = s.scalar(select(func.count()).select_from(Delivery).where(
+                    Delivery.status.in_(("pending", "claimed", "sending"))))
+            if not left:
+                break
+    assert kills >= 2, "the send finished before it could be killed; make it slower"
+    with ctx.db.session() as s:
+        assert s.scalar(select(Issue.status)) == "sent"
+    check_exactly_once(ctx, standin, active)
+    ctx.close()
+
+
+def test_workers_on_postgresql_share_one_issue(tmp_path: Path, postgres_url: str,
+                                               feed_server: FeedServer,
+                                               standin: SendGridStandIn) -> None:
+    ctx = Context.open(make_settings(tmp_path, postgres_url))
+    add_feed(ctx.db, feed_server.add("/f.xml", body=rss([recap(1)])))
+    collect(ctx.db, ctx.settings)
+    active = populate(ctx, 6_000)
+    standin.delay = 0.15
+    standin.keep_bodies = False
+    env = child_env(ctx, standin, DIGEST_BATCH_SIZE="200", DIGEST_SEND_LEASE_SECONDS="5")
+    first = send(env)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with ctx.db.session() as s:
+            if s.scalar(select(func.count()).select_from(Issue)):
+                break
+        time.sleep(0.1)
+    workers = [send(env, "--worker") for _ in range(3)]
+    time.sleep(1.5)
+    workers[0].send_signal(signal.SIGKILL)  # a worker dies holding a batch
+    outputs = [p.communicate(timeout=300)[0].decode() for p in [first, *workers[1:]]]
+    for p in [first, *workers[1:]]:
+        assert p.returncode == 0, outputs
+    sent_by = [int(o.rsplit("; ", 1)[1].split(" sent by this run")[0]) for o in outputs]
+    assert sum(1 for n in sent_by if n > 0) >= 2, sent_by
+    check_exactly_once(ctx, standin, active)
+    assert sum(standin.accepted.values()) + 0 >= len(active) - 200  # at most one batch unsure
+    ctx.close()
