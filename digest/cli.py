@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -42,8 +43,11 @@ log = logging.getLogger("digest")
 class State:
     """What the top-level options gave: the settings, and a context opened on demand."""
 
-    def __init__(self, loaded: LoadedSettings) -> None:
+    def __init__(self, loaded: LoadedSettings, config_path: str | None = None,
+                 overrides: tuple[str, ...] = ()) -> None:
         self.loaded = loaded
+        self.config_path = config_path
+        self.overrides = overrides
         self._ctx: Context | None = None
 
     @property
@@ -124,7 +128,7 @@ def cli(click_ctx: click.Context, config_path: str | None, overrides: tuple[str,
                                               rich_tracebacks=False)], force=True)
     for noisy in ("httpx", "httpcore", "alembic", "CSSUTILS", "cssutils", "premailer"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    click_ctx.obj = State(loaded)
+    click_ctx.obj = State(loaded, config_path, overrides)
     click_ctx.call_on_close(lambda: click_ctx.obj._ctx and click_ctx.obj._ctx.close())
 
 
@@ -318,9 +322,11 @@ def print_send(report: SendReport) -> None:
 @click.option("--worker", is_flag=True,
               help="Only help send the issue of this list that is being sent (several "
                    "workers on PostgreSQL share its batches); never collect or build one.")
+@click.option("--jobs", "-j", type=click.IntRange(1, 32), default=1, show_default=True,
+              help="Processes that send together (this one plus JOBS-1 workers).")
 @boundary
 def send_cmd(list_name: str, no_collect: bool, yes: bool, resend_uncertain: bool,
-             sandbox: bool, worker: bool) -> None:
+             sandbox: bool, worker: bool, jobs: int) -> None:
     """Collect, build the next issue of a list and send it to its active subscribers.
 
     Running it again never sends an issue twice to anyone; an interrupted send resumes.
@@ -337,14 +343,37 @@ def send_cmd(list_name: str, no_collect: bool, yes: bool, resend_uncertain: bool
                              f"({sum(len(s.entries) for s in draft.sections)} entries) to "
                              f"{audience} subscribers of {list_name}?", err=True)
 
+    helpers: list[subprocess.Popen[bytes]] = []
+
+    def start_helpers(_issue_id: int) -> None:
+        st = state()
+        argv = [sys.executable, "-m", "digest"]
+        if st.config_path:
+            argv += ["--config", st.config_path]
+        for item in st.overrides:
+            argv += ["--set", item]
+        argv += ["send", "--list", list_name, "--worker", "--yes"]
+        for _ in range(jobs - 1):
+            helpers.append(subprocess.Popen(argv, stdin=subprocess.DEVNULL,
+                                            stdout=subprocess.DEVNULL,
+                                            stderr=subprocess.PIPE))
+
     collected: CollectReport | None = None
     if not no_collect and not worker:
         collected = _collect_with_progress(ctx)
         print_collect(collected)
     with progress_bar(f"Sending {list_name}", enabled=interactive) as update:
-        result = run_list(ctx, list_name, collect_first=False, on_progress=update,
-                          resend_uncertain=resend_uncertain, confirm=confirm,
-                          sandbox=sandbox, join_only=worker)
+        try:
+            result = run_list(ctx, list_name, collect_first=False, on_progress=update,
+                              resend_uncertain=resend_uncertain, confirm=confirm,
+                              sandbox=sandbox, join_only=worker,
+                              on_issue=start_helpers if jobs > 1 else None)
+        finally:
+            for helper in helpers:
+                _, problem = helper.communicate()
+                if helper.returncode:
+                    err.print(f"[yellow]a worker exited with status {helper.returncode}:"
+                              f"[/yellow] {problem.decode(errors='replace').strip()[-500:]}")
     for warning in result.warnings:
         err.print(f"[yellow]warning:[/yellow] {warning}")
     if result.declined:

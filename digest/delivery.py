@@ -19,7 +19,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select, update
+from sqlalchemy import ColumnElement, Integer, any_, bindparam, func, select, update
+from sqlalchemy.dialects.postgresql import ARRAY
 
 from digest.context import Context
 from digest.db import utcnow
@@ -106,6 +107,16 @@ def make_recipient(ctx: Context, issue: OutgoingIssue, delivery_id: int, subscri
         message_id=f"<digest.{issue.list_name}.{issue.number}.{delivery_id}@{domain}>")
 
 
+def _ids(ctx: Context, ids: Sequence[int]) -> ColumnElement[bool]:
+    """``deliveries.id`` among ``ids``: one array parameter on PostgreSQL.
+
+    An IN list of 1000 parameters costs PostgreSQL ~50 ms to parse and plan, each time.
+    """
+    if ctx.db.is_postgres:
+        return Delivery.id == any_(bindparam("ids", list(ids), type_=ARRAY(Integer)))
+    return Delivery.id.in_(list(ids))
+
+
 def _rows_by_id(ctx: Context, ids: Sequence[int]) -> list[tuple[int, int, int, str, str, str]]:
     """(delivery, subscriber, subscription, email, name, subscription status) by id."""
     out: list[tuple[int, int, int, str, str, str]] = []
@@ -116,7 +127,7 @@ def _rows_by_id(ctx: Context, ids: Sequence[int]) -> list[tuple[int, int, int, s
                        Subscriber.email, Subscriber.name, Subscription.status)
                 .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
                 .join(Subscription, Subscription.id == Delivery.subscription_id)
-                .where(Delivery.id.in_(ids[start:start + 1000]))
+                .where(_ids(ctx, ids[start:start + 1000]))
                 .order_by(Delivery.id)).all())
     return out
 
@@ -146,7 +157,8 @@ def _set_status(ctx: Context, ids: Sequence[int], status: str, *, now: datetime,
     with ctx.db.session() as session:
         for start in range(0, len(ids), 500):
             chunk = list(ids[start:start + 500])
-            query = update(Delivery).where(Delivery.id.in_(chunk)).values(**values)
+            query = (update(Delivery).where(_ids(ctx, chunk)).values(**values)
+                     .execution_options(synchronize_session=False))
             if only_from is not None:
                 query = query.where(Delivery.status == only_from)
             if holder is not None:
@@ -227,8 +239,9 @@ def claim_batch(ctx: Context, issue_id: int, me: str, size: int, now: datetime) 
                   .where(Delivery.issue_id == issue_id, Delivery.status == "pending")
                   .order_by(Delivery.id).limit(size))
     lease = now + timedelta(seconds=ctx.settings.send_lease_seconds)
-    claim = update(Delivery).values(status="claimed", claimed_by=me, lease_until=lease,
-                                    updated_at=now)
+    claim = (update(Delivery).values(status="claimed", claimed_by=me, lease_until=lease,
+                                     updated_at=now)
+             .execution_options(synchronize_session=False))
     if ctx.db.is_postgres:
         # A CTE is evaluated once; an IN (subquery … LIMIT) may be re-scanned and claim
         # more than `size` rows.
@@ -374,6 +387,7 @@ def _record(ctx: Context, outcomes: Sequence[Outcome], now: datetime) -> None:
     with ctx.db.session() as session:
         for (status, message_id, error), ids in groups.items():
             for start in range(0, len(ids), 1000):
-                session.execute(update(Delivery).where(Delivery.id.in_(ids[start:start + 1000]))
+                session.execute(update(Delivery).where(_ids(ctx, ids[start:start + 1000]))
                                 .values(status=status, message_id=message_id, error=error,
-                                        updated_at=now, claimed_by=None, lease_until=None))
+                                        updated_at=now, claimed_by=None, lease_until=None)
+                                .execution_options(synchronize_session=False))

@@ -50,8 +50,12 @@ def run_list(ctx: Context, list_name: str, *, collect_first: bool = True,
              on_progress: ProgressCallback | None = None,
              should_stop: Callable[[], bool] | None = None,
              confirm: Callable[[Draft, int], bool] | None = None,
-             join_only: bool = False) -> RunResult:
+             join_only: bool = False,
+             on_issue: Callable[[int], None] | None = None) -> RunResult:
     """Collect (unless told not to), then finish an interrupted issue or send a new one.
+
+    ``on_issue`` is called with the issue's id just before delivery starts (the CLI starts
+    helper workers there).
 
     With ``join_only`` (``digest send --worker``) it only helps send the list's issue that
     is being sent, if there is one, and never collects or builds an issue.
@@ -66,6 +70,8 @@ def run_list(ctx: Context, list_name: str, *, collect_first: bool = True,
     transport = transport or make_transport(ctx.settings)
     if pending_id is not None:
         # An issue whose send was interrupted goes out first, as it was built.
+        if on_issue is not None and not join_only:
+            on_issue(pending_id)
         report = deliver(ctx, pending_id, transport, resend_uncertain=resend_uncertain,
                          sandbox=sandbox, on_progress=on_progress, should_stop=should_stop)
         return RunResult(list_name, None, report, resumed=True)
@@ -83,6 +89,8 @@ def run_list(ctx: Context, list_name: str, *, collect_first: bool = True,
     # A sandbox run validates the send and then forgets the issue: it must not count as
     # sent, or the real subscribers would never get these entries.
     issue_id = record_issue(ctx, draft, now=now, status="sandbox" if sandbox else "sending")
+    if on_issue is not None and not sandbox:
+        on_issue(issue_id)
     report = deliver(ctx, issue_id, transport, sandbox=sandbox, on_progress=on_progress,
                      should_stop=should_stop)
     if sandbox:
