@@ -1,4 +1,8 @@
-"""Run every benchmark in bench/ and print its figures."""
+"""Run every benchmark in bench/ and print its figures (docs/benchmarks.md has them).
+
+BENCH_SEND_N sets the audience of the send benchmark (default 1,000,000; populating it
+takes a minute or two). BENCH_POSTGRES_URL also runs collect and send on PostgreSQL.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +13,17 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
-for script in ("bench_render.py", "bench_collect.py"):
-    subprocess.run([sys.executable, str(HERE / script)], check=True)
-pg = os.environ.get("DIGEST_TEST_POSTGRES_URL")
+
+def run(*args: str) -> None:
+    subprocess.run([sys.executable, *args], check=True)
+
+
+run(str(HERE / "bench_render.py"))
+run(str(HERE / "bench_collect.py"))
+run(str(HERE / "bench_smtp.py"))
+n = os.environ.get("BENCH_SEND_N", "1000000")
+run(str(HERE / "bench_send.py"), n, "sqlite", "2")
+pg = os.environ.get("BENCH_POSTGRES_URL")
 if pg:
-    print("(PostgreSQL figures need a fresh schema; see docs/benchmarks.md)")
+    run(str(HERE / "bench_collect.py"), pg)
+    run(str(HERE / "bench_send.py"), n, pg, "2")
