@@ -1,9 +1,10 @@
 """A SendGrid v3 Mail Send stand-in on loopback: checks, counts, and misbehaves on purpose.
 
 Every request body is validated against SendGrid's published OpenAPI schema
-(../shared/reference/sendgrid/tsg_mail_v3.json; its one known error, top-level
-custom_args typed as a string, is patched) and against the documented limits. Accepted
-recipients are counted, so a test can prove who got the issue and how often.
+(tests/reference/sendgrid/tsg_mail_v3.json, a copy of the one in ../shared; its one
+known error, top-level custom_args typed as a string, is patched) and against the
+documented limits. Accepted recipients are counted, so a test can prove who got the
+issue and how often.
 """
 
 from __future__ import annotations
@@ -23,8 +24,7 @@ from typing import Any
 
 import jsonschema
 
-SPEC = Path(__file__).resolve().parents[2] / "shared" / "reference" / "sendgrid" / \
-    "tsg_mail_v3.json"
+SPEC = Path(__file__).resolve().parent / "reference" / "sendgrid" / "tsg_mail_v3.json"
 MAX_PERSONALIZATIONS = 1000
 MAX_RECIPIENTS = 1000
 MAX_BODY = 30 * 1024 * 1024

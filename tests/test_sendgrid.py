@@ -189,3 +189,12 @@ def test_cli_sandbox_and_key_from_environment(runner: CliRunner, tmp_path: Path,
     result = runner.invoke(cli, ["send", "--list", "weekly", "--no-collect"],
                            env={**env, "SENDGRID_API_KEY": ""})
     assert result.exit_code == 1 and "SENDGRID_API_KEY" in result.output
+
+
+def test_the_vendored_spec_is_the_shared_one() -> None:
+    from tests.sendgrid_standin import SPEC
+    shared = Path(__file__).resolve().parents[2] / "shared" / "reference" / "sendgrid" / \
+        "tsg_mail_v3.json"
+    if not shared.exists():
+        pytest.skip(f"no {shared} beside this clone to compare with")
+    assert SPEC.read_bytes() == shared.read_bytes(), "refresh tests/reference/sendgrid"
