@@ -145,12 +145,16 @@ def test_workers_on_postgresql_share_one_issue(tmp_path: Path, postgres_url: str
     time.sleep(1.5)
     workers[0].send_signal(signal.SIGKILL)  # a worker dies holding a batch
     outputs = [p.communicate(timeout=300)[0].decode() for p in [first, *workers[1:]]]
+    # Exit 1 means "some uncertain": the killed worker may have handed its batch over.
     for p in [first, *workers[1:]]:
-        assert p.returncode == 0, outputs
+        assert p.returncode in (0, 1), outputs
     sent_by = [int(o.rsplit("; ", 1)[1].split(" sent by this run")[0]) for o in outputs]
     assert sum(1 for n in sent_by if n > 0) >= 2, sent_by
     check_exactly_once(ctx, standin, active)
-    assert sum(standin.accepted.values()) + 0 >= len(active) - 200  # at most one batch unsure
+    with ctx.db.session() as s:
+        unsure = s.scalar(select(func.count()).select_from(Delivery)
+                          .where(Delivery.status == "uncertain"))
+    assert unsure in (0, 200), "at most the killed worker's one batch is uncertain"
     ctx.close()
 
 
