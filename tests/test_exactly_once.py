@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -66,6 +67,13 @@ def send(env: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-m", "digest", "send", "--list", "weekly",
                              "--no-collect", "--yes", *args], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def sent_by_this_run(output: str) -> int:
+    """The "N sent by this run" figure of a send's summary."""
+    found = re.search(r"(\d+) sent by this\s+run", output)
+    assert found, output
+    return int(found.group(1))
 
 
 def check_exactly_once(ctx: Context, standin: SendGridStandIn, active: set[str]) -> None:
@@ -148,7 +156,7 @@ def test_workers_on_postgresql_share_one_issue(tmp_path: Path, postgres_url: str
     # Exit 1 means "some uncertain": the killed worker may have handed its batch over.
     for p in [first, *workers[1:]]:
         assert p.returncode in (0, 1), outputs
-    sent_by = [int(o.rsplit("; ", 1)[1].split(" sent by this run")[0]) for o in outputs]
+    sent_by = [sent_by_this_run(o) for o in outputs]
     assert sum(1 for n in sent_by if n > 0) >= 2, sent_by
     check_exactly_once(ctx, standin, active)
     with ctx.db.session() as s:
@@ -170,7 +178,7 @@ def test_jobs_split_one_send_across_processes(tmp_path: Path, feed_server: FeedS
     output = process.communicate(timeout=300)[0].decode()
     assert process.returncode == 0, output
     assert "3000 accepted" in output
-    sent_here = int(output.rsplit("; ", 1)[1].split(" sent by this run")[0])
+    sent_here = sent_by_this_run(output)
     assert 0 < sent_here < 3000, "the helpers sent part of the issue"
     check_exactly_once(ctx, standin, active)
     ctx.close()
