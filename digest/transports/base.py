@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -14,6 +15,14 @@ from digest.rendering import Recipient, RenderedIssue
 from digest.settings import Settings
 
 ACCEPTED, FAILED, UNCERTAIN = "accepted", "failed", "uncertain"
+
+
+def backoff(attempt: int, max_wait: float) -> float:
+    """Seconds to wait before retry ``attempt`` (0-based): exponential, full jitter.
+
+    The jitter keeps many workers retrying at once from moving in step.
+    """
+    return float(min(max_wait, 0.5 * 2 ** attempt) * random.uniform(0.5, 1.0))
 
 
 @dataclass(frozen=True)

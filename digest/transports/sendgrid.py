@@ -21,7 +21,6 @@ import contextlib
 import http.client
 import json
 import logging
-import random
 import time
 import urllib.error
 from collections.abc import Callable, Sequence
@@ -40,6 +39,7 @@ from digest.transports.base import (
     OutgoingIssue,
     OutgoingRecipient,
     Transport,
+    backoff,
 )
 
 log = logging.getLogger(__name__)
@@ -126,12 +126,9 @@ class SendGridTransport(Transport):
         reset = None
         with contextlib.suppress(TypeError, ValueError, AttributeError):
             reset = float(error.headers.get("X-RateLimit-Reset"))
-        wait = reset - time.time() if reset else self._backoff(attempt)
+        wait = reset - time.time() if reset else backoff(attempt, self.max_wait)
         return min(max(wait, 0.05), self.max_wait)
 
-    def _backoff(self, attempt: int) -> float:
-        # Exponential with full jitter: many workers retrying never move in step.
-        return float(min(self.max_wait, 0.5 * 2 ** attempt) * random.uniform(0.5, 1.0))
 
     def send_batch(self, issue: OutgoingIssue,
                    recipients: Sequence[OutgoingRecipient]) -> list[Outcome]:
@@ -165,7 +162,7 @@ class SendGridTransport(Transport):
                 if e.status_code >= 500:
                     last_problem = f"SendGrid {e.status_code}: {sendgrid_errors(e)}"
                     log.warning("%s; retrying", last_problem)
-                    self.sleep(self._backoff(attempt))
+                    self.sleep(backoff(attempt, self.max_wait))
                     continue
                 return all_as(FAILED, error=f"SendGrid {e.status_code}: {sendgrid_errors(e)}")
             except urllib.error.URLError as e:
@@ -173,7 +170,7 @@ class SendGridTransport(Transport):
                 # accepted, so trying again cannot duplicate.
                 last_problem = f"cannot reach SendGrid: {e.reason}"
                 log.warning("%s; retrying", last_problem)
-                self.sleep(self._backoff(attempt))
+                self.sleep(backoff(attempt, self.max_wait))
                 continue
             except (OSError, http.client.HTTPException) as e:
                 # The request went out and no answer came back: SendGrid may have it.

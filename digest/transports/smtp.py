@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import random
 import smtplib
 import ssl
 import time
@@ -27,6 +26,7 @@ from digest.transports.base import (
     OutgoingIssue,
     OutgoingRecipient,
     Transport,
+    backoff,
     build_message,
 )
 
@@ -102,7 +102,7 @@ class SMTPTransport(Transport):
                             f"cannot connect to the SMTP server {self.host}:{self.port}: {e}",
                             hint="nothing in this batch was sent; run the send again to "
                                  "resume") from None
-                    self.sleep(self._backoff(attempt))
+                    self.sleep(backoff(attempt, self.max_wait))
         assert self.conn is not None
         return self.conn
 
@@ -121,8 +121,6 @@ class SMTPTransport(Transport):
                 self.conn.quit()
             self._drop()
 
-    def _backoff(self, attempt: int) -> float:
-        return float(min(self.max_wait, 0.5 * 2 ** attempt) * random.uniform(0.5, 1.0))
 
     def _pace(self) -> None:
         if self.interval:
@@ -176,7 +174,7 @@ class SMTPTransport(Transport):
             except _Retry as e:
                 problem = str(e)
                 log.info("SMTP %s for %s; retrying", problem, recipient)
-                self.sleep(self._backoff(attempt))
+                self.sleep(backoff(attempt, self.max_wait))
                 continue
             if outcome is not None:
                 return outcome
