@@ -175,7 +175,10 @@ class Renderer:
         self._premailer = premailer.Premailer(
             base_url=None, allow_network=False, disable_validation=True,
             cssutils_logging_level=logging.CRITICAL, keep_style_tags=False,
-            strip_important=False, remove_classes=False)
+            strip_important=False, remove_classes=False,
+            # Feed HTML reaches us without style attributes (the sanitizer drops them), so
+            # there are no floated images to align, and our CSS never says "unset".
+            align_floating_images=False, remove_unset_properties=False)
         self._lock = threading.Lock()  # premailer keeps state while it transforms
 
     def inline(self, markup: str) -> str:
