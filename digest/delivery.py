@@ -215,7 +215,7 @@ def settle_abandoned(ctx: Context, issue: OutgoingIssue, transport: Transport,
     sending = {d for d, st in dead if st == "sending"}
     if not sending:
         return 0, 0
-    rows = [r for r in _rows_by_id(ctx, sorted(sending))]
+    rows = _rows_by_id(ctx, sorted(sending))
     recipients = [make_recipient(ctx, issue, d, sub, subn, email, name)
                   for d, sub, subn, email, name, _ in rows]
     confirmed = transport.already_sent(issue, recipients)

@@ -7,11 +7,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Select, func, insert, literal, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from digest.context import Context
 from digest.db import utcnow
-from digest.errors import ConfigError, NotFoundError
+from digest.errors import ConfigError, DigestError, NotFoundError
 from digest.grouping import Item, KeywordConfig, Section, group
 from digest.models import Delivery, Entry, Feed, Issue, IssueEntry
 from digest.rendering import IssueContent, RenderedIssue, Sender
@@ -112,13 +113,25 @@ def section_summary(sections: list[Section]) -> list[dict[str, Any]]:
     return [{"title": s.title, "key": s.key, "count": len(s.entries)} for s in sections]
 
 
+class IssueTaken(DigestError):
+    """Another process recorded the same issue of the list a moment earlier."""
+
+
 def record_issue(ctx: Context, draft: Draft, *, now: datetime | None = None,
                  status: str = "sending") -> int:
     """Record the issue, its entries, and a pending delivery per active subscriber.
 
-    One transaction: an issue exists only together with its whole audience.
+    One transaction: an issue exists only together with its whole audience. Raise
+    :class:`IssueTaken` when another process recorded this issue number first.
     """
-    now = now or utcnow()
+    try:
+        return _record_issue(ctx, draft, now or utcnow(), status)
+    except IntegrityError as e:
+        raise IssueTaken(f"issue {draft.number} of {draft.list_name} was started by another "
+                         "process at the same moment") from e
+
+
+def _record_issue(ctx: Context, draft: Draft, now: datetime, status: str) -> int:
     with ctx.db.session() as session:
         issue = Issue(list_id=draft.list_id, number=draft.number, status=status,
                       subject=draft.rendered.subject, intro=draft.content.intro,

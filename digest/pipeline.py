@@ -13,8 +13,10 @@ from digest.collect import CollectReport, collect
 from digest.context import Context
 from digest.db import utcnow
 from digest.delivery import ProgressCallback, SendReport, deliver
+from digest.errors import DigestError
 from digest.issues import (
     Draft,
+    IssueTaken,
     audience_size,
     discard_sandbox_issues,
     draft_issue,
@@ -63,10 +65,15 @@ def run_list(ctx: Context, list_name: str, *, collect_first: bool = True,
     now = now or utcnow()
     with ctx.db.session() as session:
         list_id = get_list(session, list_name).id
-    discard_sandbox_issues(ctx, list_id)
+    if not join_only:
+        discard_sandbox_issues(ctx, list_id)
     with ctx.db.session() as session:
         pending = unfinished_issue(session, list_id, with_uncertain=resend_uncertain)
         pending_id = pending.id if pending else None
+    if pending_id is not None and sandbox:
+        raise DigestError(f"an issue of {list_name} is still being sent; a sandbox run "
+                          "would mark it delivered without delivering it",
+                          hint=f"finish it first: digest send --list {list_name}")
     transport = transport or make_transport(ctx.settings)
     if pending_id is not None:
         # An issue whose send was interrupted goes out first, as it was built.
@@ -88,7 +95,15 @@ def run_list(ctx: Context, list_name: str, *, collect_first: bool = True,
         return RunResult(list_name, collected, None, declined=True)
     # A sandbox run validates the send and then forgets the issue: it must not count as
     # sent, or the real subscribers would never get these entries.
-    issue_id = record_issue(ctx, draft, now=now, status="sandbox" if sandbox else "sending")
+    try:
+        issue_id = record_issue(ctx, draft, now=now,
+                                status="sandbox" if sandbox else "sending")
+    except IssueTaken:
+        if sandbox:
+            raise
+        # Another `digest send` built this issue first: help send it instead.
+        return run_list(ctx, list_name, collect_first=False, transport=transport, now=now,
+                        on_progress=on_progress, should_stop=should_stop, join_only=True)
     if on_issue is not None and not sandbox:
         on_issue(issue_id)
     report = deliver(ctx, issue_id, transport, sandbox=sandbox, on_progress=on_progress,

@@ -210,3 +210,35 @@ def test_uncertain_deliveries_are_reported_and_resent_only_when_asked(
 def _issue_ids(ctx: Context) -> list[int]:
     with ctx.db.session() as s:
         return list(s.scalars(select(Issue.id)))
+
+
+def test_two_sends_racing_for_one_issue_send_it_once(newsroom: Context,
+                                                      locmem: type) -> None:
+    from digest.collect import collect
+    from digest.issues import IssueTaken, record_issue
+    collect(newsroom.db, newsroom.settings)
+    mine = draft_issue(newsroom, "weekly")
+    theirs = draft_issue(newsroom, "weekly")
+    assert mine is not None and theirs is not None
+    record_issue(newsroom, theirs)  # the other process wins the race
+    with pytest.raises(IssueTaken):
+        record_issue(newsroom, mine)
+    result = run_list(newsroom, "weekly", transport=locmem(), collect_first=False)
+    assert result.send is not None and result.send.counts == {"accepted": 3}
+    assert len(locmem.outbox) == 3
+    assert run_list(newsroom, "weekly", transport=locmem()).nothing_new
+
+
+def test_a_sandbox_run_never_touches_an_unfinished_issue(newsroom: Context) -> None:
+    from digest.collect import collect
+    from digest.errors import DigestError
+    from digest.issues import record_issue
+    collect(newsroom.db, newsroom.settings)
+    draft = draft_issue(newsroom, "weekly")
+    assert draft is not None
+    record_issue(newsroom, draft)
+    with pytest.raises(DigestError, match="still being sent"):
+        run_list(newsroom, "weekly", sandbox=True)
+    with newsroom.db.session() as s:
+        assert s.scalar(select(func.count()).select_from(Delivery)
+                        .where(Delivery.status == "pending")) == 3
