@@ -531,6 +531,50 @@ def subscribers_forget(email: str, yes: bool) -> None:
               f"{email} was not known; it is now suppressed all the same.")
 
 
+@subscribers_group.command("import")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--list", "list_name", required=True)
+@boundary
+def subscribers_import(path: Path, list_name: str) -> None:
+    """Import a CSV (header: email, and optionally name, keywords separated by ;).
+
+    Rejected rows are listed with their line numbers and written to FILE.rejects.csv.
+    Addresses that left the list or were forgotten are never re-activated.
+    """
+    from subscribers.imports import import_csv
+    with progress_bar(f"Importing {path.name}", enabled=_interactive()) as update:
+        report = import_csv(state().ctx.db, list_name, path,
+                            on_progress=lambda rows: update(rows, rows))
+    out.print(f"{report.rows} rows: {report.added} added, {report.updated} updated, "
+              f"{report.unchanged} unchanged, {len(report.rejected)} rejected, "
+              f"{report.suppressed} suppressed (left the list or forgotten; not re-added).")
+    for line, reason in report.rejected[:50]:
+        out.print(f"  line {line}: {reason}", markup=False)
+    if len(report.rejected) > 50:
+        out.print(f"  … {len(report.rejected) - 50} more")
+    if report.rejects_path:
+        out.print(f"Rejected rows are in {report.rejects_path}.", markup=False)
+
+
+@subscribers_group.command("export")
+@click.option("--list", "list_name", required=True)
+@click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write here instead of standard output.")
+@click.option("--status", default="active", show_default=True,
+              help="Only subscriptions of this status, or 'all'.")
+@boundary
+def subscribers_export(list_name: str, out_path: Path | None, status: str) -> None:
+    """Export a list's subscribers as CSV, in the format import reads."""
+    from subscribers.imports import export_csv
+    wanted = None if status == "all" else status
+    if out_path is None:
+        export_csv(state().ctx.db, list_name, sys.stdout, status=wanted)
+        return
+    with open(out_path, "w", encoding="utf-8", newline="") as handle:
+        count = export_csv(state().ctx.db, list_name, handle, status=wanted)
+    err.print(f"Wrote {count} subscribers to {out_path}.")
+
+
 # --- demo ------------------------------------------------------------------------------
 
 @cli.command("demo")

@@ -3,10 +3,24 @@
 from __future__ import annotations
 
 import hashlib
+import re
+from functools import lru_cache
 
 from email_validator import EmailNotValidError, validate_email
+from email_validator.syntax import validate_email_local_part
 
 from digest.errors import InvalidInputError
+
+# Plain ASCII addresses, the great majority, take a fast path: the local part is checked
+# by email-validator's own local-part check, the domain by a full validation cached per
+# domain (validating a domain is most of the cost, and lists share few domains).
+_SIMPLE = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9.-]+$")
+
+
+@lru_cache(maxsize=65536)
+def _domain(domain: str) -> str:
+    """The normalized domain, or raise EmailNotValidError; cached."""
+    return str(validate_email(f"postmaster@{domain}", check_deliverability=False).domain)
 
 
 def normalize_address(raw: str) -> str:
@@ -18,6 +32,10 @@ def normalize_address(raw: str) -> str:
     if not candidate:
         raise InvalidInputError("empty address")
     try:
+        if _SIMPLE.match(candidate) and len(candidate) <= 254:
+            local, _, domain = candidate.rpartition("@")
+            checked = validate_email_local_part(local, allow_smtputf8=False)
+            return f"{checked['local_part']}@{_domain(domain.lower())}"
         result = validate_email(candidate, check_deliverability=False,
                                 allow_smtputf8=True)
     except EmailNotValidError as e:

@@ -1,0 +1,128 @@
+"""CSV import and export: broken input is reported by line and never loses the rest."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from digest.cli import cli
+from digest.context import Context
+from subscribers.imports import export_csv, import_csv
+from subscribers.lists import create_list
+from subscribers.subscriptions import (
+    add_subscriber,
+    forget_subscriber,
+    list_subscriptions,
+    remove_subscriber,
+)
+
+MESSY = (
+    "\ufeffEmail,Name,Keywords\r\n"
+    "alice@example.org,Alice,Iran;Syria\r\n"
+    "BOB@Example.NET,Bob,\r\n"
+    "not-an-address,Nobody,\r\n"
+    "\"carol@example.org,Carol\r\n"          # an unclosed quote swallows what follows
+    "dave@example.org,Dave,Iran\r\n"
+    "\r\n"
+    "alice@EXAMPLE.org,Alice Again,Ukraine\r\n"  # a duplicate, in another case
+    "left@example.org,Left,\r\n"
+    "forgotten@example.org,Forgotten,\r\n"
+    "erin@example.org\r\n"                   # fewer columns is fine
+)
+
+
+def write(path: Path, text: str, encoding: str = "utf-8") -> Path:
+    path.write_bytes(text.encode(encoding, "surrogateescape"))
+    return path
+
+
+def test_import_reports_every_reject_and_keeps_everyone_else(ctx: Context,
+                                                             tmp_path: Path) -> None:
+    create_list(ctx.db, "weekly")
+    add_subscriber(ctx.db, "weekly", "left@example.org")
+    remove_subscriber(ctx.db, "weekly", "left@example.org")
+    forget_subscriber(ctx.db, "forgotten@example.org")
+    source = write(tmp_path / "people.csv", MESSY)
+    report = import_csv(ctx.db, "weekly", source)
+    emails = {s.email: s for s in list_subscriptions(ctx.db, "weekly")}
+    assert {e for e, s in emails.items() if s.status == "active"} == {
+        "alice@example.org", "BOB@example.net", "dave@example.org", "erin@example.org"}
+    assert emails["alice@example.org"].keywords == ["Ukraine"]  # the later row wins
+    assert emails["alice@example.org"].name == "Alice Again"
+    assert emails["left@example.org"].status == "unsubscribed"  # never revived
+    assert "forgotten@example.org" not in emails
+    assert report.added == 4 and report.suppressed == 2
+    lines = dict(report.rejected)
+    assert "not a valid address" in lines[4]
+    # The unclosed quote spoils its own line only; Dave on the next line is imported.
+    assert lines[5] == "broken quoting (a quote is never closed)"
+    assert set(lines) == {4, 5}
+    assert report.rejects_path == tmp_path / "people.rejects.csv"
+    with open(report.rejects_path, encoding="utf-8") as handle:
+        rejected_rows = list(csv.reader(handle))
+    assert rejected_rows[0] == ["line", "reason", "fields"]
+    assert len(rejected_rows) == 1 + len(report.rejected)
+    # The same file again changes nothing.
+    again = import_csv(ctx.db, "weekly", source)
+    assert (again.added, again.updated) == (0, 0)
+    assert again.unchanged == 4 and again.suppressed == 2
+
+
+def test_not_utf8_rows_are_refused_alone(ctx: Context, tmp_path: Path) -> None:
+    create_list(ctx.db, "weekly")
+    path = tmp_path / "latin1.csv"
+    path.write_bytes("email,name\nok@example.org,Zoë\nbad@example.org,".encode()
+                     + "Zoë".encode("latin-1") + b"\n")
+    report = import_csv(ctx.db, "weekly", path)
+    assert report.added == 1
+    assert report.rejected == [(3, "not UTF-8 text")]
+
+
+def test_missing_email_column_names_the_file(ctx: Context, tmp_path: Path) -> None:
+    create_list(ctx.db, "weekly")
+    path = write(tmp_path / "bad.csv", "mail,name\na@example.org,A\n")
+    import pytest
+
+    from digest.errors import InvalidInputError
+    with pytest.raises(InvalidInputError, match=r"bad.csv line 1: no 'email' column"):
+        import_csv(ctx.db, "weekly", path)
+
+
+def test_export_round_trips(ctx: Context, tmp_path: Path) -> None:
+    create_list(ctx.db, "weekly")
+    import_csv(ctx.db, "weekly", write(tmp_path / "in.csv", MESSY))
+    with open(tmp_path / "out.csv", "w", encoding="utf-8", newline="") as handle:
+        assert export_csv(ctx.db, "weekly", handle) == 6
+    create_list(ctx.db, "copy")
+    report = import_csv(ctx.db, "copy", tmp_path / "out.csv")
+    assert report.added == 6 and not report.rejected
+    original = {(s.email, s.name, tuple(s.keywords))
+                for s in list_subscriptions(ctx.db, "weekly", "active")}
+    copied = {(s.email, s.name, tuple(s.keywords))
+              for s in list_subscriptions(ctx.db, "copy", "active")}
+    assert original == copied
+
+
+def test_cli_import_and_export(runner: CliRunner, tmp_path: Path) -> None:
+    assert runner.invoke(cli, ["lists", "create", "weekly"]).exit_code == 0
+    write(tmp_path / "people.csv", MESSY)
+    result = runner.invoke(cli, ["subscribers", "import", "people.csv", "--list", "weekly"])
+    assert result.exit_code == 0, result.output
+    assert "6 added" in result.output and "line 4:" in result.output
+    assert "line 5: broken quoting" in result.output
+    assert "people.rejects.csv" in result.output
+    result = runner.invoke(cli, ["subscribers", "export", "--list", "weekly"])
+    assert result.output.splitlines()[0] == "email,name,keywords"
+    assert "alice@example.org,Alice Again,Ukraine" in result.output
+
+
+def test_a_quoted_newline_is_one_record(ctx: Context, tmp_path: Path) -> None:
+    create_list(ctx.db, "weekly")
+    path = write(tmp_path / "multi.csv",
+                 'email,name\n"a@example.org","Ann\nMarie"\nb@example.org,Bea\n')
+    report = import_csv(ctx.db, "weekly", path)
+    assert report.added == 2 and not report.rejected
+    names = {s.email: s.name for s in list_subscriptions(ctx.db, "weekly")}
+    assert names == {"a@example.org": "Ann\nMarie", "b@example.org": "Bea"}
