@@ -31,7 +31,7 @@ from digest.context import Context
 from digest.db import make_engine, upgrade
 from digest.delivery import SendReport
 from digest.errors import DigestError
-from digest.issues import Draft, draft_issue
+from digest.issues import Draft, draft_issue, write_preview_files
 from digest.settings import LoadedSettings, describe, load_settings
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -281,12 +281,7 @@ def preview_cmd(list_name: str, out_path: Path, text_path: Path | None) -> None:
 
 def write_preview(ctx: Context, draft: Draft, out_path: Path, text_path: Path | None) -> None:
     """Write a draft's HTML (and text) with a sample recipient's values filled in."""
-    from digest.rendering import Recipient
-    sample = Recipient(ctx.url("u/preview"), ctx.url("p/preview"), "reader")
-    html, text = draft.rendered.personalize(sample)
-    out_path.write_text(html, encoding="utf-8")
-    if text_path:
-        text_path.write_text(text, encoding="utf-8")
+    write_preview_files(ctx, draft, out_path, text_path)
     out.print(f"Issue {draft.number} of {draft.list_name}: {draft.rendered.subject!r}, "
               f"{sum(len(s.entries) for s in draft.sections)} entries in "
               f"{len(draft.sections)} sections, HTML {draft.rendered.html_bytes / 1000:.1f} KB.")

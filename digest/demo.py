@@ -20,7 +20,7 @@ from rich.console import Console
 from digest.collect import add_feed, collect
 from digest.context import Context
 from digest.db import utcnow
-from digest.issues import draft_issue
+from digest.issues import draft_issue, write_preview_files
 from digest.pipeline import run_list
 from digest.settings import load_settings
 from subscribers.lists import create_list
@@ -176,11 +176,7 @@ def run_demo(directory: Path, *, console: Console, interactive: bool = False,
         draft = draft_issue(ctx, DEMO_LIST, now=now)
         assert draft is not None, "the sample feeds always give an issue"
         preview_html, preview_txt = directory / "preview.html", directory / "preview.txt"
-        from digest.rendering import Recipient
-        html, text = draft.rendered.personalize(
-            Recipient(ctx.url("u/preview"), ctx.url("p/preview"), "reader"))
-        preview_html.write_text(html, encoding="utf-8")
-        preview_txt.write_text(text, encoding="utf-8")
+        write_preview_files(ctx, draft, preview_html, preview_txt)
         sections = ", ".join(f"{s.title} ({len(s.entries)})" for s in draft.sections)
         console.print(f"Issue {draft.number}: {draft.rendered.subject!r}")
         console.print(f"Sections: {sections}")

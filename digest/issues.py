@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Select, func, insert, literal, select
@@ -15,7 +16,7 @@ from digest.db import utcnow
 from digest.errors import ConfigError, DigestError, NotFoundError
 from digest.grouping import Item, KeywordConfig, Section, group
 from digest.models import Delivery, Entry, Feed, Issue, IssueEntry
-from digest.rendering import IssueContent, RenderedIssue, Sender
+from digest.rendering import IssueContent, Recipient, RenderedIssue, Sender, long_date
 from subscribers.lists import get_list
 from subscribers.models import MailingList, Subscription
 
@@ -67,7 +68,7 @@ def make_subject(template: str, *, list_title: str, date: datetime,
     names = [s.title for s in sections if s.key]
     top = ", ".join(names[:3]) if names else "this week's recaps"
     try:
-        subject = template.format(list_title=list_title, date=f"{date.day} {date:%B %Y}",
+        subject = template.format(list_title=list_title, date=long_date(date),
                                   count=sum(len(s.entries) for s in sections),
                                   top_sections=top)
     except (KeyError, IndexError, ValueError) as e:
@@ -106,6 +107,16 @@ def draft_issue(ctx: Context, list_name: str, *, now: datetime | None = None,
     rendered = ctx.renderer.render_issue(content)
     return Draft(list_id, list_name, list_title, number, items, sections, content, rendered,
                  since, now)
+
+
+def write_preview_files(ctx: Context, draft: Draft, html_path: Path,
+                        text_path: Path | None = None) -> None:
+    """Write a draft's HTML (and text) as a sample reader would get it."""
+    sample = Recipient(ctx.url("u/preview"), ctx.url("p/preview"), "reader")
+    html, text = draft.rendered.personalize(sample)
+    html_path.write_text(html, encoding="utf-8")
+    if text_path is not None:
+        text_path.write_text(text, encoding="utf-8")
 
 
 def section_summary(sections: list[Section]) -> list[dict[str, Any]]:

@@ -152,7 +152,8 @@ def _wrap(text: str, width: int = 72, indent: str = "") -> str:
                      for p in text.split("\n") if p.strip())
 
 
-def _date(value: datetime) -> str:
+def long_date(value: datetime) -> str:
+    """A date as the digest writes it: "23 November 2026"."""
     return f"{value.day} {value:%B %Y}"
 
 
@@ -165,7 +166,7 @@ class Renderer:
             loader=jinja2.FileSystemLoader(str(templates or template_dir())),
             autoescape=jinja2.select_autoescape(["html"], default_for_string=True),
             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-        self.env.filters.update(wrap=_wrap, plain=html_to_text, longdate=_date,
+        self.env.filters.update(wrap=_wrap, plain=html_to_text, longdate=long_date,
                                 neutral=neutralize)
         self.env.globals["ph"] = {k: v[0] for k, v in PLACEHOLDERS.items()}
         self.env.globals["ph_text"] = {k: v[1] for k, v in PLACEHOLDERS.items()}
