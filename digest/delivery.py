@@ -25,9 +25,9 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from digest.context import Context
 from digest.db import utcnow
 from digest.errors import DeliveryError
-from digest.issues import get_issue
+from digest.issues import add_batches, get_issue
 from digest.messages import domain_of, format_sender
-from digest.models import Delivery, Issue
+from digest.models import Delivery, Issue, SendBatch
 from digest.rendering import Recipient, RenderedIssue
 from digest.transports.base import (
     ACCEPTED,
@@ -117,36 +117,31 @@ def _ids(ctx: Context, ids: Sequence[int]) -> ColumnElement[bool]:
     return Delivery.id.in_(list(ids))
 
 
-def _rows_by_id(ctx: Context, ids: Sequence[int]) -> list[tuple[int, int, int, str, str, str]]:
-    """(delivery, subscriber, subscription, email, name, subscription status) by id."""
-    out: list[tuple[int, int, int, str, str, str]] = []
+def _pending_rows(ctx: Context, issue_id: int, first_id: int,
+                  last_id: int) -> list[tuple[int, int, int, str, str, str]]:
+    """Pending deliveries of a batch: (delivery, subscriber, subscription, email, name,
+    subscription status)."""
     with ctx.db.session() as session:
-        for start in range(0, len(ids), 1000):
-            out.extend(tuple(r) for r in session.execute(  # type: ignore[misc]
-                select(Delivery.id, Delivery.subscriber_id, Delivery.subscription_id,
-                       Subscriber.email, Subscriber.name, Subscription.status)
-                .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
-                .join(Subscription, Subscription.id == Delivery.subscription_id)
-                .where(_ids(ctx, ids[start:start + 1000]))
-                .order_by(Delivery.id)).all())
-    return out
+        return [tuple(r) for r in session.execute(  # type: ignore[misc]
+            select(Delivery.id, Delivery.subscriber_id, Delivery.subscription_id,
+                   Subscriber.email, Subscriber.name, Subscription.status)
+            .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
+            .join(Subscription, Subscription.id == Delivery.subscription_id)
+            .where(Delivery.issue_id == issue_id, Delivery.id.between(first_id, last_id),
+                   Delivery.status == "pending")
+            .order_by(Delivery.id)).all()]
 
 
 def _set_status(ctx: Context, ids: Sequence[int], status: str, *, now: datetime,
                 error: str | None = None, message_id: str | None = None,
-                only_from: str | None = None, count_attempt: bool = False,
-                release: bool = False, holder: str | None = None) -> list[int]:
+                only_from: str | None = None, count_attempt: bool = False) -> list[int]:
     """Move deliveries to ``status``; return the ids that actually moved.
 
-    ``only_from`` and ``holder`` make the move conditional on the current state, so a
-    row taken over by someone else is never moved by mistake.
+    ``only_from`` makes the move conditional on the current state.
     """
     if not ids:
         return []
     values: dict[str, object] = {"status": status, "updated_at": now}
-    if release:
-        values["claimed_by"] = None
-        values["lease_until"] = None
     if error is not None:
         values["error"] = error[:2000]
     if message_id is not None:
@@ -161,8 +156,6 @@ def _set_status(ctx: Context, ids: Sequence[int], status: str, *, now: datetime,
                      .execution_options(synchronize_session=False))
             if only_from is not None:
                 query = query.where(Delivery.status == only_from)
-            if holder is not None:
-                query = query.where(Delivery.claimed_by == holder)
             moved.extend(session.scalars(query.returning(Delivery.id)).all())
     return moved
 
@@ -196,62 +189,99 @@ def _claimer_gone(claimed_by: str | None, lease_until: datetime | None, now: dat
     return False
 
 
+@dataclass(frozen=True)
+class Claim:
+    """A batch this process claimed: its id and the delivery ids it covers."""
+
+    batch_id: int
+    first_id: int
+    last_id: int
+
+
+def _move_batch(ctx: Context, batch_id: int, status: str, now: datetime, *,
+                only_from: str, holder: str | None = None, lease: datetime | None = None,
+                claimer: str | None = None) -> bool:
+    """Move one batch between states; False if it was not in the expected state (taken)."""
+    query = (update(SendBatch).where(SendBatch.id == batch_id, SendBatch.status == only_from)
+             .values(status=status, updated_at=now, claimed_by=claimer, lease_until=lease)
+             .execution_options(synchronize_session=False))
+    if holder is not None:
+        query = query.where(SendBatch.claimed_by == holder)
+    with ctx.db.session() as session:
+        return bool(session.scalars(query.returning(SendBatch.id)).all())
+
+
 def settle_abandoned(ctx: Context, issue: OutgoingIssue, transport: Transport,
                      now: datetime, me: str) -> tuple[int, int]:
-    """Settle deliveries held by a process that died: (confirmed, uncertain).
+    """Settle batches held by a sender that died: (confirmed, uncertain) deliveries.
 
-    Claimed but never handed over: back to pending. Being handed over: accepted where the
-    transport can prove it went out, otherwise uncertain — never silently resent.
+    Claimed but never handed over: the batch goes back to pending. Being handed over: its
+    deliveries are accepted where the transport can prove they went out, otherwise
+    uncertain — never silently resent.
     """
     with ctx.db.session() as session:
         held = session.execute(
-            select(Delivery.id, Delivery.status, Delivery.claimed_by, Delivery.lease_until)
-            .where(Delivery.issue_id == issue.issue_id,
-                   Delivery.status.in_(("claimed", "sending")))).all()
-    dead = [(d, status) for d, status, by, lease in held
-            if by != me and _claimer_gone(by, lease, now)]
-    _set_status(ctx, [d for d, st in dead if st == "claimed"], "pending", now=now,
-                only_from="claimed", release=True)
-    sending = {d for d, st in dead if st == "sending"}
-    if not sending:
-        return 0, 0
-    rows = _rows_by_id(ctx, sorted(sending))
-    recipients = [make_recipient(ctx, issue, d, sub, subn, email, name)
-                  for d, sub, subn, email, name, _ in rows]
-    confirmed = transport.already_sent(issue, recipients)
-    _set_status(ctx, sorted(confirmed), ACCEPTED, now=now, only_from="sending", release=True)
-    unsure = sorted(sending - confirmed)
-    _set_status(ctx, unsure, UNCERTAIN, now=now, only_from="sending", release=True,
-                error="the send stopped while this message was being handed over")
-    if unsure:
+            select(SendBatch.id, SendBatch.status, SendBatch.claimed_by,
+                   SendBatch.lease_until, SendBatch.first_id, SendBatch.last_id)
+            .where(SendBatch.issue_id == issue.issue_id,
+                   SendBatch.status.in_(("claimed", "sending")))).all()
+    confirmed_total = uncertain_total = 0
+    for batch_id, status, by, lease, first_id, last_id in held:
+        if by == me or not _claimer_gone(by, lease, now):
+            continue
+        if status == "claimed":
+            _move_batch(ctx, batch_id, "pending", now, only_from="claimed", holder=by)
+            continue
+        rows = _pending_rows(ctx, issue.issue_id, first_id, last_id)
+        recipients = [make_recipient(ctx, issue, d, sub, subn, email, name)
+                      for d, sub, subn, email, name, _ in rows]
+        confirmed = transport.already_sent(issue, recipients)
+        _set_status(ctx, sorted(confirmed), ACCEPTED, now=now, only_from="pending")
+        unsure = [r.delivery_id for r in recipients if r.delivery_id not in confirmed]
+        _set_status(ctx, unsure, UNCERTAIN, now=now, only_from="pending",
+                    error="the send stopped while this message was being handed over")
+        _move_batch(ctx, batch_id, "done", now, only_from="sending", holder=by)
+        confirmed_total += len(confirmed)
+        uncertain_total += len(unsure)
+    if uncertain_total:
         log.warning("issue %s: %d deliveries were in flight when a send stopped; marked "
-                    "uncertain (resend with --resend-uncertain)", issue.issue_id, len(unsure))
-    return len(confirmed), len(unsure)
+                    "uncertain (resend with --resend-uncertain)", issue.issue_id,
+                    uncertain_total)
+    return confirmed_total, uncertain_total
 
 
-def claim_batch(ctx: Context, issue_id: int, me: str, size: int, now: datetime) -> list[int]:
-    """Claim up to ``size`` pending deliveries for this process, under a lease.
+def claim_batch(ctx: Context, issue_id: int, me: str, now: datetime) -> Claim | None:
+    """Claim the next pending batch of an issue for this process, under a lease.
 
-    On PostgreSQL the candidates are locked with FOR UPDATE SKIP LOCKED, so workers on
-    several machines take disjoint batches; SQLite runs one writer at a time anyway.
+    On PostgreSQL the candidate is locked with FOR UPDATE SKIP LOCKED, so workers on
+    several machines take different batches; SQLite runs one writer at a time anyway.
     """
-    candidates = (select(Delivery.id)
-                  .where(Delivery.issue_id == issue_id, Delivery.status == "pending")
-                  .order_by(Delivery.id).limit(size))
+    candidate = (select(SendBatch.id)
+                 .where(SendBatch.issue_id == issue_id, SendBatch.status == "pending")
+                 .order_by(SendBatch.id).limit(1))
     lease = now + timedelta(seconds=ctx.settings.send_lease_seconds)
-    claim = (update(Delivery).values(status="claimed", claimed_by=me, lease_until=lease,
-                                     updated_at=now)
+    claim = (update(SendBatch).values(status="claimed", claimed_by=me, lease_until=lease,
+                                      updated_at=now)
              .execution_options(synchronize_session=False))
     if ctx.db.is_postgres:
-        # A CTE is evaluated once; an IN (subquery … LIMIT) may be re-scanned and claim
-        # more than `size` rows.
-        picked = candidates.with_for_update(skip_locked=True).cte("picked")
-        claim = claim.where(Delivery.id == picked.c.id)
+        # A CTE is evaluated once; an IN (subquery … LIMIT) may be re-scanned.
+        picked = candidate.with_for_update(skip_locked=True).cte("picked")
+        claim = claim.where(SendBatch.id == picked.c.id)
     else:
-        claim = claim.where(Delivery.id.in_(candidates.scalar_subquery()))
+        claim = claim.where(SendBatch.id.in_(candidate.scalar_subquery()))
     with ctx.db.session() as session:
-        return sorted(session.scalars(
-            claim.where(Delivery.status == "pending").returning(Delivery.id)).all())
+        row = session.execute(
+            claim.where(SendBatch.status == "pending")
+            .returning(SendBatch.id, SendBatch.first_id, SendBatch.last_id)).first()
+    return Claim(*row) if row else None
+
+
+def batches_held(ctx: Context, issue_id: int) -> int:
+    """Batches of an issue that some sender holds (claimed or being handed over)."""
+    with ctx.db.session() as session:
+        return session.scalar(select(func.count()).select_from(SendBatch).where(
+            SendBatch.issue_id == issue_id,
+            SendBatch.status.in_(("claimed", "sending")))) or 0
 
 
 def counts(ctx: Context, issue_id: int) -> Counter[str]:
@@ -308,38 +338,41 @@ def _deliver(ctx: Context, issue: OutgoingIssue, report: SendReport, transport: 
         settle_abandoned(ctx, issue, transport, now(), me)
         if resend_uncertain:
             with ctx.db.session() as session:
-                session.execute(update(Delivery).where(
+                moved = session.scalars(update(Delivery).where(
                     Delivery.issue_id == issue_id, Delivery.status == UNCERTAIN)
-                    .values(status="pending", error=None, updated_at=now()))
+                    .values(status="pending", error=None, updated_at=now())
+                    .execution_options(synchronize_session=False)
+                    .returning(Delivery.id)).first()
+                if moved is not None:
+                    add_batches(session, issue_id, ctx.settings.batch_size, now())
         tally = counts(ctx, issue_id)
         total = sum(tally.values())
-        done = total - tally["pending"] - tally["claimed"] - tally["sending"]
+        done = total - tally["pending"]
         while True:
             if should_stop is not None and should_stop():
                 report.stopped = True
                 break
             if on_progress:
                 on_progress(done, total)
-            ids = claim_batch(ctx, issue_id, me, ctx.settings.batch_size, now())
-            if not ids:
-                # Counting scans the issue, so only here, not once per batch.
-                tally = counts(ctx, issue_id)
-                done = total - tally["pending"] - tally["claimed"] - tally["sending"]
-                if not tally["claimed"] and not tally["sending"] and not tally["pending"]:
+            claim = claim_batch(ctx, issue_id, me, now())
+            if claim is None:
+                if not batches_held(ctx, issue_id):
                     break
-                # Other workers hold the rest: wait for them, or for their leases to end.
+                # Other senders hold the rest: wait for them, or for their leases to end.
                 sleep(1.0)
                 settle_abandoned(ctx, issue, transport, now(), me)
+                tally = counts(ctx, issue_id)
+                done = total - tally["pending"]
                 continue
-            report.sent_now += _send_claimed(ctx, issue, transport, ids, me, now)
-            done += len(ids)
+            sent, handled = _send_claimed(ctx, issue, transport, claim, me, now)
+            report.sent_now += sent
+            done += handled
 
     report.counts = counts(ctx, issue_id)
     report.failures = failures(ctx, issue_id)
     if on_progress:
-        total = sum(report.counts.values())
         on_progress(total - report.counts["pending"], total)
-    if not any(report.counts[s] for s in ("pending", "claimed", "sending")):
+    if not report.counts["pending"] and not batches_held(ctx, issue_id):
         with ctx.db.session() as session:
             row = session.get(Issue, issue_id)
             if row is not None and row.status == "sending":
@@ -348,30 +381,37 @@ def _deliver(ctx: Context, issue: OutgoingIssue, report: SendReport, transport: 
     return report
 
 
-def _send_claimed(ctx: Context, issue: OutgoingIssue, transport: Transport, ids: list[int],
-                  me: str, now: Callable[[], datetime]) -> int:
-    """Hand one claimed batch to the transport and record each outcome; return accepted."""
-    rows = _rows_by_id(ctx, ids)
+def _send_claimed(ctx: Context, issue: OutgoingIssue, transport: Transport, claim: Claim,
+                  me: str, now: Callable[[], datetime]) -> tuple[int, int]:
+    """Hand one claimed batch to the transport and record each outcome.
+
+    Return (accepted, deliveries handled).
+    """
+    rows = _pending_rows(ctx, issue.issue_id, claim.first_id, claim.last_id)
     left = [r[0] for r in rows if r[5] != "active"]
-    _set_status(ctx, left, "skipped", now=now(), only_from="claimed", holder=me,
-                release=True, error="no longer subscribed when the batch was sent")
-    wanted = {r[0]: r for r in rows if r[5] == "active"}
-    # Committed before the hand-over: after a crash these rows read "maybe sent".
-    handing = set(_set_status(ctx, list(wanted), "sending", now=now(), only_from="claimed",
-                              holder=me, count_attempt=True))
+    _set_status(ctx, left, "skipped", now=now(), only_from="pending",
+                error="no longer subscribed when the batch was sent")
     recipients = [make_recipient(ctx, issue, d, sub, subn, email, name)
-                  for d, (_, sub, subn, email, name, _) in wanted.items() if d in handing]
-    if not recipients:
-        return 0
-    try:
-        outcomes = transport.send_batch(issue, recipients)
-    except DeliveryError:
-        # The transport knows nothing went out: the batch can be tried again later.
-        _set_status(ctx, [r.delivery_id for r in recipients], "pending", now=now(),
-                    only_from="sending", holder=me, release=True)
-        raise
-    _record(ctx, outcomes, now())
-    return sum(1 for o in outcomes if o.status == ACCEPTED)
+                  for d, sub, subn, email, name, status in rows if status == "active"]
+    # Committed before the hand-over: after a crash this batch reads "maybe sent". If the
+    # claim was taken over meanwhile (our lease ran out), someone else sends it.
+    lease = now() + timedelta(seconds=ctx.settings.send_lease_seconds)
+    if not _move_batch(ctx, claim.batch_id, "sending", now(), only_from="claimed",
+                       holder=me, claimer=me, lease=lease):
+        return 0, 0
+    if recipients:
+        try:
+            outcomes = transport.send_batch(issue, recipients)
+        except DeliveryError:
+            # The transport knows nothing went out: the batch can be tried again later.
+            _move_batch(ctx, claim.batch_id, "pending", now(), only_from="sending",
+                        holder=me)
+            raise
+        _record(ctx, outcomes, now())
+    else:
+        outcomes = []
+    _move_batch(ctx, claim.batch_id, "done", now(), only_from="sending", holder=me)
+    return sum(1 for o in outcomes if o.status == ACCEPTED), len(rows)
 
 
 def _record(ctx: Context, outcomes: Sequence[Outcome], now: datetime) -> None:
@@ -389,5 +429,5 @@ def _record(ctx: Context, outcomes: Sequence[Outcome], now: datetime) -> None:
             for start in range(0, len(ids), 1000):
                 session.execute(update(Delivery).where(_ids(ctx, ids[start:start + 1000]))
                                 .values(status=status, message_id=message_id, error=error,
-                                        updated_at=now, claimed_by=None, lease_until=None)
+                                        updated_at=now)
                                 .execution_options(synchronize_session=False))

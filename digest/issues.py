@@ -15,7 +15,7 @@ from digest.context import Context
 from digest.db import utcnow
 from digest.errors import ConfigError, DigestError, NotFoundError
 from digest.grouping import Item, KeywordConfig, Section, group
-from digest.models import Delivery, Entry, Feed, Issue, IssueEntry
+from digest.models import Delivery, Entry, Feed, Issue, IssueEntry, SendBatch
 from digest.rendering import IssueContent, Recipient, RenderedIssue, Sender, long_date
 from subscribers.lists import get_list
 from subscribers.models import MailingList, Subscription
@@ -163,7 +163,23 @@ def _record_issue(ctx: Context, draft: Draft, now: datetime, status: str) -> int
                    literal("pending"), literal(0), literal(now, type_=Delivery.updated_at.type))
             .where(Subscription.list_id == draft.list_id, Subscription.status == "active")
             .order_by(Subscription.id)))
+        add_batches(session, issue.id, ctx.settings.batch_size, now)
         return issue.id
+
+
+def add_batches(session: Session, issue_id: int, size: int, now: datetime,
+                status: str = "pending") -> None:
+    """Cut an issue's deliveries in ``status`` into send batches of ``size`` by id."""
+    numbered = (select(Delivery.id.label("id"),
+                       ((func.row_number().over(order_by=Delivery.id) - 1) // size)
+                       .label("batch"))
+                .where(Delivery.issue_id == issue_id, Delivery.status == status)
+                .subquery())
+    session.execute(insert(SendBatch).from_select(
+        ["issue_id", "first_id", "last_id", "status", "updated_at"],
+        select(literal(issue_id), func.min(numbered.c.id), func.max(numbered.c.id),
+               literal("pending"), literal(now, type_=SendBatch.updated_at.type))
+        .group_by(numbered.c.batch)))
 
 
 def unfinished_issue(session: Session, list_id: int, *,

@@ -88,11 +88,10 @@ class IssueEntry(Base):
 
 
 class Delivery(Base):
-    """One issue to one subscriber.
+    """One issue to one subscriber: pending → accepted | failed | uncertain | skipped.
 
-    pending → claimed (leased by a worker, not yet handed over) → sending (being handed
-    to the transport) → accepted | failed | uncertain. ``skipped`` is for a subscriber
-    who left between the issue being built and their batch.
+    ``skipped`` is for a subscriber who left between the issue being built and their
+    batch. Whether a pending delivery is being handed over is its batch's state.
     """
 
     __tablename__ = "deliveries"
@@ -110,6 +109,23 @@ class Delivery(Base):
     message_id: Mapped[str | None] = mapped_column(String(300))
     error: Mapped[str | None] = mapped_column(Text)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    # Who holds the row while it is claimed or sending, and until when.
+
+
+class SendBatch(Base):
+    """A run of an issue's deliveries (by id range) that one sender sends at once.
+
+    pending → claimed (leased by a sender, not yet handed over) → sending (being handed
+    to the transport) → done. Claiming and handing over touch this one row, not the
+    thousand delivery rows it covers.
+    """
+
+    __tablename__ = "send_batches"
+    __table_args__ = (Index("ix_send_batches_issue_status", "issue_id", "status", "id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    issue_id: Mapped[int] = mapped_column(ForeignKey("issues.id", ondelete="CASCADE"))
+    first_id: Mapped[int] = mapped_column(Integer)
+    last_id: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(20), default="pending")
     claimed_by: Mapped[str | None] = mapped_column(String(200))
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

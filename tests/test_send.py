@@ -17,7 +17,7 @@ from digest.collect import add_feed
 from digest.context import Context
 from digest.delivery import counts
 from digest.issues import draft_issue
-from digest.models import Delivery, Issue
+from digest.models import Delivery, Issue, SendBatch
 from digest.pipeline import run_list
 from digest.transports.base import Outcome, OutgoingIssue, OutgoingRecipient
 from digest.transports.outbox import OutboxTransport
@@ -160,7 +160,11 @@ def test_an_interrupted_send_resumes_without_sending_twice(any_ctx: Context,
     with pytest.raises(SystemExit):
         run_list(ctx, "weekly", transport=crashing)
     [issue_id] = _issue_ids(ctx)
-    assert counts(ctx, issue_id) == {"accepted": 3, "sending": 3, "pending": 2}
+    # Batch 1 went out; batch 2 was being handed over when the process died.
+    assert counts(ctx, issue_id) == {"accepted": 3, "pending": 5}
+    with ctx.db.session() as s:
+        assert list(s.scalars(select(SendBatch.status).order_by(SendBatch.id))) == [
+            "done", "sending", "pending"]
     # Someone leaves before the rest goes out: they are skipped, not sent to.
     remove_subscriber(ctx.db, "weekly", "reader7@example.org")
     # Run again: the outbox proves which in-flight messages were written.
