@@ -1,10 +1,11 @@
 """Deliver a recorded issue: one delivery record per subscriber, exactly once.
 
-Every delivery moves pending → sending → accepted | failed | uncertain (or skipped,
-for someone who left after the issue was built). Each step is committed before the
-next network call, so a process stopped at any moment resumes without sending twice:
-recipients of the batch in flight at the stop are checked with the transport where it
-can tell, and otherwise reported uncertain — never silently resent.
+Every delivery goes from pending to accepted, failed, uncertain or skipped (someone who
+left after the issue was built). Deliveries go out in send batches that move pending →
+claimed → sending → done; each step is committed before the next network call, so a
+process stopped at any moment resumes without sending twice: recipients of the batch in
+flight at the stop are checked with the transport where it can tell, and otherwise
+reported uncertain — never silently resent. docs/architecture.md has the whole design.
 """
 
 from __future__ import annotations
