@@ -237,9 +237,10 @@ def settle_abandoned(ctx: Context, issue: OutgoingIssue, transport: Transport,
         recipients = [make_recipient(ctx, issue, d, sub, subn, email, name)
                       for d, sub, subn, email, name, _ in rows]
         confirmed = transport.already_sent(issue, recipients)
-        _set_status(ctx, sorted(confirmed), ACCEPTED, now=now, only_from="pending")
+        _set_status(ctx, sorted(confirmed), ACCEPTED, now=now, only_from="pending",
+                    count_attempt=True)
         unsure = [r.delivery_id for r in recipients if r.delivery_id not in confirmed]
-        _set_status(ctx, unsure, UNCERTAIN, now=now, only_from="pending",
+        _set_status(ctx, unsure, UNCERTAIN, now=now, only_from="pending", count_attempt=True,
                     error="the send stopped while this message was being handed over")
         _move_batch(ctx, batch_id, "done", now, only_from="sending", holder=by)
         confirmed_total += len(confirmed)
@@ -430,5 +431,5 @@ def _record(ctx: Context, outcomes: Sequence[Outcome], now: datetime) -> None:
             for start in range(0, len(ids), 1000):
                 session.execute(update(Delivery).where(_ids(ctx, ids[start:start + 1000]))
                                 .values(status=status, message_id=message_id, error=error,
-                                        updated_at=now)
+                                        updated_at=now, attempts=Delivery.attempts + 1)
                                 .execution_options(synchronize_session=False))
