@@ -79,18 +79,28 @@ def _interactive() -> bool:
 def progress_bar(description: str, *, enabled: bool) -> Iterator[Callable[[int, int], None]]:
     """A rich progress bar on a terminal; plain log lines (every 10 %) otherwise."""
     if enabled:
-        with Progress(TextColumn("[bold]{task.description}"), BarColumn(),
-                      MofNCompleteColumn(), TaskProgressColumn(),
-                      TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
-                      TimeRemainingColumn(), console=err, transient=False) as progress:
-            task = progress.add_task(description, total=None, rate="")
+        progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                            MofNCompleteColumn(), TaskProgressColumn(),
+                            TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
+                            TimeRemainingColumn(), console=err, transient=False)
+        task = progress.add_task(description, total=None, rate="")
 
-            def update(done: int, total: int) -> None:
-                elapsed = progress.tasks[0].elapsed or 0
-                rate = f"{done / elapsed:,.0f}/s" if elapsed > 0.5 else ""
-                progress.update(task, completed=done, total=total, rate=rate)
+        def update(done: int, total: int) -> None:
+            # Started on the first update, so a question asked before the work begins
+            # (send's confirmation) is not drawn under a live bar.
+            if not progress.live.is_started:
+                progress.start()
+            elapsed = progress.tasks[0].elapsed or 0
+            per_second = done / elapsed if elapsed > 0.5 else 0.0
+            rate = "" if not per_second else (
+                f"{per_second:,.1f}/s" if per_second < 10 else f"{per_second:,.0f}/s")
+            progress.update(task, completed=done, total=total, rate=rate)
 
+        try:
             yield update
+        finally:
+            if progress.live.is_started:
+                progress.stop()
         return
     last = [-1]
 
@@ -334,9 +344,10 @@ def send_cmd(list_name: str, no_collect: bool, yes: bool, resend_uncertain: bool
     def confirm(draft: Draft, audience: int) -> bool:
         if yes or not interactive:
             return True
+        people = f"{audience} subscriber" + ("" if audience == 1 else "s")
         return click.confirm(f"Send issue {draft.number} {draft.rendered.subject!r} "
                              f"({sum(len(s.entries) for s in draft.sections)} entries) to "
-                             f"{audience} subscribers of {list_name}?", err=True)
+                             f"{people} of {list_name}?", err=True)
 
     helpers: list[subprocess.Popen[bytes]] = []
 
