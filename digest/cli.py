@@ -454,6 +454,26 @@ def lists_list() -> None:
     out.print(table)
 
 
+@lists_group.command("show")
+@click.argument("name")
+@boundary
+def lists_show(name: str) -> None:
+    """Show a list: subscribers by status and its latest issues."""
+    from digest.reports import issue_rows
+    from subscribers.lists import get_list, summarize_lists
+    with state().ctx.db.session() as session:
+        get_list(session, name)  # a clear error when there is no such list
+    [summary] = [s for s in summarize_lists(state().ctx.db) if s.name == name]
+    out.print(f"{summary.name}: {summary.title}", markup=False)
+    out.print("Subscribers: " + ", ".join(f"{k} {v}" for k, v in summary.counts.items()))
+    rows = issue_rows(state().ctx, name)[:5]
+    if not rows:
+        out.print("No issues yet.")
+    for row in rows:
+        out.print(f"Issue {row[2]} ({row[4]}, {row[5]} UTC): {row[3]} — {row[6]} accepted, "
+                  f"{row[7]} failed, {row[8]} uncertain", markup=False)
+
+
 @lists_group.command("delete")
 @click.argument("name")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
@@ -509,6 +529,21 @@ def subscribers_list(list_name: str, status: str | None) -> None:
                       r.created_at.strftime("%Y-%m-%d"))
     out.print(table)
     out.print(f"{len(rows)} subscribers.")
+
+
+@subscribers_group.command("show")
+@click.argument("email")
+@boundary
+def subscribers_show(email: str) -> None:
+    """Show one subscriber and every list they are on."""
+    from subscribers.subscriptions import show_subscriber
+    person = show_subscriber(state().ctx.db, email)
+    out.print(f"{person.email}" + (f" ({person.name})" if person.name else "")
+              + f", known since {person.created_at:%Y-%m-%d}", markup=False)
+    for sub in person.subscriptions:
+        out.print(f"  {sub.list_name}: {sub.status}, topics: "
+                  f"{'; '.join(sub.keywords) or 'all'}, source {sub.source}, since "
+                  f"{sub.created_at:%Y-%m-%d}", markup=False)
 
 
 @subscribers_group.command("remove")

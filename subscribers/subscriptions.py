@@ -151,3 +151,31 @@ def list_subscriptions(db: Database, list_name: str,
         return [SubscriptionView(p.email, p.name, mailing_list.name, s.status,
                                  list(s.keywords), s.source, s.created_at)
                 for p, s in session.execute(query)]
+
+
+@dataclass(frozen=True)
+class PersonView:
+    """One subscriber with every list they are on."""
+
+    email: str
+    name: str
+    created_at: datetime
+    subscriptions: list[SubscriptionView]
+
+
+def show_subscriber(db: Database, email: str) -> PersonView:
+    """A subscriber and their subscriptions, or a clear error."""
+    from subscribers.models import MailingList
+    with db.session() as session:
+        person = find_subscriber(session, email)
+        if person is None:
+            raise NotFoundError(f"no subscriber {email}")
+        rows = session.execute(
+            select(Subscription, MailingList.name)
+            .join(MailingList, MailingList.id == Subscription.list_id)
+            .where(Subscription.subscriber_id == person.id)
+            .order_by(MailingList.name)).all()
+        return PersonView(person.email, person.name, person.created_at, [
+            SubscriptionView(person.email, person.name, list_name, sub.status,
+                             list(sub.keywords), sub.source, sub.created_at)
+            for sub, list_name in rows])

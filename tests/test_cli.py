@@ -95,3 +95,21 @@ def test_python_dash_m_and_db_upgrade(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "digest", "--help"], capture_output=True,
                           text=True, timeout=60)
     assert "send" in done.stdout and "collect" in done.stdout
+
+
+def test_show_a_list_and_a_subscriber(runner: CliRunner) -> None:
+    ok(runner, "lists", "create", "weekly", "--title", "The Weekly Recap")
+    ok(runner, "subscribers", "add", "Ann@Example.org", "--list", "weekly", "--name", "Ann",
+       "--keywords", "Iran;Syria")
+    ok(runner, "subscribers", "add", "bo@example.org", "--list", "weekly")
+    ok(runner, "subscribers", "remove", "bo@example.org", "--list", "weekly")
+    shown = ok(runner, "lists", "show", "weekly")
+    assert "The Weekly Recap" in shown and "active 1" in shown
+    assert "unsubscribed 1" in shown and "No issues yet." in shown
+    person = ok(runner, "subscribers", "show", "ann@EXAMPLE.org")
+    assert "Ann@example.org (Ann)" in person
+    assert "weekly: active, topics: Iran; Syria" in person
+    result = runner.invoke(cli, ["subscribers", "show", "nobody@example.org"])
+    assert result.exit_code == 1 and "no subscriber nobody@example.org" in result.output
+    result = runner.invoke(cli, ["lists", "show", "nope"])
+    assert result.exit_code == 1 and "no list named 'nope'" in result.output
