@@ -134,31 +134,23 @@ def _pending_rows(ctx: Context, issue_id: int, first_id: int,
 
 
 def _set_status(ctx: Context, ids: Sequence[int], status: str, *, now: datetime,
-                error: str | None = None, message_id: str | None = None,
-                only_from: str | None = None, count_attempt: bool = False) -> list[int]:
-    """Move deliveries to ``status``; return the ids that actually moved.
-
-    ``only_from`` makes the move conditional on the current state.
-    """
+                error: str | None = None, only_from: str | None = None,
+                count_attempt: bool = False) -> None:
+    """Move deliveries to ``status``; ``only_from`` makes it conditional on the current one."""
     if not ids:
-        return []
+        return
     values: dict[str, object] = {"status": status, "updated_at": now}
     if error is not None:
         values["error"] = error[:2000]
-    if message_id is not None:
-        values["message_id"] = message_id
     if count_attempt:
         values["attempts"] = Delivery.attempts + 1
-    moved: list[int] = []
     with ctx.db.session() as session:
         for start in range(0, len(ids), 500):
-            chunk = list(ids[start:start + 500])
-            query = (update(Delivery).where(_ids(ctx, chunk)).values(**values)
-                     .execution_options(synchronize_session=False))
+            query = (update(Delivery).where(_ids(ctx, ids[start:start + 500]))
+                     .values(**values).execution_options(synchronize_session=False))
             if only_from is not None:
                 query = query.where(Delivery.status == only_from)
-            moved.extend(session.scalars(query.returning(Delivery.id)).all())
-    return moved
+            session.execute(query)
 
 
 # Claimer ids of the sends running in this process (a web request and the scheduler may

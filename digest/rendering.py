@@ -206,7 +206,3 @@ class Renderer:
             log.warning("issue %s #%s: %s", content.list_name, content.number, warning)
         return RenderedIssue(content.subject, inlined, text, content.preheader,
                              tuple(warnings))
-
-    def render_page(self, name: str, **context: object) -> str:
-        """Render a template that needs no inlining (a web page or a small email)."""
-        return self.env.get_template(name).render(context)
