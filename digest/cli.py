@@ -434,12 +434,31 @@ def lists_group() -> None:
 @lists_group.command("create")
 @click.argument("name")
 @click.option("--title", help="The title shown in emails (default: from the name).")
+@click.option("--when-nothing-matches", type=click.Choice(["skip", "full"]), default="skip",
+              show_default=True,
+              help="For readers whose keywords have nothing new: no email, or the full issue.")
 @boundary
-def lists_create(name: str, title: str | None) -> None:
+def lists_create(name: str, title: str | None, when_nothing_matches: str) -> None:
     """Create a list."""
     from subscribers.lists import create_list
-    created = create_list(state().ctx.db, name, title)
+    created = create_list(state().ctx.db, name, title,
+                          when_nothing_matches=when_nothing_matches)
     out.print(f"Created list {created.name} ({created.title}).")
+
+
+@lists_group.command("edit")
+@click.argument("name")
+@click.option("--title", help="A new title.")
+@click.option("--when-nothing-matches", type=click.Choice(["skip", "full"]),
+              help="For readers whose keywords have nothing new: no email, or the full issue.")
+@boundary
+def lists_edit(name: str, title: str | None, when_nothing_matches: str | None) -> None:
+    """Change a list's title or what readers with unmatched keywords get."""
+    from subscribers.lists import edit_list
+    edited = edit_list(state().ctx.db, name, title=title,
+                       when_nothing_matches=when_nothing_matches)
+    out.print(f"List {edited.name}: {edited.title}; when nothing matches a reader's keywords: "
+              f"{edited.when_nothing_matches}.", markup=False)
 
 
 @lists_group.command("list")
@@ -465,6 +484,7 @@ def lists_show(name: str) -> None:
         get_list(session, name)  # a clear error when there is no such list
     [summary] = [s for s in summarize_lists(state().ctx.db) if s.name == name]
     out.print(f"{summary.name}: {summary.title}", markup=False)
+    out.print(f"When nothing matches a reader's keywords: {summary.when_nothing_matches}")
     out.print("Subscribers: " + ", ".join(f"{k} {v}" for k, v in summary.counts.items()))
     rows = issue_rows(state().ctx, name)[:5]
     if not rows:

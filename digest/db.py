@@ -62,6 +62,8 @@ class MetaValue(Base):
 
 def load_all_models() -> None:
     """Import every module that defines tables, so the metadata is complete."""
+    import digest.models  # noqa: F401
+    import schedules.models  # noqa: F401
     import subscribers.models  # noqa: F401
 
 

@@ -17,7 +17,7 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from sqlalchemy import ColumnElement, Integer, any_, bindparam, func, select, update
@@ -28,7 +28,7 @@ from digest.db import utcnow
 from digest.errors import DeliveryError
 from digest.issues import add_batches, get_issue
 from digest.messages import domain_of, format_sender
-from digest.models import Delivery, Issue, SendBatch
+from digest.models import Delivery, Issue, IssueVariant, SendBatch
 from digest.rendering import Recipient, RenderedIssue
 from digest.transports.base import (
     ACCEPTED,
@@ -118,14 +118,17 @@ def _ids(ctx: Context, ids: Sequence[int]) -> ColumnElement[bool]:
     return Delivery.id.in_(list(ids))
 
 
-def _pending_rows(ctx: Context, issue_id: int, first_id: int,
-                  last_id: int) -> list[tuple[int, int, int, str, str, str]]:
+Row = tuple[int, int, int, str, str, str, int | None]
+
+
+def _pending_rows(ctx: Context, issue_id: int, first_id: int, last_id: int) -> list[Row]:
     """Pending deliveries of a batch: (delivery, subscriber, subscription, email, name,
-    subscription status)."""
+    subscription status, variant)."""
     with ctx.db.session() as session:
         return [tuple(r) for r in session.execute(  # type: ignore[misc]
             select(Delivery.id, Delivery.subscriber_id, Delivery.subscription_id,
-                   Subscriber.email, Subscriber.name, Subscription.status)
+                   Subscriber.email, Subscriber.name, Subscription.status,
+                   Delivery.variant_id)
             .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
             .join(Subscription, Subscription.id == Delivery.subscription_id)
             .where(Delivery.issue_id == issue_id, Delivery.id.between(first_id, last_id),
@@ -227,7 +230,7 @@ def settle_abandoned(ctx: Context, issue: OutgoingIssue, transport: Transport,
             continue
         rows = _pending_rows(ctx, issue.issue_id, first_id, last_id)
         recipients = [make_recipient(ctx, issue, d, sub, subn, email, name)
-                      for d, sub, subn, email, name, _ in rows]
+                      for d, sub, subn, email, name, _, _ in rows]
         confirmed = transport.already_sent(issue, recipients)
         _set_status(ctx, sorted(confirmed), ACCEPTED, now=now, only_from="pending",
                     count_attempt=True)
@@ -341,6 +344,7 @@ def _deliver(ctx: Context, issue: OutgoingIssue, report: SendReport, transport: 
                     add_batches(session, issue_id, ctx.settings.batch_size, now())
         tally = counts(ctx, issue_id)
         total = sum(tally.values())
+        variants: dict[int, RenderedIssue] = {}  # keyword segments' renderings
         done = total - tally["pending"]
         while True:
             if should_stop is not None and should_stop():
@@ -358,7 +362,7 @@ def _deliver(ctx: Context, issue: OutgoingIssue, report: SendReport, transport: 
                 tally = counts(ctx, issue_id)
                 done = total - tally["pending"]
                 continue
-            sent, handled = _send_claimed(ctx, issue, transport, claim, me, now)
+            sent, handled = _send_claimed(ctx, issue, transport, claim, me, now, variants)
             report.sent_now += sent
             done += handled
 
@@ -376,7 +380,8 @@ def _deliver(ctx: Context, issue: OutgoingIssue, report: SendReport, transport: 
 
 
 def _send_claimed(ctx: Context, issue: OutgoingIssue, transport: Transport, claim: Claim,
-                  me: str, now: Callable[[], datetime]) -> tuple[int, int]:
+                  me: str, now: Callable[[], datetime],
+                  variants: dict[int, RenderedIssue]) -> tuple[int, int]:
     """Hand one claimed batch to the transport and record each outcome.
 
     Return (accepted, deliveries handled).
@@ -385,27 +390,49 @@ def _send_claimed(ctx: Context, issue: OutgoingIssue, transport: Transport, clai
     left = [r[0] for r in rows if r[5] != "active"]
     _set_status(ctx, left, "skipped", now=now(), only_from="pending",
                 error="no longer subscribed when the batch was sent")
-    recipients = [make_recipient(ctx, issue, d, sub, subn, email, name)
-                  for d, sub, subn, email, name, status in rows if status == "active"]
+    # Keyword segments get their own rendering; a batch rarely spans more than one.
+    groups: dict[int | None, list[OutgoingRecipient]] = {}
+    for d, sub, subn, email, name, status, variant in rows:
+        if status == "active":
+            groups.setdefault(variant, []).append(
+                make_recipient(ctx, issue, d, sub, subn, email, name))
     # Committed before the hand-over: after a crash this batch reads "maybe sent". If the
     # claim was taken over meanwhile (our lease ran out), someone else sends it.
     lease = now() + timedelta(seconds=ctx.settings.send_lease_seconds)
     if not _move_batch(ctx, claim.batch_id, "sending", now(), only_from="claimed",
                        holder=me, claimer=me, lease=lease):
         return 0, 0
-    if recipients:
+    accepted = 0
+    for variant, recipients in groups.items():
         try:
-            outcomes = transport.send_batch(issue, recipients)
+            outcomes = transport.send_batch(variant_issue(ctx, issue, variant, variants),
+                                            recipients)
         except DeliveryError:
-            # The transport knows nothing went out: the batch can be tried again later.
+            # The transport knows nothing of this group went out (earlier groups are
+            # recorded): the batch's pending rest can be tried again later.
             _move_batch(ctx, claim.batch_id, "pending", now(), only_from="sending",
                         holder=me)
             raise
         _record(ctx, outcomes, now())
-    else:
-        outcomes = []
+        accepted += sum(1 for o in outcomes if o.status == ACCEPTED)
     _move_batch(ctx, claim.batch_id, "done", now(), only_from="sending", holder=me)
-    return sum(1 for o in outcomes if o.status == ACCEPTED), len(rows)
+    return accepted, len(rows)
+
+
+def variant_issue(ctx: Context, issue: OutgoingIssue, variant_id: int | None,
+                  cache: dict[int, RenderedIssue]) -> OutgoingIssue:
+    """The issue as one keyword segment gets it (the full issue for None)."""
+    if variant_id is None:
+        return issue
+    rendered = cache.get(variant_id)
+    if rendered is None:
+        with ctx.db.session() as session:
+            row = session.get(IssueVariant, variant_id)
+            if row is None:
+                raise DeliveryError(f"issue {issue.issue_id} lost its segment {variant_id}")
+            rendered = RenderedIssue(row.subject, row.html, row.text, "")
+        cache[variant_id] = rendered
+    return replace(issue, rendered=rendered)
 
 
 def _record(ctx: Context, outcomes: Sequence[Outcome], now: datetime) -> None:

@@ -114,15 +114,28 @@ class _Keywords:
         return keys
 
 
-def group(items: Iterable[Item], config: KeywordConfig) -> list[Section]:
+def canonical_keys(keywords: Iterable[str], config: KeywordConfig) -> frozenset[str]:
+    """The section keys a subscriber's keywords stand for (aliases applied)."""
+    resolver = _Keywords(config)
+    return frozenset(key for k in keywords if (key := resolver.canonical_key(k)))
+
+
+def group(items: Iterable[Item], config: KeywordConfig,
+          only: frozenset[str] | None = None) -> list[Section]:
     """Place each entry in exactly one section and order the sections.
 
     An entry goes to its first keyword in the configured order, else to its largest
     keyword (by how many entries carry it), and lists its other keywords as "also in".
     Sections follow the configured order, then size; untagged entries come last.
+
+    With ``only`` (a subscriber's keyword segment), just those sections are made, from
+    the entries that carry one of those keywords.
     """
     resolver = _Keywords(config)
     keyed = [(item, resolver.keys_of(item)) for item in items]
+    if only is not None:
+        keyed = [(item, kept) for item, keys in keyed
+                 if (kept := [k for k in keys if k in only])]
     sizes = Counter(key for _, keys in keyed for key in keys)
     unplaced = len(resolver.order) + 1
 
@@ -169,8 +182,3 @@ def summary_line(sections: Sequence[Section], *, most: int = 3) -> str:
         return parts[0]
     return ", ".join(parts[:-1]) + " and " + parts[-1]
 
-
-def keep_sections(sections: Sequence[Section], wanted: Iterable[str]) -> list[Section]:
-    """The sections a subscriber asked for by keyword (matching forms compared)."""
-    keys = {keyword_key(k) for k in wanted}
-    return [s for s in sections if s.key in keys]

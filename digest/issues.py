@@ -2,20 +2,42 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Select, func, insert, literal, select
+from sqlalchemy import (
+    Integer,
+    Select,
+    String,
+    case,
+    cast,
+    column,
+    func,
+    insert,
+    literal,
+    select,
+    values,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from digest.context import Context
 from digest.db import utcnow
 from digest.errors import ConfigError, DigestError, NotFoundError
-from digest.grouping import Item, KeywordConfig, Section, group
-from digest.models import Delivery, Entry, Feed, Issue, IssueEntry, SendBatch
+from digest.grouping import Item, KeywordConfig, Placed, Section, canonical_keys, group
+from digest.models import (
+    Delivery,
+    Entry,
+    Feed,
+    Issue,
+    IssueEdit,
+    IssueEntry,
+    IssueVariant,
+    SendBatch,
+)
 from digest.rendering import IssueContent, Recipient, RenderedIssue, Sender, long_date
 from subscribers.lists import get_list
 from subscribers.models import MailingList, Subscription
@@ -37,6 +59,37 @@ class Draft:
     rendered: RenderedIssue
     window_start: datetime
     window_end: datetime
+    edit: EditView | None = None
+    when_nothing_matches: str = "skip"
+
+
+@dataclass(frozen=True)
+class EditView:
+    """An editor's changes to the next issue, as drafting applies them."""
+
+    subject: str = ""
+    intro: str = ""
+    dropped: frozenset[int] = frozenset()
+    moves: Mapping[int, str] = field(default_factory=dict)
+    section_order: tuple[str, ...] = ()
+    approved_by: str | None = None
+    approved_at: datetime | None = None
+
+    @classmethod
+    def of(cls, row: IssueEdit) -> EditView:
+        """From its stored row."""
+        return cls(row.subject, row.intro, frozenset(row.dropped),
+                   {int(k): v for k, v in row.moves.items()}, tuple(row.section_order),
+                   row.approved_by, row.approved_at)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """An issue as one keyword segment gets it."""
+
+    keys: tuple[str, ...]
+    sections: list[Section]
+    rendered: RenderedIssue
 
 
 def keyword_config(ctx: Context) -> KeywordConfig:
@@ -82,20 +135,59 @@ def archive_path(list_name: str, number: int) -> str:
     return f"archive/{list_name}/{number}"
 
 
+def apply_edit(sections: list[Section], edit: EditView | None) -> list[Section]:
+    """An editor's moves and section order applied to grouped sections."""
+    if edit is None or not (edit.moves or edit.section_order):
+        return sections
+    titles = {s.key: s.title for s in sections}
+    entries: dict[str, list[Placed]] = {s.key: list(s.entries) for s in sections}
+    for entry_id, target in edit.moves.items():
+        if target not in entries:
+            continue  # moved to a section this issue (or segment) does not have
+        for key, placed in entries.items():
+            found = next((p for p in placed if p.item.id == entry_id), None)
+            if found is not None and key != target:
+                placed.remove(found)
+                entries[target].append(found)
+                break
+    order = {key: i for i, key in enumerate(edit.section_order)}
+    keys = sorted(entries, key=lambda k: (order.get(k, len(order)),
+                                          [s.key for s in sections].index(k)))
+    return [Section(k, titles[k], tuple(entries[k])) for k in keys if entries[k]]
+
+
+def load_edit(session: Session, list_id: int, number: int) -> EditView | None:
+    """The editor's changes to issue ``number`` of a list, if any."""
+    row = session.scalars(select(IssueEdit).where(IssueEdit.list_id == list_id,
+                                                  IssueEdit.number == number)).first()
+    return EditView.of(row) if row else None
+
+
 def draft_issue(ctx: Context, list_name: str, *, now: datetime | None = None,
-                subject: str | None = None, intro: str = "") -> Draft | None:
-    """The next issue of a list, or None when nothing is new. Changes nothing."""
+                subject: str | None = None, intro: str = "",
+                allow_empty: bool = False) -> Draft | None:
+    """The next issue of a list, or None when nothing is new. Changes nothing.
+
+    An editor's saved changes for this issue number (subject, intro, dropped and moved
+    entries, section order) are applied.
+    """
     now = now or utcnow()
     since = now - timedelta(days=ctx.settings.lookback_days)
     with ctx.db.session() as session:
         mailing_list = get_list(session, list_name)
-        items = new_items(session, mailing_list.id, since=since)
         number = (session.scalar(select(func.max(Issue.number))
                                  .where(Issue.list_id == mailing_list.id)) or 0) + 1
+        edit = load_edit(session, mailing_list.id, number)
+        items = new_items(session, mailing_list.id, since=since)
         list_id, list_title = mailing_list.id, mailing_list.title
-    if not items:
+        nothing_matches = mailing_list.when_nothing_matches
+    if edit is not None:
+        items = [i for i in items if i.id not in edit.dropped]
+        subject = subject or edit.subject or None
+        intro = intro or edit.intro
+    if not items and not allow_empty:
         return None
-    sections = group(items, keyword_config(ctx))
+    sections = apply_edit(group(items, keyword_config(ctx)), edit)
     s = ctx.settings
     content = IssueContent(
         list_name=list_name, list_title=list_title, number=number,
@@ -106,7 +198,47 @@ def draft_issue(ctx: Context, list_name: str, *, now: datetime | None = None,
         view_url=ctx.url(archive_path(list_name, number)))
     rendered = ctx.renderer.render_issue(content)
     return Draft(list_id, list_name, list_title, number, items, sections, content, rendered,
-                 since, now)
+                 since, now, edit, nothing_matches)
+
+
+def render_variant(ctx: Context, draft: Draft, keys: frozenset[str]) -> Variant | None:
+    """The draft as subscribers of a keyword segment get it; None if nothing matches."""
+    sections = apply_edit(group(draft.items, keyword_config(ctx), only=keys), draft.edit)
+    if not sections:
+        return None
+    content = draft.content
+    fixed = draft.edit is not None and draft.edit.subject
+    subject = content.subject if fixed else make_subject(
+        ctx.settings.subject_template, list_title=draft.list_title, date=content.date,
+        sections=sections)
+    rendered = ctx.renderer.render_issue(replace(content, subject=subject, sections=sections))
+    return Variant(tuple(sorted(s.key for s in sections)), sections, rendered)
+
+
+def plan_segments(ctx: Context, draft: Draft, segments: Sequence[str]
+                  ) -> tuple[dict[str, tuple[str, ...] | None], dict[tuple[str, ...], Variant]]:
+    """Which rendering each segment gets: segment → variant keys (None: nothing matches).
+
+    Renders once per distinct set of sections, never per subscriber: segments whose
+    keywords have the same sections this week share one rendering.
+    """
+    config = keyword_config(ctx)
+    present = frozenset(s.key for s in group(draft.items, config) if s.key)
+    by_segment: dict[str, tuple[str, ...] | None] = {}
+    variants: dict[tuple[str, ...], Variant] = {}
+    for segment in segments:
+        if not segment:
+            continue
+        wanted = canonical_keys(segment.split(";"), config) & present
+        key = tuple(sorted(wanted))
+        if key and key not in variants:
+            variant = render_variant(ctx, draft, wanted)
+            if variant is None:
+                key = ()
+            else:
+                variants[key] = variant
+        by_segment[segment] = key or None
+    return by_segment, variants
 
 
 def write_preview_files(ctx: Context, draft: Draft, html_path: Path,
@@ -156,15 +288,54 @@ def _record_issue(ctx: Context, draft: Draft, now: datetime, status: str) -> int
                                    section=section.title, position=position)
                         for section in draft.sections
                         for position, placed in enumerate(section.entries))
-        session.execute(insert(Delivery).from_select(
-            ["issue_id", "subscriber_id", "subscription_id", "status", "attempts",
-             "updated_at"],
-            select(literal(issue.id), Subscription.subscriber_id, Subscription.id,
-                   literal("pending"), literal(0), literal(now, type_=Delivery.updated_at.type))
-            .where(Subscription.list_id == draft.list_id, Subscription.status == "active")
-            .order_by(Subscription.id)))
+        _add_deliveries(ctx, session, draft, issue.id, now)
         add_batches(session, issue.id, ctx.settings.batch_size, now)
         return issue.id
+
+
+NOTHING_MATCHES = "none of your keywords has anything new in this issue"
+
+
+def _add_deliveries(ctx: Context, session: Session, draft: Draft, issue_id: int,
+                    now: datetime) -> None:
+    """One delivery per active subscription, each with its segment's rendering.
+
+    Subscribers without preferences get the full issue. Those whose keywords have
+    nothing new are recorded as skipped (or get the full issue, if the list says so).
+    """
+    active = (Subscription.list_id == draft.list_id, Subscription.status == "active")
+    segments = list(session.scalars(select(Subscription.segment).where(*active).distinct()))
+    by_segment, variants = plan_segments(ctx, draft, segments)
+    variant_ids: dict[tuple[str, ...], int] = {}
+    for keys, variant in variants.items():
+        row = IssueVariant(issue_id=issue_id, keys=";".join(keys),
+                           subject=variant.rendered.subject, html=variant.rendered.html,
+                           text=variant.rendered.text, sections=section_summary(variant.sections))
+        session.add(row)
+        session.flush()
+        variant_ids[keys] = row.id
+    skip = draft.when_nothing_matches == "skip"
+    plan = [(segment, variant_ids[keys] if keys else None,
+             "skipped" if keys is None and skip else "pending")
+            for segment, keys in by_segment.items()]
+    if not plan:
+        plan = [("", None, "pending")]  # VALUES needs a row
+    # The segment → (variant, status) table goes in as one VALUES list, joined once.
+    seg = values(column("segment", String), column("variant_id", Integer),
+                 column("status", String), name="seg").data(plan).cte("seg")
+    subs = (select(Subscription.subscriber_id, Subscription.id,
+                   cast(seg.c.variant_id, Integer).label("variant_id"),
+                   func.coalesce(seg.c.status, "pending").label("status"))
+            .select_from(Subscription)
+            .outerjoin(seg, seg.c.segment == Subscription.segment)
+            .where(*active).subquery())
+    session.execute(insert(Delivery).from_select(
+        ["issue_id", "subscriber_id", "subscription_id", "status", "error", "variant_id",
+         "attempts", "updated_at"],
+        select(literal(issue_id), subs.c.subscriber_id, subs.c.id, subs.c.status,
+               case((subs.c.status == "skipped", NOTHING_MATCHES), else_=None),
+               subs.c.variant_id, literal(0), literal(now, type_=Delivery.updated_at.type))
+        .order_by(subs.c.variant_id, subs.c.id)))
 
 
 def add_batches(session: Session, issue_id: int, size: int, now: datetime,

@@ -75,6 +75,71 @@ class Issue(Base):
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
+class IssueVariant(Base):
+    """An issue as rendered for one keyword segment (subscribers with preferences)."""
+
+    __tablename__ = "issue_variants"
+    __table_args__ = (UniqueConstraint("issue_id", "keys"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    issue_id: Mapped[int] = mapped_column(ForeignKey("issues.id", ondelete="CASCADE"))
+    keys: Mapped[str] = mapped_column(String(2000))  # the section keys, ";"-joined
+    subject: Mapped[str] = mapped_column(Text)
+    html: Mapped[str] = mapped_column(Text)
+    text: Mapped[str] = mapped_column(Text)
+    sections: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+
+
+class IssueEdit(Base):
+    """An editor's changes to a list's next issue (by number), and its approval."""
+
+    __tablename__ = "issue_edits"
+    __table_args__ = (UniqueConstraint("list_id", "number"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    list_id: Mapped[int] = mapped_column(ForeignKey("lists.id", ondelete="CASCADE"))
+    number: Mapped[int] = mapped_column(Integer)
+    subject: Mapped[str] = mapped_column(Text, default="")
+    intro: Mapped[str] = mapped_column(Text, default="")
+    dropped: Mapped[list[int]] = mapped_column(JSON, default=list)
+    moves: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)  # entry id → key
+    section_order: Mapped[list[str]] = mapped_column(JSON, default=list)
+    approved_by: Mapped[str | None] = mapped_column(String(100))
+    approved_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    updated_by: Mapped[str | None] = mapped_column(String(100))
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class WebhookEvent(Base):
+    """A SendGrid event already applied, so a redelivered one is applied once."""
+
+    __tablename__ = "webhook_events"
+    event_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(50))
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Editor(Base):
+    """Someone who signs in to the web app to preview, edit, approve and send."""
+
+    __tablename__ = "editors"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(300))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class AuditEntry(Base):
+    """One change made by an editor (or the scheduler), with who and when."""
+
+    __tablename__ = "audit_log"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(String(100))
+    action: Mapped[str] = mapped_column(String(100))
+    list_id: Mapped[int | None] = mapped_column(ForeignKey("lists.id", ondelete="SET NULL"))
+    detail: Mapped[str] = mapped_column(Text, default="")
+
+
 class IssueEntry(Base):
     """An entry as placed in an issue."""
 
@@ -104,11 +169,18 @@ class Delivery(Base):
     subscriber_id: Mapped[int] = mapped_column(
         ForeignKey("subscribers.id", ondelete="CASCADE"), index=True)
     subscription_id: Mapped[int] = mapped_column(Integer)
+    # The keyword segment's version of the issue; None for the full issue.
+    variant_id: Mapped[int | None] = mapped_column(
+        ForeignKey("issue_variants.id", ondelete="CASCADE"))
     status: Mapped[str] = mapped_column(String(20), default="pending")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     message_id: Mapped[str | None] = mapped_column(String(300))
     error: Mapped[str | None] = mapped_column(Text)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # From the SendGrid Event Webhook.
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    opens: Mapped[int] = mapped_column(Integer, default=0)
+    clicks: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class SendBatch(Base):

@@ -23,7 +23,7 @@ from digest.errors import InvalidInputError
 from subscribers.addresses import address_hash, address_key, normalize_address
 from subscribers.lists import get_list
 from subscribers.models import Subscriber, Subscription, Suppression
-from subscribers.subscriptions import LEFT
+from subscribers.subscriptions import refused, segment_of
 
 CHUNK = 5000
 MAX_RECORD_LINES = 5
@@ -219,29 +219,27 @@ def _apply(db: Database, list_id: int, rows: dict[str, _Row], report: ImportRepo
             people.update({key: (pid, rows[key].name) for pid, key in inserted})
         new_subs, renamed, rekeyed = [], [], []
         for key, row in rows.items():
-            if key in suppressed:
+            person_id, person_name = people.get(key, (0, ""))
+            sub = subs.get(person_id)
+            if refused(key in suppressed, sub[1] if sub else None):
                 report.suppressed += 1
                 continue
-            person_id, person_name = people[key]
-            sub = subs.get(person_id)
             if sub is None:
                 new_subs.append({"subscriber_id": person_id, "list_id": list_id,
                                  "status": "active", "source": source,
-                                 "keywords": list(row.keywords), "created_at": now,
+                                 "keywords": list(row.keywords),
+                                 "segment": segment_of(row.keywords), "created_at": now,
                                  "updated_at": now, "confirmed_at": now})
                 report.added += 1
                 continue
-            sub_id, status, keywords = sub
-            if status in LEFT:
-                report.suppressed += 1
-                continue
+            sub_id, _, keywords = sub
             changed = False
             if row.name and row.name != person_name:
                 renamed.append({"id": person_id, "name": row.name})
                 changed = True
             if row.keywords and list(row.keywords) != keywords:
                 rekeyed.append({"id": sub_id, "keywords": list(row.keywords),
-                                "updated_at": now})
+                                "segment": segment_of(row.keywords), "updated_at": now})
                 changed = True
             if changed:
                 report.updated += 1

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from digest.db import Database
 from digest.errors import InvalidInputError, NotFoundError
-from subscribers.models import STATUSES, MailingList, Subscription
+from subscribers.models import STATUSES, WHEN_NOTHING_MATCHES, MailingList, Subscription
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,99}$")
 
@@ -23,11 +23,19 @@ class ListSummary:
     name: str
     title: str
     counts: dict[str, int]
+    when_nothing_matches: str = "skip"
+
+
+def _check_policy(value: str) -> None:
+    if value not in WHEN_NOTHING_MATCHES:
+        raise InvalidInputError(f"when nothing matches must be one of "
+                                f"{', '.join(WHEN_NOTHING_MATCHES)}, not {value!r}")
 
 
 def create_list(db: Database, name: str, title: str | None = None,
-                description: str = "") -> MailingList:
+                description: str = "", *, when_nothing_matches: str = "skip") -> MailingList:
     """Create a list; its name is a short slug (a-z, 0-9, - and _)."""
+    _check_policy(when_nothing_matches)
     if not _NAME.match(name):
         raise InvalidInputError(
             f"list name {name!r} must be lower-case letters, digits, - or _ "
@@ -36,8 +44,22 @@ def create_list(db: Database, name: str, title: str | None = None,
         if session.scalar(select(MailingList.id).where(MailingList.name == name)):
             raise InvalidInputError(f"list {name!r} already exists")
         mailing_list = MailingList(name=name, title=title or name.replace("-", " ").title(),
-                                   description=description)
+                                   description=description,
+                                   when_nothing_matches=when_nothing_matches)
         session.add(mailing_list)
+    return mailing_list
+
+
+def edit_list(db: Database, name: str, *, title: str | None = None,
+              when_nothing_matches: str | None = None) -> MailingList:
+    """Change a list's title or its policy for readers whose keywords match nothing."""
+    with db.session() as session:
+        mailing_list = get_list(session, name)
+        if title:
+            mailing_list.title = title.strip()
+        if when_nothing_matches:
+            _check_policy(when_nothing_matches)
+            mailing_list.when_nothing_matches = when_nothing_matches
     return mailing_list
 
 
@@ -60,7 +82,8 @@ def summarize_lists(db: Database) -> list[ListSummary]:
         counts: dict[int, dict[str, int]] = {}
         for list_id, status, n in rows:
             counts.setdefault(list_id, dict.fromkeys(STATUSES, 0))[status] = n
-        return [ListSummary(m.id, m.name, m.title, counts.get(m.id, dict.fromkeys(STATUSES, 0)))
+        return [ListSummary(m.id, m.name, m.title, counts.get(m.id, dict.fromkeys(STATUSES, 0)),
+                            m.when_nothing_matches)
                 for m in session.scalars(select(MailingList).order_by(MailingList.name))]
 
 

@@ -9,7 +9,9 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from digest.db import Base, UTCDateTime, utcnow
 
-STATUSES = ("pending", "active", "unsubscribed", "bounced", "complained")
+STATUSES = ("pending", "active", "paused", "unsubscribed", "bounced", "complained")
+# When none of a subscriber's keywords has anything new: send nothing, or the full issue.
+WHEN_NOTHING_MATCHES = ("skip", "full")
 
 
 class MailingList(Base):
@@ -20,6 +22,7 @@ class MailingList(Base):
     name: Mapped[str] = mapped_column(String(100), unique=True)
     title: Mapped[str] = mapped_column(String(300))
     description: Mapped[str] = mapped_column(Text, default="")
+    when_nothing_matches: Mapped[str] = mapped_column(String(10), default="skip")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
@@ -48,8 +51,11 @@ class Subscription(Base):
     status: Mapped[str] = mapped_column(String(20), default="active")
     source: Mapped[str] = mapped_column(String(100), default="cli")
     keywords: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # The keywords' matching forms, sorted and ";"-joined: issues render once per segment.
+    segment: Mapped[str] = mapped_column(String(2000), default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    confirm_sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     confirmed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     unsubscribed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 

@@ -12,12 +12,29 @@ from sqlalchemy.orm import Session
 
 from digest.db import Database, utcnow
 from digest.errors import InvalidInputError, NotFoundError
+from digest.grouping import keyword_key
 from subscribers.addresses import address_hash, address_key, normalize_address
 from subscribers.lists import get_list
 from subscribers.models import Subscriber, Subscription, Suppression
 
 RECEIVING = "active"
 LEFT = ("unsubscribed", "bounced", "complained")
+
+
+def segment_of(keywords: Sequence[str]) -> str:
+    """The segment a subscription's keywords put it in: matching forms, sorted, ";"-joined.
+
+    Subscriptions with the same segment get the same rendering of an issue.
+    """
+    return ";".join(sorted({key for k in keywords if (key := keyword_key(k))}))
+
+
+def refused(suppressed: bool, status: str | None) -> bool:
+    """Whether an address may not be (re)subscribed: it is suppressed, or it left the list.
+
+    The one "never revive" rule, for single adds and imports alike.
+    """
+    return suppressed or status in LEFT
 
 
 @dataclass(frozen=True)
@@ -58,7 +75,7 @@ def subscribe(session: Session, list_id: int, email: str, *, name: str = "",
               now: datetime | None = None) -> AddResult:
     """Subscribe one (already normalized) address; never revive one that left or is suppressed."""
     now = now or utcnow()
-    if is_suppressed(session, email):
+    if refused(is_suppressed(session, email), None):
         return AddResult("suppressed", None, email)
     person = find_subscriber(session, email)
     if person is None:
@@ -72,16 +89,18 @@ def subscribe(session: Session, list_id: int, email: str, *, name: str = "",
         Subscription.subscriber_id == person.id, Subscription.list_id == list_id)).first()
     if existing is None:
         sub = Subscription(subscriber_id=person.id, list_id=list_id, status=status,
-                           source=source, keywords=list(keywords), created_at=now,
+                           source=source, keywords=list(keywords),
+                           segment=segment_of(keywords), created_at=now,
                            updated_at=now, confirmed_at=now if status == RECEIVING else None)
         session.add(sub)
         session.flush()
         return AddResult("added", sub.id, person.email)
-    if existing.status in LEFT:
+    if refused(False, existing.status):
         return AddResult("suppressed", existing.id, person.email)
     changed = False
     if keywords and list(keywords) != existing.keywords:
         existing.keywords = list(keywords)
+        existing.segment = segment_of(keywords)
         changed = True
     if changed:
         existing.updated_at = now

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from digest.grouping import Item, KeywordConfig, group, keep_sections, summary_line
+from digest.grouping import Item, KeywordConfig, canonical_keys, group, summary_line
 
 T0 = datetime(2026, 11, 23, 8, tzinfo=UTC)
 
@@ -76,5 +76,17 @@ def test_summary_line_and_keyword_filter() -> None:
         + [entry(20, "Yemen"), entry(21, "Iraq"), entry(22)]
     sections = group(items, KeywordConfig(order=("Syria", "Iran")))
     assert summary_line(sections) == "4 on Syria, 3 on Iran, 1 on Iraq and 2 more"
-    assert [s.title for s in keep_sections(sections, ["iran", "YEMEN"])] == ["Iran", "Yemen"]
     assert summary_line(group([entry(1, "Iran")], KeywordConfig())) == "1 on Iran"
+
+
+def test_a_segment_gets_only_its_sections_with_every_entry_tagged_for_them() -> None:
+    # Entry 2 is tagged Syria and Iran; Syria is larger, so the full issue shows it there.
+    items = [entry(1, "Syria"), entry(2, "Syria", "Iran"), entry(3, "Syria"),
+             entry(4, "Yemen"), entry(5)]
+    config = KeywordConfig(aliases={"Persia": "Iran"})
+    assert layout(group(items, config))[0] == ("Syria", [1, 2, 3])
+    wanted = canonical_keys(["PERSIA", " yemen "], config)
+    assert wanted == {"iran", "yemen"}
+    # A reader of Iran and Yemen still gets entry 2, under Iran; nothing untagged.
+    assert layout(group(items, config, only=wanted)) == [("Iran", [2]), ("Yemen", [4])]
+    assert group(items, config, only=frozenset({"turkey"})) == []
