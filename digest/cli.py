@@ -518,11 +518,27 @@ def subscribers_group() -> None:
 @click.option("--list", "list_name", required=True)
 @click.option("--name", default="", help="The subscriber's name, for the greeting.")
 @click.option("--keywords", default="", help="Only these sections (;-separated).")
+@click.option("--confirm", "double_opt_in", is_flag=True,
+              help="Double opt-in: email a confirmation link; pending until it is clicked.")
 @boundary
-def subscribers_add(email: str, list_name: str, name: str, keywords: str) -> None:
-    """Subscribe an address to a list (active at once)."""
+def subscribers_add(email: str, list_name: str, name: str, keywords: str,
+                    double_opt_in: bool) -> None:
+    """Subscribe an address to a list (active at once, or pending with --confirm)."""
     from subscribers.subscriptions import add_subscriber
     wanted = [k.strip() for k in keywords.split(";") if k.strip()]
+    if double_opt_in:
+        from subscribers.optin import request_subscription
+        sent = request_subscription(state().ctx, list_name, email, name=name,
+                                    keywords=wanted, source="cli")
+        out.print({
+            "sent": f"Sent a confirmation link to {sent.email}; pending until it is clicked.",
+            "already": f"{sent.email} is already subscribed to {list_name}.",
+            "throttled": f"A confirmation went to {sent.email} minutes ago; not sent again.",
+            "refused": f"{sent.email} bounced, complained or was forgotten; not subscribed.",
+        }[sent.outcome])
+        if sent.outcome == "refused":
+            sys.exit(1)
+        return
     result = add_subscriber(state().ctx.db, list_name, email, name=name, keywords=wanted)
     messages = {
         "added": f"Subscribed {result.email} to {list_name}.",
@@ -647,6 +663,10 @@ def demo_cmd(directory: Path) -> None:
     """Run the whole job offline on bundled sample feeds, into a fresh SQLite file."""
     from digest.demo import run_demo
     run_demo(directory, console=err, interactive=_interactive(), progress=progress_bar)
+
+
+# The scheduler, web and editor commands live in their own module.
+from digest import commands  # noqa: E402,F401
 
 
 def main() -> None:

@@ -166,7 +166,8 @@ def worker_identity() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
-def _claimer_gone(claimed_by: str | None, lease_until: datetime | None, now: datetime) -> bool:
+def claimer_gone(claimed_by: str | None, lease_until: datetime | None,
+                 now: datetime) -> bool:
     """Whether a claim is abandoned: its lease ran out, or its process on this host died."""
     if claimed_by is None or lease_until is None or lease_until < now:
         return True
@@ -223,7 +224,7 @@ def settle_abandoned(ctx: Context, issue: OutgoingIssue, transport: Transport,
                    SendBatch.status.in_(("claimed", "sending")))).all()
     confirmed_total = uncertain_total = 0
     for batch_id, status, by, lease, first_id, last_id in held:
-        if by == me or not _claimer_gone(by, lease, now):
+        if by == me or not claimer_gone(by, lease, now):
             continue
         if status == "claimed":
             _move_batch(ctx, batch_id, "pending", now, only_from="claimed", holder=by)

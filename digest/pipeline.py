@@ -25,6 +25,7 @@ from digest.issues import (
 )
 from digest.transports import Transport, make_transport
 from subscribers.lists import get_list
+from subscribers.optin import expire_pending
 
 
 @dataclass
@@ -53,11 +54,15 @@ def run_list(ctx: Context, list_name: str, *, collect_first: bool = True,
              should_stop: Callable[[], bool] | None = None,
              confirm: Callable[[Draft, int], bool] | None = None,
              join_only: bool = False,
-             on_issue: Callable[[int], None] | None = None) -> RunResult:
+             on_issue: Callable[[int], None] | None = None,
+             allow_empty: bool = False) -> RunResult:
     """Collect (unless told not to), then finish an interrupted issue or send a new one.
 
     ``on_issue`` is called with the issue's id just before delivery starts (the CLI starts
     helper workers there).
+
+    With ``allow_empty`` (a schedule that sends even when nothing is new) an issue with no
+    entries is sent rather than nothing.
 
     With ``join_only`` (``digest send --worker``) it only helps send the list's issue that
     is being sent, if there is one, and never collects or builds an issue.
@@ -67,6 +72,7 @@ def run_list(ctx: Context, list_name: str, *, collect_first: bool = True,
         list_id = get_list(session, list_name).id
     if not join_only:
         discard_sandbox_issues(ctx, list_id)
+        expire_pending(ctx, now=now)  # unconfirmed sign-ups past their time
     with ctx.db.session() as session:
         pending = unfinished_issue(session, list_id, with_uncertain=resend_uncertain)
         pending_id = pending.id if pending else None
@@ -88,7 +94,7 @@ def run_list(ctx: Context, list_name: str, *, collect_first: bool = True,
     if collect_first:
         collected = collect(ctx.db, ctx.settings, now=now, on_start=on_collect_start,
                             on_fetched=on_fetched)
-    draft = draft_issue(ctx, list_name, now=now)
+    draft = draft_issue(ctx, list_name, now=now, allow_empty=allow_empty)
     if draft is None:
         return RunResult(list_name, collected, None)
     if confirm is not None and not confirm(draft, audience_size(ctx, draft.list_id)):

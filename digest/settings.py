@@ -112,6 +112,28 @@ class Settings:
         300, "How long a worker holds the batch it claimed; after that, if it died, another "
         "worker takes the batch over.")
 
+    # Subscribing, the web app and webhooks
+    confirm_expiry_hours: int = setting(
+        72, "Hours a confirmation link works; unconfirmed subscriptions are deleted after.")
+    confirm_resend_minutes: int = setting(
+        10, "Least minutes between two confirmation emails to the same address and list.")
+    subscribe_per_ip_per_hour: int = setting(
+        20, "Most subscribe requests from one IP address in an hour (the form).")
+    login_attempts_per_15_minutes: int = setting(
+        5, "Most failed sign-ins for one name or IP address in 15 minutes.")
+    session_hours: int = setting(12, "Hours an editor stays signed in.")
+    sendgrid_webhook_public_key: str = setting(
+        "", "SendGrid's Event Webhook verification key (base64, from Mail Settings → Signed "
+        "Event Webhook). Set: unsigned, forged or stale events are refused.")
+    webhook_max_age_seconds: int = setting(
+        600, "Oldest signed webhook timestamp accepted, in seconds (replays are refused).")
+
+    # Schedules
+    schedule_retries: int = setting(
+        1, "How many times a scheduled run that failed is tried again.")
+    schedule_retry_delay_seconds: int = setting(
+        300, "Seconds before a failed scheduled run is tried again.")
+
     log_level: str = setting("INFO", "Logging level: DEBUG, INFO, WARNING or ERROR.",
                              choices=("DEBUG", "INFO", "WARNING", "ERROR"))
 

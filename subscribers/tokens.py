@@ -39,6 +39,9 @@ class Tokens:
         # once and the HMAC takes the C fast path.
         self._keys = {purpose: serializer.make_signer().derive_key()
                       for purpose, serializer in self._plain.items()}
+        # The web app's session cookies are signed with a key of their own.
+        self.session_key = hmac.new(keys[0].encode("utf-8"), b"digest.session",
+                                    "sha256").hexdigest()
 
     def make(self, purpose: str, subscription_id: int) -> str:
         """A token for ``purpose`` naming one subscription."""

@@ -1,0 +1,1 @@
+"""The web app: editor pages, public pages and webhooks (Starlette, served by uvicorn)."""

@@ -1,0 +1,149 @@
+"""Double opt-in: a request makes a pending subscription and mails a signed link.
+
+Pending subscriptions never receive issues. The link (a timed, signed token) makes the
+subscription active; unconfirmed ones expire after ``confirm_expiry_hours``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from email.message import EmailMessage
+
+from sqlalchemy import delete, select
+
+from digest.context import Context
+from digest.db import utcnow
+from digest.messages import address_for_header, compose, format_sender
+from digest.transports import Transport, make_transport
+from subscribers.addresses import address_key, normalize_address
+from subscribers.lists import get_list
+from subscribers.models import MailingList, Subscriber, Subscription
+from subscribers.subscriptions import find_subscriber, is_suppressed, segment_of
+from subscribers.tokens import InvalidToken
+
+log = logging.getLogger(__name__)
+
+# A person who left on their own may come back by confirming again; a bounced or
+# complained address, or a forgotten person, may not.
+MAY_REJOIN = ("pending", "unsubscribed", "paused")
+
+
+@dataclass(frozen=True)
+class OptInResult:
+    """What a subscribe request did: sent (a confirmation), already (active), refused
+    (suppressed, bounced or complained) or throttled (a confirmation went out just now).
+
+    The public form answers the same for all of them, so it tells nobody who is subscribed.
+    """
+
+    outcome: str
+    email: str
+
+
+def request_subscription(ctx: Context, list_name: str, email: str, *, name: str = "",
+                         keywords: Sequence[str] = (), source: str = "form",
+                         transport: Transport | None = None,
+                         now: datetime | None = None) -> OptInResult:
+    """Record a pending subscription and send its confirmation email."""
+    now = now or utcnow()
+    address = normalize_address(email)
+    resend_after = timedelta(minutes=ctx.settings.confirm_resend_minutes)
+    with ctx.db.session() as session:
+        mailing_list = get_list(session, list_name)
+        if is_suppressed(session, address):
+            return OptInResult("refused", address)
+        person = find_subscriber(session, address)
+        if person is None:
+            person = Subscriber(email=address, email_key=address_key(address),
+                                name=name.strip()[:300], created_at=now)
+            session.add(person)
+            session.flush()
+        sub = session.scalars(select(Subscription).where(
+            Subscription.subscriber_id == person.id,
+            Subscription.list_id == mailing_list.id)).first()
+        if sub is not None and sub.status == "active":
+            return OptInResult("already", person.email)
+        if sub is not None and sub.status not in MAY_REJOIN:
+            return OptInResult("refused", person.email)
+        if (sub is not None and sub.status == "pending" and sub.confirm_sent_at
+                and now - sub.confirm_sent_at < resend_after):
+            return OptInResult("throttled", person.email)
+        if sub is None:
+            sub = Subscription(subscriber_id=person.id, list_id=mailing_list.id,
+                               created_at=now, source=source)
+            session.add(sub)
+        sub.status, sub.confirm_sent_at, sub.updated_at = "pending", now, now
+        if keywords:
+            sub.keywords, sub.segment = list(keywords), segment_of(keywords)
+        session.flush()
+        message = confirmation_message(ctx, mailing_list, person, sub.id)
+    with transport or make_transport(ctx.settings) as sender:
+        sender.send_message(message)
+    log.info("confirmation sent for list %s (subscription %s)", list_name, sub.id)
+    return OptInResult("sent", person.email)
+
+
+def confirmation_message(ctx: Context, mailing_list: MailingList, person: Subscriber,
+                         subscription_id: int) -> EmailMessage:
+    """The email with the signed confirmation link."""
+    s = ctx.settings
+    link = ctx.url("confirm/" + ctx.tokens.make("confirm", subscription_id))
+    values = {"list_title": mailing_list.title, "link": link, "name": person.name,
+              "hours": s.confirm_expiry_hours, "sender": s.from_name,
+              "postal_address": s.postal_address}
+    env = ctx.renderer.env
+    html = ctx.renderer.inline(env.get_template("email/confirm.html").render(values))
+    text = env.get_template("email/confirm.txt").render(values)
+    return compose(subject=f"Confirm your subscription to {mailing_list.title}",
+                   sender=format_sender(s.from_name, s.from_email),
+                   to=address_for_header(person.email, person.name), text=text, html=html,
+                   reply_to=s.reply_to or None,
+                   headers={"Auto-Submitted": "auto-generated"})
+
+
+@dataclass(frozen=True)
+class Confirmed:
+    """A confirmed subscription: its list's title, and whether it was already active."""
+
+    list_title: str
+    already: bool
+
+
+def confirm_subscription(ctx: Context, token: str, *, now: datetime | None = None
+                         ) -> Confirmed:
+    """Activate the pending subscription a confirmation token names."""
+    now = now or utcnow()
+    max_age = ctx.settings.confirm_expiry_hours * 3600
+    subscription_id = ctx.tokens.read("confirm", token, max_age=max_age)
+    with ctx.db.session() as session:
+        sub = session.get(Subscription, subscription_id)
+        if sub is None:
+            raise InvalidToken("this confirmation link has expired; subscribe again")
+        mailing_list = session.get(MailingList, sub.list_id)
+        assert mailing_list is not None
+        if sub.status == "active":
+            return Confirmed(mailing_list.title, already=True)
+        if sub.status != "pending":
+            raise InvalidToken("this subscription can no longer be confirmed")
+        sub.status, sub.confirmed_at, sub.updated_at = "active", now, now
+        return Confirmed(mailing_list.title, already=False)
+
+
+def expire_pending(ctx: Context, *, now: datetime | None = None) -> int:
+    """Delete subscriptions left unconfirmed too long; return how many."""
+    now = now or utcnow()
+    cutoff = now - timedelta(hours=ctx.settings.confirm_expiry_hours)
+    with ctx.db.session() as session:
+        ids = list(session.scalars(select(Subscription.id).where(
+            Subscription.status == "pending", Subscription.confirm_sent_at < cutoff)))
+        if ids:
+            session.execute(delete(Subscription).where(Subscription.id.in_(ids)))
+            # People left with no subscription at all were only ever a request.
+            session.execute(delete(Subscriber).where(
+                Subscriber.id.not_in(select(Subscription.subscriber_id))))
+    if ids:
+        log.info("expired %d unconfirmed subscriptions", len(ids))
+    return len(ids)

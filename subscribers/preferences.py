@@ -1,0 +1,127 @@
+"""What a subscriber does from the links in an email: leave, choose keywords, pause.
+
+Each link carries a signed token naming one subscription (never an address); whoever
+holds the link may act on that subscription, with no login.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from digest.db import Database, utcnow
+from digest.grouping import keyword_key
+from digest.models import Entry
+from subscribers.models import MailingList, Subscriber, Subscription
+from subscribers.subscriptions import segment_of, unsubscribe
+from subscribers.tokens import InvalidToken
+
+
+@dataclass(frozen=True)
+class Left:
+    """An unsubscribe: the list's title, and whether it changed anything."""
+
+    list_title: str
+    changed: bool
+
+
+def _subscription(session: Session, subscription_id: int) -> Subscription:
+    sub = session.get(Subscription, subscription_id)
+    if sub is None:
+        raise InvalidToken("this link is for a subscription that no longer exists")
+    return sub
+
+
+def one_click_unsubscribe(db: Database, subscription_id: int, *,
+                          now: datetime | None = None) -> Left:
+    """Unsubscribe at once (RFC 8058 one-click, or the confirm button)."""
+    with db.session() as session:
+        sub = _subscription(session, subscription_id)
+        mailing_list = session.get(MailingList, sub.list_id)
+        assert mailing_list is not None
+        if sub.status in ("bounced", "complained"):
+            return Left(mailing_list.title, False)
+        return Left(mailing_list.title, unsubscribe(session, sub, now=now))
+
+
+@dataclass(frozen=True)
+class PreferencesView:
+    """What the preferences page shows."""
+
+    email: str
+    list_title: str
+    status: str
+    keywords: list[str]
+    choices: list[str]
+    other_lists: list[str]
+
+
+def keyword_choices(db: Database, configured: Sequence[str], *, days: int = 90,
+                    now: datetime | None = None) -> list[str]:
+    """Keywords a reader can choose: the configured ones, then those recently in use."""
+    since = (now or utcnow()) - timedelta(days=days)
+    seen: dict[str, str] = {}
+    for name in configured:
+        seen.setdefault(keyword_key(name), " ".join(name.split()))
+    with db.session() as session:
+        recent = sorted({k for tags in session.scalars(
+            select(Entry.keywords).where(Entry.dated_at >= since)) for k in tags or []})
+    for name in recent:
+        if keyword_key(name):
+            seen.setdefault(keyword_key(name), " ".join(name.split()))
+    return list(seen.values())
+
+
+def preferences(db: Database, subscription_id: int, configured: Sequence[str]
+                ) -> PreferencesView:
+    """A subscription's preferences and the keywords on offer."""
+    with db.session() as session:
+        sub = _subscription(session, subscription_id)
+        person = session.get(Subscriber, sub.subscriber_id)
+        mailing_list = session.get(MailingList, sub.list_id)
+        assert person is not None and mailing_list is not None
+        others = [title for title, in session.execute(
+            select(MailingList.title).join(Subscription, Subscription.list_id == MailingList.id)
+            .where(Subscription.subscriber_id == person.id, Subscription.id != sub.id,
+                   Subscription.status.in_(("active", "paused"))))]
+        view = PreferencesView(person.email, mailing_list.title, sub.status,
+                               list(sub.keywords), [], others)
+    choices = keyword_choices(db, configured)
+    offered = {keyword_key(c) for c in choices}
+    # A reader's own keywords stay on offer even if nothing used them lately.
+    choices += [k for k in view.keywords if keyword_key(k) not in offered]
+    return PreferencesView(view.email, view.list_title, view.status, view.keywords,
+                           choices, view.other_lists)
+
+
+def save_preferences(db: Database, subscription_id: int, *, keywords: Sequence[str],
+                     paused: bool, now: datetime | None = None) -> str:
+    """Store chosen keywords (none: every section) and pause or resume; return the status."""
+    now = now or utcnow()
+    with db.session() as session:
+        sub = _subscription(session, subscription_id)
+        if sub.status not in ("active", "paused"):
+            raise InvalidToken(f"this subscription is {sub.status}; subscribe again to "
+                               "choose topics")
+        cleaned = [" ".join(k.split()) for k in keywords if keyword_key(k)]
+        sub.keywords, sub.segment = cleaned, segment_of(cleaned)
+        sub.status = "paused" if paused else "active"
+        sub.updated_at = now
+        return sub.status
+
+
+def leave_every_list(db: Database, subscription_id: int, *,
+                     now: datetime | None = None) -> int:
+    """Unsubscribe the person the token names from every list; return how many changed."""
+    with db.session() as session:
+        sub = _subscription(session, subscription_id)
+        changed = 0
+        for other in session.scalars(select(Subscription).where(
+                Subscription.subscriber_id == sub.subscriber_id,
+                Subscription.status.in_(("active", "paused", "pending")))):
+            changed += unsubscribe(session, other, now=now)
+        return changed
