@@ -10,6 +10,7 @@ issue the dead run had started instead of building another.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 
+from digest.collect import collect
 from digest.context import Context
 from digest.db import utcnow
 from digest.delivery import SendReport, claimer_gone, deliver, worker_identity
@@ -88,12 +90,19 @@ def manual_slot(ctx: Context, schedule: Schedule, now: datetime) -> datetime:
 
 def _gone(claimed_by: str | None, lease_until: datetime | None, now: datetime,
           me: str) -> bool:
+    """Whether a run's holder is gone: its lease ran out, or its process on this host died.
+
+    A claim by this very process is alive while its lease is (one process never runs a
+    slot twice at once: APScheduler's max_instances is 1).
+    """
     if claimed_by == me:
         return False
-    # The same process never runs one slot twice at once (max_instances=1), so a claim
-    # by this pid is alive while its lease is.
-    return claimer_gone(claimed_by, lease_until, now) or (
-        lease_until is not None and lease_until < now)
+    if lease_until is None or lease_until < now:
+        return True
+    pid = (claimed_by or "").split(":")[1:2]
+    if pid == [str(os.getpid())]:
+        return False
+    return claimer_gone(claimed_by, lease_until, now)
 
 
 def claim(ctx: Context, schedule: Schedule, slot_at: datetime, trigger: str, me: str,
@@ -226,7 +235,11 @@ def _work(ctx: Context, schedule: Schedule, list_name: str, list_id: int, run_id
         # Taken over from a run that died after building its issue: finish that issue.
         report = deliver(ctx, started_issue, transport, should_stop=should_stop)
         return _sent(report)
+    collect_first = True
     if schedule.hold_for_approval:
+        # Collect now, so editors approve the issue that will go out.
+        collect(ctx.db, ctx.settings)
+        collect_first = False
         held = _wait_for_approval(ctx, schedule, list_name, list_id, run_id, me, slot_at,
                                   should_stop, poll_seconds)
         if held is not None:
@@ -238,7 +251,8 @@ def _work(ctx: Context, schedule: Schedule, list_name: str, list_id: int, run_id
     def remember(issue_id: int) -> None:
         _update(ctx, run_id, me, issue_id=issue_id)
 
-    result = run_list(ctx, list_name, transport=transport, should_stop=should_stop,
+    result = run_list(ctx, list_name, collect_first=collect_first, transport=transport,
+                      should_stop=should_stop,
                       confirm=approved if schedule.hold_for_approval else None,
                       on_issue=remember, allow_empty=not schedule.skip_empty)
     if result.declined:
