@@ -10,6 +10,7 @@ database first.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import threading
 from collections.abc import Callable
@@ -180,7 +181,8 @@ class Daemon:
             try:
                 held = self.lock.try_acquire()
                 if held and self.scheduler is None:
-                    log.info("this process (%s) now runs the scheduler", socket.gethostname())
+                    log.info("this process (%s pid %d) now runs the scheduler",
+                             socket.gethostname(), os.getpid())
                     self._start_scheduler()
                 elif not held and self.scheduler is not None:
                     log.warning("lost the scheduler lock; stopping the scheduler here")
