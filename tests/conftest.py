@@ -64,10 +64,11 @@ def postgres_url() -> Iterator[str]:
 def make_settings(tmp_path: Path, database_url: str, **changes: object) -> Settings:
     """Test settings: everything under tmp_path, a fixed secret, the outbox transport."""
     base = load_settings(env={}, cwd=tmp_path).settings
-    return base.replace(database_url=database_url, outbox_dir=str(tmp_path / "outbox"),
-                        secret_key="test-secret", base_url="https://digest.example",
-                        from_email="desk@news.example", from_name="The Desk",
-                        fetch_timeout=5.0, **changes)
+    values: dict[str, object] = {
+        "database_url": database_url, "outbox_dir": str(tmp_path / "outbox"),
+        "secret_key": "test-secret", "base_url": "https://digest.example",
+        "from_email": "desk@news.example", "from_name": "The Desk", "fetch_timeout": 5.0}
+    return base.replace(**{**values, **changes})
 
 
 @pytest.fixture
@@ -142,3 +143,40 @@ def browser() -> Iterator[object]:
 
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+
+class LiveServer:
+    """The web app served by uvicorn on a loopback port, in a thread."""
+
+    def __init__(self, ctx: Context, port: int) -> None:
+        import threading
+        import time
+
+        import uvicorn
+
+        from digest.web.app import create_app
+        self.port = port
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(create_app(ctx), host="127.0.0.1", port=self.port,
+                                log_level="warning", lifespan="on")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the web app did not start")
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+def free_port() -> int:
+    """A free TCP port on loopback."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port

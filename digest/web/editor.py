@@ -45,7 +45,7 @@ def routes(web: WebApp) -> list[tuple[str, Callable[..., Any], list[str]]]:
 
     async def login(request: Request) -> Response:
         next_path = _safe_next(request.query_params.get("next", "/editor"))
-        if request.method == "GET":
+        if request.method in ("GET", "HEAD"):
             return web.page(request, "web/login.html", {
                 "csrf": csrf_token(request), "error": "", "next": next_path, "name": ""})
         form = await request.form()

@@ -57,7 +57,7 @@ def routes(web: WebApp) -> list[tuple[str, Callable[..., Any], list[str]]]:
             subscription_id = ctx.tokens.read("unsubscribe", token)
         except InvalidToken as e:
             return bad_link(request, e)
-        if request.method == "GET":
+        if request.method in ("GET", "HEAD"):
             # Link scanners fetch with GET: it only shows the button.
             try:
                 view = await run_in_threadpool(preferences, ctx.db, subscription_id, [])
@@ -91,7 +91,7 @@ def routes(web: WebApp) -> list[tuple[str, Callable[..., Any], list[str]]]:
         except InvalidToken as e:
             return bad_link(request, e)
         saved = ""
-        if request.method == "POST":
+        if request.method not in ("GET", "HEAD"):
             form = await request.form()
             if not csrf_ok(request, form.get("csrf")):
                 return web.forbidden(request)
@@ -124,7 +124,7 @@ def routes(web: WebApp) -> list[tuple[str, Callable[..., Any], list[str]]]:
         lists = await run_in_threadpool(_public_lists, web)
         values = {"lists": lists, "error": "", "email": "", "name": "",
                   "chosen": request.query_params.get("list", "")}
-        if request.method == "GET":
+        if request.method in ("GET", "HEAD"):
             return web.page(request, "web/subscribe.html",
                             {**values, "csrf": csrf_token(request)})
         form = await request.form()
@@ -161,7 +161,7 @@ def routes(web: WebApp) -> list[tuple[str, Callable[..., Any], list[str]]]:
 
     async def confirm_page(request: Request) -> Response:
         token = request.path_params["token"]
-        if request.method == "GET":
+        if request.method in ("GET", "HEAD"):
             # A scanner's GET must not confirm for the reader: show the button.
             return web.page(request, "web/confirm.html", {"token": token})
         try:
