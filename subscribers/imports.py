@@ -13,10 +13,11 @@ import csv
 import io
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import ColumnElement, insert, literal_column, select, update
 
 from digest.db import Database, utcnow
 from digest.errors import InvalidInputError
@@ -189,6 +190,17 @@ def import_csv(db: Database, list_name: str, path: Path, *, source: str = "impor
     return report
 
 
+SUBSCRIBERS = Subscriber.metadata.tables["subscribers"]
+SUBSCRIPTIONS = Subscriber.metadata.tables["subscriptions"]
+
+
+def _timestamp(moment: datetime) -> ColumnElement[Any]:
+    """A UTC time as an SQL literal both SQLite (as SQLAlchemy stores it) and PostgreSQL
+    (timestamp without time zone) read back exactly."""
+    naive = moment.astimezone(UTC).replace(tzinfo=None)
+    return literal_column(f"'{naive:%Y-%m-%d %H:%M:%S.%f}'")
+
+
 def _apply(db: Database, list_id: int, rows: dict[str, _Row], report: ImportReport,
            source: str) -> None:
     """Store one chunk in one transaction (plain column reads: no ORM objects)."""
@@ -209,12 +221,15 @@ def _apply(db: Database, list_id: int, rows: dict[str, _Row], report: ImportRepo
                             .where(Subscription.list_id == list_id,
                                    Subscription.subscriber_id.in_(
                                        [pid for pid, _ in people.values()])))}
-        new_people = [{"email": r.email, "email_key": k, "name": r.name, "created_at": now}
+        new_people = [{"email": r.email, "email_key": k, "name": r.name}
                       for k, r in rows.items() if k not in people and k not in suppressed]
+        # Core inserts, with the one timestamp written into the statement: the ORM's bulk
+        # path and a datetime conversion per row and column were half the import's time.
+        stamp = _timestamp(now)
         if new_people:
-            inserted = session.execute(
-                insert(Subscriber).returning(Subscriber.id, Subscriber.email_key,
-                                             sort_by_parameter_order=True),
+            inserted = session.connection().execute(
+                insert(SUBSCRIBERS).values(created_at=stamp)
+                .returning(Subscriber.id, Subscriber.email_key, sort_by_parameter_order=True),
                 new_people).all()
             people.update({key: (pid, rows[key].name) for pid, key in inserted})
         new_subs, renamed, rekeyed = [], [], []
@@ -228,8 +243,7 @@ def _apply(db: Database, list_id: int, rows: dict[str, _Row], report: ImportRepo
                 new_subs.append({"subscriber_id": person_id, "list_id": list_id,
                                  "status": "active", "source": source,
                                  "keywords": list(row.keywords),
-                                 "segment": segment_of(row.keywords), "created_at": now,
-                                 "updated_at": now, "confirmed_at": now})
+                                 "segment": segment_of(row.keywords)})
                 report.added += 1
                 continue
             sub_id, _, keywords = sub
@@ -246,7 +260,9 @@ def _apply(db: Database, list_id: int, rows: dict[str, _Row], report: ImportRepo
             else:
                 report.unchanged += 1
         if new_subs:
-            session.execute(insert(Subscription), new_subs)
+            session.connection().execute(
+                insert(SUBSCRIPTIONS).values(created_at=stamp, updated_at=stamp,
+                                             confirmed_at=stamp), new_subs)
         if renamed:
             session.execute(update(Subscriber), renamed)
         if rekeyed:

@@ -55,7 +55,11 @@ class FeedServer:
         return [h for p, h in self.requests if p == path]
 
     def close(self) -> None:
-        self.httpd.shutdown()
+        # shutdown() waits for serve_forever to notice; bounded, so a wedged server
+        # thread (seen once under heavy load) cannot hang the whole run.
+        stopper = threading.Thread(target=self.httpd.shutdown, daemon=True)
+        stopper.start()
+        stopper.join(timeout=10)
         self.httpd.server_close()
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:

@@ -126,3 +126,22 @@ def test_a_quoted_newline_is_one_record(ctx: Context, tmp_path: Path) -> None:
     assert report.added == 2 and not report.rejected
     names = {s.email: s.name for s in list_subscriptions(ctx.db, "weekly")}
     assert names == {"a@example.org": "Ann\nMarie", "b@example.org": "Bea"}
+
+
+def test_imported_people_carry_the_time_of_the_import(any_ctx: Context, tmp_path: Path) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import select
+
+    from subscribers.models import Subscriber, Subscription
+    create_list(any_ctx.db, "weekly")
+    path = tmp_path / "people.csv"
+    path.write_text("email,keywords\nA@Example.org,Iran;Syria\n", encoding="utf-8")
+    before = datetime.now(UTC) - timedelta(seconds=1)
+    import_csv(any_ctx.db, "weekly", path)
+    with any_ctx.db.session() as s:
+        person = s.scalars(select(Subscriber)).one()
+        sub = s.scalars(select(Subscription)).one()
+    assert before <= person.created_at <= datetime.now(UTC)
+    assert sub.created_at == sub.confirmed_at == sub.updated_at == person.created_at
+    assert sub.created_at.tzinfo is UTC and sub.segment == "iran;syria"
