@@ -175,9 +175,11 @@ def test_double_opt_in_from_the_form(desk: Context) -> None:
     form = client.get("/subscribe?list=weekly")
     assert form.status_code == 200 and "The Weekly Recap" in form.text
     LocmemTransport.outbox.clear()
+    assert 'value="Syria"' in form.text  # sections on offer
     answer = client.post("/subscribe", data={"csrf": csrf_of(form.text),
                                              "email": "New.Reader@Example.org",
-                                             "list": "weekly", "website": ""})
+                                             "list": "weekly", "website": "",
+                                             "keywords": ["Syria"]})
     assert answer.status_code == 200 and "Check your inbox" in answer.text
     [confirm] = LocmemTransport.outbox
     assert str(confirm["To"]) == "New.Reader@example.org"
@@ -191,6 +193,9 @@ def test_double_opt_in_from_the_form(desk: Context) -> None:
     done = client.post(link)
     assert done.status_code == 200 and "confirmed" in done.text
     assert status_of(desk, "New.Reader@example.org") == "active"
+    with desk.db.session() as s:
+        chosen = s.scalar(select(Subscription.segment).where(Subscription.id == 4))
+    assert chosen == "syria"
     # Asking again for an active address sends nothing, and says the same.
     LocmemTransport.outbox.clear()
     again = client.post("/subscribe", data={"csrf": csrf_of(form.text),

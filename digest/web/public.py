@@ -26,6 +26,7 @@ from subscribers.lists import get_list
 from subscribers.models import MailingList
 from subscribers.optin import confirm_subscription, request_subscription
 from subscribers.preferences import (
+    keyword_choices,
     leave_every_list,
     one_click_unsubscribe,
     preferences,
@@ -122,7 +123,9 @@ def routes(web: WebApp) -> list[tuple[str, Callable[..., Any], list[str]]]:
 
     async def subscribe_page(request: Request) -> Response:
         lists = await run_in_threadpool(_public_lists, web)
-        values = {"lists": lists, "error": "", "email": "", "name": "",
+        choices = await run_in_threadpool(keyword_choices, ctx.db,
+                                          ctx.settings.keyword_order)
+        values = {"lists": lists, "choices": choices, "error": "", "email": "", "name": "",
                   "chosen": request.query_params.get("list", "")}
         if request.method in ("GET", "HEAD"):
             return web.page(request, "web/subscribe.html",
