@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -99,6 +100,10 @@ def _records(handle: TextIO) -> Iterator[tuple[int, list[str] | None, str]]:
         yield pending[0][0], None, "".join(part for _, part in pending)
 
 
+# What surrogateescape makes of bytes that are not UTF-8.
+_UNDECODABLE = re.compile("[\udc80-\udcff]")
+
+
 def _read(handle: TextIO, source: str, report: ImportReport,
           reject: Callable[[int, str, list[str]], None]) -> Iterator[_Row]:
     """Valid rows of a CSV file; reject the rest, naming the line."""
@@ -122,7 +127,7 @@ def _read(handle: TextIO, source: str, report: ImportReport,
         if not any(f.strip() for f in fields):
             continue
         report.rows += 1
-        if any("\udc80" <= ch <= "\udcff" for f in fields for ch in f):
+        if any(_UNDECODABLE.search(f) for f in fields):
             reject(line, "not UTF-8 text", fields)
             continue
         if len(fields) <= where["email"]:
