@@ -203,4 +203,8 @@ def run_demo(directory: Path, *, console: Console, interactive: bool = False,
     say(preview_txt, "the issue's plain-text part")
     for path in emails:
         say(path, "one email as sent; open it in a mail client")
+    console.print("\nNext, the web app on the demo database (archive, unsubscribe links, and "
+                  "the editors' pages after `digest editors add NAME`):\n"
+                  "  DIGEST_DATABASE_URL=sqlite:///demo.db .venv/bin/digest serve",
+                  soft_wrap=True, markup=False, highlight=False)
     return written
