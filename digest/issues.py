@@ -37,6 +37,7 @@ from digest.models import (
     IssueEntry,
     IssueVariant,
     SendBatch,
+    delete_deliveries,
 )
 from digest.rendering import IssueContent, Recipient, RenderedIssue, Sender, long_date
 from subscribers.lists import get_list
@@ -390,6 +391,7 @@ def audience_size(ctx: Context, list_id: int) -> int:
 def discard_sandbox_issues(ctx: Context, list_id: int) -> None:
     """Delete a list's sandbox issues: they validated a send and must hold no entries."""
     with ctx.db.session() as session:
-        for issue in session.scalars(select(Issue).where(Issue.list_id == list_id,
-                                                         Issue.status == "sandbox")):
+        sandbox = select(Issue.id).where(Issue.list_id == list_id, Issue.status == "sandbox")
+        delete_deliveries(session, issue_ids=sandbox)
+        for issue in session.scalars(select(Issue).where(Issue.id.in_(sandbox))):
             session.delete(issue)

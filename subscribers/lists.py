@@ -89,5 +89,9 @@ def summarize_lists(db: Database) -> list[ListSummary]:
 
 def delete_list(db: Database, name: str) -> None:
     """Delete a list with its subscriptions and issues."""
+    from digest.models import Issue, delete_deliveries
     with db.session() as session:
-        session.delete(get_list(session, name))
+        mailing_list = get_list(session, name)
+        delete_deliveries(session, issue_ids=select(Issue.id)
+                          .where(Issue.list_id == mailing_list.id))
+        session.delete(mailing_list)

@@ -12,11 +12,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.message import EmailMessage
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 
 from digest.context import Context
 from digest.db import utcnow
 from digest.messages import address_for_header, compose, format_sender
+from digest.models import delete_deliveries
 from digest.transports import Transport, make_transport
 from subscribers.addresses import address_key, normalize_address
 from subscribers.lists import get_list
@@ -136,14 +137,22 @@ def expire_pending(ctx: Context, *, now: datetime | None = None) -> int:
     """Delete subscriptions left unconfirmed too long; return how many."""
     now = now or utcnow()
     cutoff = now - timedelta(hours=ctx.settings.confirm_expiry_hours)
+    stale = (Subscription.status == "pending", Subscription.confirm_sent_at < cutoff)
     with ctx.db.session() as session:
-        ids = list(session.scalars(select(Subscription.id).where(
-            Subscription.status == "pending", Subscription.confirm_sent_at < cutoff)))
+        # Someone who had left and asked to come back, but never confirmed, stays left:
+        # deleting the record would let an import revive them.
+        session.execute(update(Subscription).where(
+            *stale, Subscription.unsubscribed_at.is_not(None))
+            .values(status="unsubscribed", updated_at=now)
+            .execution_options(synchronize_session=False))
+        ids = list(session.scalars(select(Subscription.id).where(*stale)))
         if ids:
             session.execute(delete(Subscription).where(Subscription.id.in_(ids)))
             # People left with no subscription at all were only ever a request.
-            session.execute(delete(Subscriber).where(
-                Subscriber.id.not_in(select(Subscription.subscriber_id))))
+            gone = select(Subscriber.id).where(
+                Subscriber.id.not_in(select(Subscription.subscriber_id)))
+            delete_deliveries(session, subscriber_ids=gone)
+            session.execute(delete(Subscriber).where(Subscriber.id.in_(gone)))
     if ids:
         log.info("expired %d unconfirmed subscriptions", len(ids))
     return len(ids)

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from digest.db import Database, utcnow
 from digest.errors import InvalidInputError, NotFoundError
 from digest.grouping import keyword_key
+from digest.models import delete_deliveries
 from subscribers.addresses import address_hash, address_key, normalize_address
 from subscribers.lists import get_list
 from subscribers.models import Subscriber, Subscription, Suppression
@@ -152,6 +153,7 @@ def forget_subscriber(db: Database, email: str) -> bool:
         if person is None:
             return False
         session.execute(delete(Subscription).where(Subscription.subscriber_id == person.id))
+        delete_deliveries(session, subscriber_ids=[person.id])
         session.delete(person)
         return True
 

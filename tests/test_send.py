@@ -248,3 +248,18 @@ def test_a_sandbox_run_never_touches_an_unfinished_issue(newsroom: Context) -> N
     with newsroom.db.session() as s:
         assert s.scalar(select(func.count()).select_from(Delivery)
                         .where(Delivery.status == "pending")) == 3
+
+
+def test_forgetting_a_person_or_deleting_a_list_leaves_no_deliveries(newsroom: Context) -> None:
+    from subscribers.lists import delete_list
+    from subscribers.subscriptions import forget_subscriber
+    run_list(newsroom, "weekly")
+    with newsroom.db.session() as s:
+        assert s.scalar(select(func.count()).select_from(Delivery)) == 3
+    forget_subscriber(newsroom.db, "bob@example.net")
+    with newsroom.db.session() as s:
+        assert s.scalar(select(func.count()).select_from(Delivery)) == 2
+    delete_list(newsroom.db, "weekly")
+    with newsroom.db.session() as s:
+        assert s.scalar(select(func.count()).select_from(Delivery)) == 0
+        assert s.scalar(select(func.count()).select_from(Issue)) == 0

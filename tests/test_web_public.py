@@ -361,3 +361,14 @@ def test_the_archive_shows_sent_issues_without_personal_links(desk: Context) -> 
     assert "/archive/weekly/1" in listing.text
     assert client.get("/archive/weekly/2").status_code == 404
     assert client.get("/archive/nope").status_code == 404
+
+
+def test_a_returning_reader_who_never_confirms_stays_unsubscribed(desk: Context) -> None:
+    from subscribers.optin import request_subscription
+    from subscribers.subscriptions import remove_subscriber
+    remove_subscriber(desk.db, "weekly", "bob@example.org")
+    sent = request_subscription(desk, "weekly", "bob@example.org", transport=LocmemTransport())
+    assert sent.outcome == "sent" and status_of(desk, "bob@example.org") == "pending"
+    assert expire_pending(desk, now=utcnow() + timedelta(hours=73)) == 0
+    assert status_of(desk, "bob@example.org") == "unsubscribed"
+    assert add_subscriber(desk.db, "weekly", "bob@example.org").outcome == "suppressed"
