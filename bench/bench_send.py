@@ -141,8 +141,12 @@ def main() -> None:
                "DIGEST_BATCH_SIZE": "1000", "DIGEST_SECRET_KEY": "bench",
                "DIGEST_LOG_LEVEL": "WARNING"}
         t = time.perf_counter()
-        done = subprocess.run([sys.executable, "-m", "digest", "send", "--list", "bench",
-                               "--no-collect", "--yes", "--jobs", jobs], env=env, cwd=ROOT,
+        command = [sys.executable, "-m", "digest", "send", "--list", "bench", "--no-collect",
+                   "--yes", "--jobs", jobs]
+        if os.environ.get("BENCH_PROFILE"):  # collapsed stacks of every sending process
+            command = ["py-spy", "record", "--subprocesses", "--format", "raw", "-o",
+                       os.environ["BENCH_PROFILE"], "--", *command]
+        done = subprocess.run(command, env=env, cwd=ROOT,
                               capture_output=True, text=True)
         ours = time.perf_counter() - t
         peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
