@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-EDGES = ("digest.cli", "digest.web", "digest.demo")
+EDGES = ("digest.cli", "digest.commands", "digest.web", "digest.demo")
 PURE = ("digest/grouping.py", "digest/rendering.py", "digest/feeds.py", "digest/sanitize.py")
 
 
@@ -30,6 +30,17 @@ def test_audience_and_time_never_import_the_edges(package: str) -> None:
     for path in (ROOT / package).rglob("*.py"):
         bad = {m for m in imports_of(path) if m.startswith(EDGES)}
         assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
+
+
+def test_not_even_indirectly() -> None:
+    modules = [f"{p.parent.name}.{p.stem}" for package in ("subscribers", "schedules")
+               for p in sorted((ROOT / package).glob("*.py")) if p.stem != "__init__"]
+    code = ("import importlib, sys\n"
+            f"for m in {modules!r}: importlib.import_module(m)\n"
+            f"print(sorted(m for m in sys.modules if m.startswith({EDGES!r})))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                         text=True, check=True).stdout.strip()
+    assert out == "[]", f"importing subscribers and schedules loads {out}"
 
 
 def test_the_core_is_pure() -> None:
