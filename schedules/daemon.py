@@ -56,6 +56,7 @@ class LeaderLock:
         if self._conn is not None:
             try:
                 self._conn.execute(text("SELECT 1"))
+                self._conn.commit()  # never sit idle in a transaction (it pins a snapshot)
                 return True
             except SQLAlchemyError:
                 self._conn = None  # the connection died: so did the lock
