@@ -22,7 +22,12 @@ from digest.transports import Transport, make_transport
 from subscribers.addresses import address_key, normalize_address
 from subscribers.lists import get_list
 from subscribers.models import MailingList, Subscriber, Subscription
-from subscribers.subscriptions import find_subscriber, is_suppressed, segment_of
+from subscribers.subscriptions import (
+    clean_keywords,
+    find_subscriber,
+    is_suppressed,
+    segment_of,
+)
 from subscribers.tokens import InvalidToken
 
 log = logging.getLogger(__name__)
@@ -78,7 +83,8 @@ def request_subscription(ctx: Context, list_name: str, email: str, *, name: str 
             session.add(sub)
         sub.status, sub.confirm_sent_at, sub.updated_at = "pending", now, now
         if keywords:
-            sub.keywords, sub.segment = list(keywords), segment_of(keywords)
+            chosen = clean_keywords(keywords)
+            sub.keywords, sub.segment = chosen, segment_of(chosen)
         session.flush()
         message = confirmation_message(ctx, mailing_list, person, sub.id)
     with transport or make_transport(ctx.settings) as sender:

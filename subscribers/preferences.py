@@ -17,7 +17,7 @@ from digest.db import Database, utcnow
 from digest.grouping import keyword_key
 from digest.models import Entry
 from subscribers.models import MailingList, Subscriber, Subscription
-from subscribers.subscriptions import segment_of, unsubscribe
+from subscribers.subscriptions import clean_keywords, segment_of, unsubscribe
 from subscribers.tokens import InvalidToken
 
 
@@ -107,7 +107,7 @@ def save_preferences(db: Database, subscription_id: int, *, keywords: Sequence[s
         if sub.status not in ("active", "paused"):
             raise InvalidToken(f"this subscription is {sub.status}; subscribe again to "
                                "choose topics")
-        cleaned = [" ".join(k.split()) for k in keywords if keyword_key(k)]
+        cleaned = clean_keywords(keywords)
         sub.keywords, sub.segment = cleaned, segment_of(cleaned)
         sub.status = "paused" if paused else "active"
         sub.updated_at = now

@@ -30,6 +30,12 @@ def segment_of(keywords: Sequence[str]) -> str:
     return ";".join(sorted({key for k in keywords if (key := keyword_key(k))}))
 
 
+def clean_keywords(keywords: Sequence[str], *, most: int = 50) -> list[str]:
+    """Keywords as a reader gave them (a form, a CSV): trimmed, no blanks, bounded."""
+    cleaned = [" ".join(k.split())[:100] for k in keywords if keyword_key(k)]
+    return list(dict.fromkeys(cleaned))[:most]
+
+
 def refused(suppressed: bool, status: str | None) -> bool:
     """Whether an address may not be (re)subscribed: it is suppressed, or it left the list.
 

@@ -372,3 +372,13 @@ def test_a_returning_reader_who_never_confirms_stays_unsubscribed(desk: Context)
     assert expire_pending(desk, now=utcnow() + timedelta(hours=73)) == 0
     assert status_of(desk, "bob@example.org") == "unsubscribed"
     assert add_subscriber(desk.db, "weekly", "bob@example.org").outcome == "suppressed"
+
+
+def test_keywords_from_forms_are_trimmed_deduplicated_and_bounded(desk: Context) -> None:
+    from subscribers.preferences import save_preferences
+    save_preferences(desk.db, 1, keywords=["  Iran ", "Iran", "", "x" * 500,
+                                           *[f"k{i}" for i in range(100)]], paused=False)
+    with desk.db.session() as s:
+        sub = s.get(Subscription, 1)
+        assert sub is not None
+        assert sub.keywords[:2] == ["Iran", "x" * 100] and len(sub.keywords) == 50
