@@ -15,7 +15,6 @@ import socket
 import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any
 
 from apscheduler.events import EVENT_JOB_MISSED, JobExecutionEvent
 from apscheduler.executors.pool import ThreadPoolExecutor
@@ -147,7 +146,6 @@ class Daemon:
         self.stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._synced: dict[int, str] = {}
-        self.results: list[SlotResult] = []
 
     # -- lifecycle
     def start(self) -> None:
@@ -271,7 +269,6 @@ class Daemon:
         result = run_slot(self.ctx, schedule_id, slot_at, trigger=trigger,
                           transport=transport, should_stop=self.stopping.is_set,
                           max_attempts=1 + self.ctx.settings.schedule_retries)
-        self.results.append(result)
         if result.failed and result.run_id is not None:
             self._schedule_retry(schedule_id, result)
         return result
@@ -295,7 +292,3 @@ class Daemon:
             log.warning("schedule %s: slot %s failed; retrying in %d s", schedule_id, key,
                         delay)
 
-
-def describe(daemon: Daemon) -> dict[str, Any]:
-    """The daemon's state for the dashboard."""
-    return {"leading": daemon.leading, "stopping": daemon.stopping.is_set()}

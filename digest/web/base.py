@@ -33,8 +33,7 @@ class WebApp:
     def page(self, request: Request, name: str, values: dict[str, Any] | None = None,
              status: int = 200) -> Response:
         """A page from templates/web, with the signed-in editor (if any) known to it."""
-        context = {"editor": current_editor(request), "list_title_default":
-                   self.ctx.settings.from_name, **(values or {})}
+        context = {"editor": current_editor(request), **(values or {})}
         return self.templates.TemplateResponse(request, name, context, status_code=status)
 
     def forbidden(self, request: Request) -> Response:

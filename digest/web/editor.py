@@ -20,14 +20,17 @@ from digest.errors import DigestError
 from digest.issues import audience_size
 from digest.pipeline import run_list
 from digest.web.base import WebApp
-from digest.web.security import csrf_ok, csrf_token, current_editor, editor_only
+from digest.web.security import (
+    client_address,
+    csrf_ok,
+    csrf_token,
+    current_editor,
+    editor_only,
+)
 from subscribers.lists import get_list
 
 log = logging.getLogger(__name__)
 
-
-def _client(request: Request) -> str:
-    return request.client.host if request.client else "unknown"
 
 
 def _safe_next(target: str) -> str:
@@ -52,17 +55,17 @@ def routes(web: WebApp) -> list[tuple[str, Callable[..., Any], list[str]]]:
         if not csrf_ok(request, form.get("csrf")):
             return web.forbidden(request)
         name, password = str(form.get("name", "")), str(form.get("password", ""))
-        keys = (f"ip:{_client(request)}", f"name:{name.casefold()}")
+        keys = (f"ip:{client_address(request)}", f"name:{name.casefold()}")
         if any(web.login_limit.blocked(k) for k in keys):
             log.warning("sign-in refused (too many attempts) for %r from %s", name,
-                        _client(request))
+                        client_address(request))
             return web.page(request, "web/login.html", {
                 "csrf": csrf_token(request), "next": next_path, "name": name,
                 "error": "Too many attempts. Wait 15 minutes and try again."}, status=429)
         if not await run_in_threadpool(authenticate, ctx.db, name, password):
             for key in keys:
                 web.login_limit.hit(key)
-            log.info("failed sign-in for %r from %s", name, _client(request))
+            log.info("failed sign-in for %r from %s", name, client_address(request))
             return web.page(request, "web/login.html", {
                 "csrf": csrf_token(request), "next": next_path, "name": name,
                 "error": "That name and password do not match."}, status=401)
@@ -70,7 +73,7 @@ def routes(web: WebApp) -> list[tuple[str, Callable[..., Any], list[str]]]:
         request.session.clear()
         request.session["editor"] = name
         csrf_token(request)
-        await run_in_threadpool(audit, ctx.db, name, "sign in", f"from {_client(request)}")
+        await run_in_threadpool(audit, ctx.db, name, "sign in", f"from {client_address(request)}")
         return RedirectResponse(_safe_next(str(form.get("next", next_path))), status_code=303)
 
     async def logout(request: Request) -> Response:

@@ -20,7 +20,7 @@ from digest.errors import DeliveryError, InvalidInputError, NotFoundError
 from digest.models import Issue
 from digest.rendering import Recipient, RenderedIssue
 from digest.web.base import WebApp
-from digest.web.security import csrf_ok, csrf_token
+from digest.web.security import client_address, csrf_ok, csrf_token
 from subscribers.events import WebhookRefused, apply_events, verify
 from subscribers.lists import get_list
 from subscribers.models import MailingList
@@ -37,9 +37,6 @@ from subscribers.tokens import InvalidToken
 log = logging.getLogger(__name__)
 ONE_CLICK = "List-Unsubscribe=One-Click"
 
-
-def _client(request: Request) -> str:
-    return request.client.host if request.client else "unknown"
 
 
 def routes(web: WebApp) -> list[tuple[str, Callable[..., Any], list[str]]]:
@@ -138,9 +135,9 @@ def routes(web: WebApp) -> list[tuple[str, Callable[..., Any], list[str]]]:
             "text": "If the address can receive our emails, a message with a confirmation "
                     "link is on its way. Click it to start your subscription."})
         if form.get("website"):  # the honeypot: people never see it, bots fill it in
-            log.info("subscribe form: honeypot filled from %s", _client(request))
+            log.info("subscribe form: honeypot filled from %s", client_address(request))
             return done
-        if not web.subscribe_limit.hit(_client(request)):
+        if not web.subscribe_limit.hit(client_address(request)):
             return web.page(request, "web/message.html", {
                 "title": "Too many requests",
                 "text": "Please try again in an hour."}, status=429)
@@ -205,7 +202,7 @@ def routes(web: WebApp) -> list[tuple[str, Callable[..., Any], list[str]]]:
                 verify(web.webhook_key, request.headers, body,
                        max_age=ctx.settings.webhook_max_age_seconds)
             except WebhookRefused as e:
-                log.warning("SendGrid webhook refused from %s: %s", _client(request), e)
+                log.warning("SendGrid webhook refused from %s: %s", client_address(request), e)
                 return JSONResponse({"error": e.message}, status_code=e.status)
         try:
             events = json.loads(body)

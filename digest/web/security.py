@@ -47,6 +47,11 @@ class RateLimiter:
             return True
 
 
+def client_address(request: Request) -> str:
+    """The address a request came from (for limits and logs)."""
+    return request.client.host if request.client else "unknown"
+
+
 def csrf_token(request: Request) -> str:
     """This session's CSRF token (made on first use)."""
     token = request.session.get("csrf")
