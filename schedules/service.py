@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -13,10 +12,8 @@ from digest.db import Database, utcnow
 from digest.errors import InvalidInputError, NotFoundError
 from schedules.expressions import CronSpec, next_slots, parse_expression, time_zone
 from schedules.models import DEFAULT_GRACE_SECONDS, Schedule, ScheduleRun
-from subscribers.lists import get_list
+from subscribers.lists import check_slug, get_list
 from subscribers.models import MailingList
-
-_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,99}$")
 
 
 @dataclass(frozen=True)
@@ -56,9 +53,7 @@ def add_schedule(db: Database, name: str, list_name: str, expression: str, timez
                  misfire_grace: timedelta = timedelta(seconds=DEFAULT_GRACE_SECONDS)
                  ) -> ScheduleView:
     """Add a schedule; a wrong name, expression or zone is a clear error."""
-    if not _NAME.match(name):
-        raise InvalidInputError(f"schedule name {name!r} must be lower-case letters, digits, "
-                                "- or _")
+    check_slug("schedule", name)
     spec = parse_expression(expression)
     time_zone(timezone)
     if misfire_grace.total_seconds() < 1:

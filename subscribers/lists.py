@@ -26,6 +26,14 @@ class ListSummary:
     when_nothing_matches: str = "skip"
 
 
+def check_slug(kind: str, name: str) -> None:
+    """Names of lists and schedules are short slugs (they go in URLs and commands)."""
+    if not _NAME.match(name):
+        raise InvalidInputError(
+            f"{kind} name {name!r} must be lower-case letters, digits, - or _ "
+            "(up to 100, starting with a letter or digit)")
+
+
 def _check_policy(value: str) -> None:
     if value not in WHEN_NOTHING_MATCHES:
         raise InvalidInputError(f"when nothing matches must be one of "
@@ -36,10 +44,7 @@ def create_list(db: Database, name: str, title: str | None = None,
                 description: str = "", *, when_nothing_matches: str = "skip") -> MailingList:
     """Create a list; its name is a short slug (a-z, 0-9, - and _)."""
     _check_policy(when_nothing_matches)
-    if not _NAME.match(name):
-        raise InvalidInputError(
-            f"list name {name!r} must be lower-case letters, digits, - or _ "
-            "(up to 100, starting with a letter or digit)")
+    check_slug("list", name)
     with db.session() as session:
         if session.scalar(select(MailingList.id).where(MailingList.name == name)):
             raise InvalidInputError(f"list {name!r} already exists")

@@ -19,13 +19,14 @@ from digest.db import utcnow
 from digest.messages import address_for_header, compose, format_sender
 from digest.models import delete_deliveries
 from digest.transports import Transport, make_transport
-from subscribers.addresses import address_key, normalize_address
+from subscribers.addresses import normalize_address
 from subscribers.lists import get_list
 from subscribers.models import MailingList, Subscriber, Subscription
 from subscribers.subscriptions import (
     clean_keywords,
-    find_subscriber,
+    find_subscription,
     is_suppressed,
+    person_for,
     segment_of,
 )
 from subscribers.tokens import InvalidToken
@@ -61,15 +62,9 @@ def request_subscription(ctx: Context, list_name: str, email: str, *, name: str 
         mailing_list = get_list(session, list_name)
         if is_suppressed(session, address):
             return OptInResult("refused", address)
-        person = find_subscriber(session, address)
-        if person is None:
-            person = Subscriber(email=address, email_key=address_key(address),
-                                name=name.strip()[:300], created_at=now)
-            session.add(person)
-            session.flush()
-        sub = session.scalars(select(Subscription).where(
-            Subscription.subscriber_id == person.id,
-            Subscription.list_id == mailing_list.id)).first()
+        # A form anyone can fill in never renames someone already known.
+        person = person_for(session, address, name=name.strip(), now=now)
+        sub = find_subscription(session, person.id, mailing_list.id)
         if sub is not None and sub.status == "active":
             return OptInResult("already", person.email)
         if sub is not None and sub.status not in MAY_REJOIN:

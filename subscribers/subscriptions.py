@@ -72,6 +72,26 @@ def find_subscriber(session: Session, email: str) -> Subscriber | None:
                            .where(Subscriber.email_key == address_key(email))).first()
 
 
+def person_for(session: Session, email: str, *, name: str = "",
+               now: datetime | None = None) -> Subscriber:
+    """The subscriber with this (normalized) address, added if there is none."""
+    person = find_subscriber(session, email)
+    if person is None:
+        person = Subscriber(email=email, email_key=address_key(email), name=name[:300],
+                            created_at=now or utcnow())
+        session.add(person)
+        session.flush()
+    return person
+
+
+def find_subscription(session: Session, subscriber_id: int,
+                      list_id: int) -> Subscription | None:
+    """A person's subscription to a list, if any."""
+    return session.scalars(select(Subscription).where(
+        Subscription.subscriber_id == subscriber_id,
+        Subscription.list_id == list_id)).first()
+
+
 def is_suppressed(session: Session, email: str) -> bool:
     """Whether an address is on the suppression list (forgotten, bounced, complained)."""
     return session.get(Suppression, address_hash(email)) is not None
@@ -84,16 +104,10 @@ def subscribe(session: Session, list_id: int, email: str, *, name: str = "",
     now = now or utcnow()
     if refused(is_suppressed(session, email), None):
         return AddResult("suppressed", None, email)
-    person = find_subscriber(session, email)
-    if person is None:
-        person = Subscriber(email=email, email_key=address_key(email), name=name,
-                            created_at=now)
-        session.add(person)
-        session.flush()
-    elif name and person.name != name:
+    person = person_for(session, email, name=name, now=now)
+    if name and person.name != name:
         person.name = name
-    existing = session.scalars(select(Subscription).where(
-        Subscription.subscriber_id == person.id, Subscription.list_id == list_id)).first()
+    existing = find_subscription(session, person.id, list_id)
     if existing is None:
         sub = Subscription(subscriber_id=person.id, list_id=list_id, status=status,
                            source=source, keywords=list(keywords),
@@ -142,9 +156,8 @@ def remove_subscriber(db: Database, list_name: str, email: str) -> bool:
     with db.session() as session:
         mailing_list = get_list(session, list_name)
         person = find_subscriber(session, email)
-        sub = None if person is None else session.scalars(select(Subscription).where(
-            Subscription.subscriber_id == person.id,
-            Subscription.list_id == mailing_list.id)).first()
+        sub = None if person is None else find_subscription(session, person.id,
+                                                            mailing_list.id)
         if sub is None:
             raise NotFoundError(f"{email} is not on list {list_name!r}")
         return unsubscribe(session, sub)
