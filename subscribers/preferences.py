@@ -76,9 +76,9 @@ def keyword_choices(db: Database, configured: Sequence[str], *, days: int = 90,
     return list(seen.values())
 
 
-def preferences(db: Database, subscription_id: int, configured: Sequence[str]
-                ) -> PreferencesView:
-    """A subscription's preferences and the keywords on offer."""
+def preferences(db: Database, subscription_id: int,
+                configured: Sequence[str] | None = None) -> PreferencesView:
+    """A subscription's preferences; with ``configured``, also the keywords on offer."""
     with db.session() as session:
         sub = _subscription(session, subscription_id)
         person = session.get(Subscriber, sub.subscriber_id)
@@ -88,14 +88,15 @@ def preferences(db: Database, subscription_id: int, configured: Sequence[str]
             select(MailingList.title).join(Subscription, Subscription.list_id == MailingList.id)
             .where(Subscription.subscriber_id == person.id, Subscription.id != sub.id,
                    Subscription.status.in_(("active", "paused"))))]
-        view = PreferencesView(person.email, mailing_list.title, sub.status,
-                               list(sub.keywords), [], others)
-    choices = keyword_choices(db, configured)
-    offered = {keyword_key(c) for c in choices}
-    # A reader's own keywords stay on offer even if nothing used them lately.
-    choices += [k for k in view.keywords if keyword_key(k) not in offered]
-    return PreferencesView(view.email, view.list_title, view.status, view.keywords,
-                           choices, view.other_lists)
+        email, title, status, keywords = (person.email, mailing_list.title, sub.status,
+                                          list(sub.keywords))
+    choices: list[str] = []
+    if configured is not None:
+        choices = keyword_choices(db, configured)
+        offered = {keyword_key(c) for c in choices}
+        # A reader's own keywords stay on offer even if nothing used them lately.
+        choices += [k for k in keywords if keyword_key(k) not in offered]
+    return PreferencesView(email, title, status, keywords, choices, others)
 
 
 def save_preferences(db: Database, subscription_id: int, *, keywords: Sequence[str],

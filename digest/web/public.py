@@ -58,7 +58,7 @@ def routes(web: WebApp) -> list[tuple[str, Callable[..., Any], list[str]]]:
         if request.method in ("GET", "HEAD"):
             # Link scanners fetch with GET: it only shows the button.
             try:
-                view = await run_in_threadpool(preferences, ctx.db, subscription_id, [])
+                view = await run_in_threadpool(preferences, ctx.db, subscription_id)
             except InvalidToken as e:
                 return bad_link(request, e)
             return web.page(request, "web/unsubscribe.html", {
