@@ -120,6 +120,13 @@ def canonical_keys(keywords: Iterable[str], config: KeywordConfig) -> frozenset[
     return frozenset(key for k in keywords if (key := resolver.canonical_key(k)))
 
 
+def keys_carried(items: Iterable[Item], config: KeywordConfig) -> frozenset[str]:
+    """Every section key some entry carries (tags, aliases and editor rules applied),
+    whether or not the full issue gives it a section of its own."""
+    resolver = _Keywords(config)
+    return frozenset(key for item in items for key in resolver.keys_of(item))
+
+
 def group(items: Iterable[Item], config: KeywordConfig,
           only: frozenset[str] | None = None) -> list[Section]:
     """Place each entry in exactly one section and order the sections.

@@ -27,7 +27,15 @@ from sqlalchemy.orm import Session
 from digest.context import Context
 from digest.db import utcnow
 from digest.errors import ConfigError, DigestError, NotFoundError
-from digest.grouping import Item, KeywordConfig, Placed, Section, canonical_keys, group
+from digest.grouping import (
+    Item,
+    KeywordConfig,
+    Placed,
+    Section,
+    canonical_keys,
+    group,
+    keys_carried,
+)
 from digest.models import (
     Delivery,
     Entry,
@@ -224,22 +232,19 @@ def plan_segments(ctx: Context, draft: Draft, segments: Sequence[str]
     keywords have the same sections this week share one rendering.
     """
     config = keyword_config(ctx)
-    present = frozenset(s.key for s in group(draft.items, config) if s.key)
+    # Every key an entry carries, not only the full issue's sections: an entry tagged
+    # Syria and Iran sits under Iran there, and still reaches the Syria readers.
+    present = keys_carried(draft.items, config)
     by_segment: dict[str, tuple[str, ...] | None] = {}
-    variants: dict[tuple[str, ...], Variant] = {}
+    rendered: dict[tuple[str, ...], Variant | None] = {}
     for segment in segments:
         if not segment:
             continue
-        wanted = canonical_keys(segment.split(";"), config) & present
-        key = tuple(sorted(wanted))
-        if key and key not in variants:
-            variant = render_variant(ctx, draft, wanted)
-            if variant is None:
-                key = ()
-            else:
-                variants[key] = variant
-        by_segment[segment] = key or None
-    return by_segment, variants
+        key = tuple(sorted(canonical_keys(segment.split(";"), config) & present))
+        if key and key not in rendered:
+            rendered[key] = render_variant(ctx, draft, frozenset(key))
+        by_segment[segment] = key if key and rendered[key] is not None else None
+    return by_segment, {k: v for k, v in rendered.items() if v is not None}
 
 
 def write_preview_files(ctx: Context, draft: Draft, html_path: Path,

@@ -83,3 +83,14 @@ def test_a_list_can_send_the_full_issue_when_nothing_matches(
     run_list(desk, "weekly", transport=locmem())
     turkey = html_of(by_address(locmem.outbox)["turkey@example.org"])
     assert all(f"Recap {n}:" in turkey for n in range(1, 6))
+
+
+def test_a_keyword_with_no_section_of_its_own_still_reaches_its_readers(
+        desk: Context, locmem: type[LocmemTransport]) -> None:
+    # Recap 3 is tagged Syria and Iran; Iran is larger, so the full issue has no Syria
+    # section. A Syria reader still gets recap 3, under Syria.
+    add_subscriber(desk.db, "weekly", "syria@example.org", keywords=["Syria"])
+    run_list(desk, "weekly", transport=locmem())
+    syria = html_of(by_address(locmem.outbox)["syria@example.org"])
+    assert [n for n in range(1, 6) if f"Recap {n}:" in syria] == [3]
+    assert "SYRIA" in syria.upper()
