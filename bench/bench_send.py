@@ -121,6 +121,17 @@ def floor(n: int, port: int) -> float:
     return time.perf_counter() - started
 
 
+def cpu_seconds(pid: int | None = None) -> float:
+    """CPU time (user + system) of one process, or of the whole machine when no pid."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    if pid is None:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+        user, nice, system, _idle, _iowait, irq, softirq = (int(f) for f in fields[:7])
+        return (user + nice + system + irq + softirq) / ticks
+    stat = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(stat[11]) + int(stat[12])) / ticks
+
+
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000
     given_url = sys.argv[2] if len(sys.argv) > 2 and sys.argv[2] != "sqlite" else None
@@ -139,7 +150,9 @@ def main() -> None:
         env = {**os.environ, "DIGEST_DATABASE_URL": url, "DIGEST_TRANSPORT": "sendgrid",
                "DIGEST_SENDGRID_HOST": f"http://127.0.0.1:{port}", "SENDGRID_API_KEY": KEY,
                "DIGEST_BATCH_SIZE": "1000", "DIGEST_SECRET_KEY": "bench",
-               "DIGEST_LOG_LEVEL": "WARNING"}
+               "DIGEST_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING")}
+        machine_before, standin_before = cpu_seconds(), cpu_seconds(server.pid)
+        senders_before = resource.getrusage(resource.RUSAGE_CHILDREN)
         t = time.perf_counter()
         command = [sys.executable, "-m", "digest", "send", "--list", "bench", "--no-collect",
                    "--yes", "--jobs", jobs]
@@ -149,15 +162,31 @@ def main() -> None:
         done = subprocess.run(command, env=env, cwd=ROOT,
                               capture_output=True, text=True)
         ours = time.perf_counter() - t
+        senders = resource.getrusage(resource.RUSAGE_CHILDREN)
+        sender_cpu = (senders.ru_utime + senders.ru_stime - senders_before.ru_utime
+                      - senders_before.ru_stime)
+        machine_cpu = cpu_seconds() - machine_before
+        standin_cpu = cpu_seconds(server.pid) - standin_before
         peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
         print(done.stdout[-300:], done.stderr[-400:])
         accepted = counter.value
         print(f"send to {n:,} with --jobs {jobs}: {ours:.1f} s (goal ≤ 60 s for 1,000,000), "
               f"peak memory of one sending process {peak_mb:.0f} MB (goal ≤ 300 MB); "
               f"stand-in counted {accepted:,}")
+        print(f"CPU seconds during the send: senders {sender_cpu:.1f}, stand-in "
+              f"{standin_cpu:.1f}, the rest of the machine (the database server, …) "
+              f"{machine_cpu - sender_cpu - standin_cpu:.1f}; "
+              f"{os.cpu_count()} cores × {ours:.1f} s = {(os.cpu_count() or 1) * ours:.1f}")
     with counter.get_lock():
         counter.value = 0
+    standin_before = cpu_seconds(server.pid)
+    floor_started = resource.getrusage(resource.RUSAGE_SELF)
     floor_s = floor(n, port)
+    floor_used = resource.getrusage(resource.RUSAGE_SELF)
+    floor_cpu = (floor_used.ru_utime + floor_used.ru_stime - floor_started.ru_utime
+                 - floor_started.ru_stime)
+    print(f"CPU seconds during the floor: floor {floor_cpu:.1f}, stand-in "
+          f"{cpu_seconds(server.pid) - standin_before:.1f}")
     print(f"floor (build + serialize + POST the same shape): {floor_s:.1f} s; "
           f"ours ÷ floor = {ours / floor_s:.2f} (goal ≤ 1.5)")
     server.terminate()

@@ -486,7 +486,7 @@ def lists_show(name: str) -> None:
     out.print(f"{summary.name}: {summary.title}", markup=False)
     out.print(f"When nothing matches a reader's keywords: {summary.when_nothing_matches}")
     out.print("Subscribers: " + ", ".join(f"{k} {v}" for k, v in summary.counts.items()))
-    rows = issue_rows(state().ctx, name)[:5]
+    rows = issue_rows(state().ctx, name, limit=5)
     if not rows:
         out.print("No issues yet.")
     for row in rows:

@@ -56,6 +56,6 @@ def dashboard(ctx: Context, *, now: datetime | None = None, days: int = 30) -> D
                for i in range(days)]
     return Dashboard(
         lists=summarize_lists(ctx.db), schedules=list_schedules(ctx.db, now=now, count=1),
-        issues=issue_rows(ctx)[:10],
+        issues=issue_rows(ctx, limit=10),
         feeds=[FeedHealth(f, by_feed.get(f.id, 0)) for f in list_feeds(ctx.db)],
         per_day=per_day)

@@ -20,8 +20,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, Integer, any_, bindparam, func, select, update
+from sqlalchemy import ColumnElement, Integer, Select, any_, bindparam, func, select, update
 from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.orm import Session
 
 from digest.context import Context
 from digest.db import utcnow
@@ -83,29 +84,33 @@ def outgoing_issue(mailing_list: MailingList, issue: Issue, ctx: Context, *,
         sandbox=sandbox)
 
 
-def recipient_values(ctx: Context, subscription_id: int, name: str) -> Recipient:
-    """The signed per-recipient links and the name, for the placeholders."""
-    return Recipient(
-        unsubscribe_url=ctx.url("u/" + ctx.tokens.make("unsubscribe", subscription_id)),
-        preferences_url=ctx.url("p/" + ctx.tokens.make("preferences", subscription_id)),
-        name=name)
+ONE_CLICK = "List-Unsubscribe=One-Click"
 
 
-def unsubscribe_headers(values: Recipient) -> dict[str, str]:
-    """RFC 8058 one-click unsubscribe headers for one recipient."""
-    return {"List-Unsubscribe": f"<{values.unsubscribe_url}>",
-            "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}
+class RecipientMaker:
+    """Makes an issue's recipients: their signed links, RFC 8058 headers and Message-ID.
 
+    What every recipient shares (base URLs, the Message-ID's form) is worked out once;
+    a send makes one recipient per reader.
+    """
 
-def make_recipient(ctx: Context, issue: OutgoingIssue, delivery_id: int, subscriber_id: int,
-                   subscription_id: int, email: str, name: str) -> OutgoingRecipient:
-    """One recipient of a batch with their links, headers and Message-ID."""
-    values = recipient_values(ctx, subscription_id, name)
-    domain = domain_of(issue.sender_email)
-    return OutgoingRecipient(
-        delivery_id=delivery_id, subscriber_id=subscriber_id, email=email, name=name,
-        values=values, headers=unsubscribe_headers(values),
-        message_id=f"<digest.{issue.list_name}.{issue.number}.{delivery_id}@{domain}>")
+    def __init__(self, ctx: Context, issue: OutgoingIssue) -> None:
+        self._token = ctx.tokens.make
+        self._unsubscribe = ctx.url("u/")
+        self._preferences = ctx.url("p/")
+        self._message_id = (f"<digest.{issue.list_name}.{issue.number}.%d@"
+                            f"{domain_of(issue.sender_email)}>")
+
+    def __call__(self, delivery_id: int, subscriber_id: int, subscription_id: int,
+                 email: str, name: str) -> OutgoingRecipient:
+        unsubscribe = self._unsubscribe + self._token("unsubscribe", subscription_id)
+        values = Recipient(unsubscribe,
+                           self._preferences + self._token("preferences", subscription_id),
+                           name)
+        return OutgoingRecipient(
+            delivery_id, subscriber_id, email, name, values,
+            {"List-Unsubscribe": f"<{unsubscribe}>", "List-Unsubscribe-Post": ONE_CLICK},
+            self._message_id % delivery_id)
 
 
 def _ids(ctx: Context, ids: Sequence[int]) -> ColumnElement[bool]:
@@ -121,39 +126,44 @@ def _ids(ctx: Context, ids: Sequence[int]) -> ColumnElement[bool]:
 Row = tuple[int, int, int, str, str, str, int | None]
 
 
-def _pending_rows(ctx: Context, issue_id: int, first_id: int, last_id: int) -> list[Row]:
+def _of_issue(issue_id: int) -> ColumnElement[bool]:
+    """Deliveries of an issue, for queries that also give an id range.
+
+    Written so that no index can serve it: otherwise SQLite walks every delivery of the
+    issue through the (issue_id, subscriber_id) index to find a thousand of them by id.
+    """
+    return Delivery.issue_id + 0 == issue_id
+
+
+def _pending_rows(session: Session, issue_id: int, first_id: int, last_id: int) -> list[Row]:
     """Pending deliveries of a batch: (delivery, subscriber, subscription, email, name,
     subscription status, variant)."""
-    with ctx.db.session() as session:
-        return [tuple(r) for r in session.execute(  # type: ignore[misc]
-            select(Delivery.id, Delivery.subscriber_id, Delivery.subscription_id,
-                   Subscriber.email, Subscriber.name, Subscription.status,
-                   Delivery.variant_id)
-            .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
-            .join(Subscription, Subscription.id == Delivery.subscription_id)
-            .where(Delivery.issue_id == issue_id, Delivery.id.between(first_id, last_id),
-                   Delivery.status == "pending")
-            .order_by(Delivery.id)).all()]
+    # Core on the session's connection: the ORM layer adds nothing to a column query.
+    return [tuple(r) for r in session.connection().execute(  # type: ignore[misc]
+        select(Delivery.id, Delivery.subscriber_id, Delivery.subscription_id,
+               Subscriber.email, Subscriber.name, Subscription.status, Delivery.variant_id)
+        .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
+        .join(Subscription, Subscription.id == Delivery.subscription_id)
+        .where(Delivery.id.between(first_id, last_id), _of_issue(issue_id),
+               Delivery.status == "pending")
+        .order_by(Delivery.id))]
 
 
-def _set_status(ctx: Context, ids: Sequence[int], status: str, *, now: datetime,
-                error: str | None = None, only_from: str | None = None,
+def _set_status(ctx: Context, session: Session, ids: Sequence[int], status: str, *,
+                now: datetime, error: str | None = None, only_from: str | None = None,
                 count_attempt: bool = False) -> None:
     """Move deliveries to ``status``; ``only_from`` makes it conditional on the current one."""
-    if not ids:
-        return
     values: dict[str, object] = {"status": status, "updated_at": now}
     if error is not None:
         values["error"] = error[:2000]
     if count_attempt:
         values["attempts"] = Delivery.attempts + 1
-    with ctx.db.session() as session:
-        for start in range(0, len(ids), 500):
-            query = (update(Delivery).where(_ids(ctx, ids[start:start + 500]))
-                     .values(**values).execution_options(synchronize_session=False))
-            if only_from is not None:
-                query = query.where(Delivery.status == only_from)
-            session.execute(query)
+    for start in range(0, len(ids), 1000):
+        query = (update(Delivery).where(_ids(ctx, ids[start:start + 1000]))
+                 .values(**values).execution_options(synchronize_session=False))
+        if only_from is not None:
+            query = query.where(Delivery.status == only_from)
+        session.execute(query)
 
 
 # Claimer ids of the sends running in this process (a web request and the scheduler may
@@ -195,7 +205,7 @@ class Claim:
     last_id: int
 
 
-def _move_batch(ctx: Context, batch_id: int, status: str, now: datetime, *,
+def _move_batch(session: Session, batch_id: int, status: str, now: datetime, *,
                 only_from: str, holder: str | None = None, lease: datetime | None = None,
                 claimer: str | None = None) -> bool:
     """Move one batch between states; False if it was not in the expected state (taken)."""
@@ -204,8 +214,7 @@ def _move_batch(ctx: Context, batch_id: int, status: str, now: datetime, *,
              .execution_options(synchronize_session=False))
     if holder is not None:
         query = query.where(SendBatch.claimed_by == holder)
-    with ctx.db.session() as session:
-        return bool(session.scalars(query.returning(SendBatch.id)).all())
+    return bool(session.scalars(query.returning(SendBatch.id)).all())
 
 
 def settle_abandoned(ctx: Context, issue: OutgoingIssue, transport: Transport,
@@ -223,22 +232,28 @@ def settle_abandoned(ctx: Context, issue: OutgoingIssue, transport: Transport,
             .where(SendBatch.issue_id == issue.issue_id,
                    SendBatch.status.in_(("claimed", "sending")))).all()
     confirmed_total = uncertain_total = 0
+    make = RecipientMaker(ctx, issue)
     for batch_id, status, by, lease, first_id, last_id in held:
         if by == me or not claimer_gone(by, lease, now):
             continue
         if status == "claimed":
-            _move_batch(ctx, batch_id, "pending", now, only_from="claimed", holder=by)
+            with ctx.db.session() as session:
+                _move_batch(session, batch_id, "pending", now, only_from="claimed",
+                            holder=by)
             continue
-        rows = _pending_rows(ctx, issue.issue_id, first_id, last_id)
-        recipients = [make_recipient(ctx, issue, d, sub, subn, email, name)
-                      for d, sub, subn, email, name, _, _ in rows]
+        with ctx.db.session() as session:
+            rows = _pending_rows(session, issue.issue_id, first_id, last_id)
+        recipients = [make(d, sub, subn, email, name) for d, sub, subn, email, name, _, _
+                      in rows]
         confirmed = transport.already_sent(issue, recipients)
-        _set_status(ctx, sorted(confirmed), ACCEPTED, now=now, only_from="pending",
-                    count_attempt=True)
         unsure = [r.delivery_id for r in recipients if r.delivery_id not in confirmed]
-        _set_status(ctx, unsure, UNCERTAIN, now=now, only_from="pending", count_attempt=True,
-                    error="the send stopped while this message was being handed over")
-        _move_batch(ctx, batch_id, "done", now, only_from="sending", holder=by)
+        with ctx.db.session() as session:
+            _set_status(ctx, session, sorted(confirmed), ACCEPTED, now=now,
+                        only_from="pending", count_attempt=True)
+            _set_status(ctx, session, unsure, UNCERTAIN, now=now, only_from="pending",
+                        count_attempt=True,
+                        error="the send stopped while this message was being handed over")
+            _move_batch(session, batch_id, "done", now, only_from="sending", holder=by)
         confirmed_total += len(confirmed)
         uncertain_total += len(unsure)
     if uncertain_total:
@@ -248,7 +263,8 @@ def settle_abandoned(ctx: Context, issue: OutgoingIssue, transport: Transport,
     return confirmed_total, uncertain_total
 
 
-def claim_batch(ctx: Context, issue_id: int, me: str, now: datetime) -> Claim | None:
+def claim_batch(ctx: Context, session: Session, issue_id: int, me: str,
+                now: datetime) -> Claim | None:
     """Claim the next pending batch of an issue for this process, under a lease.
 
     On PostgreSQL the candidate is locked with FOR UPDATE SKIP LOCKED, so workers on
@@ -267,31 +283,58 @@ def claim_batch(ctx: Context, issue_id: int, me: str, now: datetime) -> Claim | 
         claim = claim.where(SendBatch.id == picked.c.id)
     else:
         claim = claim.where(SendBatch.id.in_(candidate.scalar_subquery()))
-    with ctx.db.session() as session:
-        row = session.execute(
-            claim.where(SendBatch.status == "pending")
-            .returning(SendBatch.id, SendBatch.first_id, SendBatch.last_id)).first()
+    row = session.execute(claim.where(SendBatch.status == "pending")
+                          .returning(SendBatch.id, SendBatch.first_id, SendBatch.last_id)
+                          ).first()
     return Claim(*row) if row else None
+
+
+def _held(issue_id: int) -> Select[int]:
+    return select(func.count()).select_from(SendBatch).where(
+        SendBatch.issue_id == issue_id, SendBatch.status.in_(("claimed", "sending")))
+
+
+def _by_status(session: Session, issue_id: int) -> Counter[str]:
+    return Counter(dict(session.execute(
+        select(Delivery.status, func.count()).where(Delivery.issue_id == issue_id)
+        .group_by(Delivery.status)).all()))
 
 
 def batches_held(ctx: Context, issue_id: int) -> int:
     """Batches of an issue that some sender holds (claimed or being handed over)."""
     with ctx.db.session() as session:
-        return session.scalar(select(func.count()).select_from(SendBatch).where(
-            SendBatch.issue_id == issue_id,
-            SendBatch.status.in_(("claimed", "sending")))) or 0
+        return session.scalar(_held(issue_id)) or 0
 
 
 def counts(ctx: Context, issue_id: int) -> Counter[str]:
-    """Deliveries of an issue by status."""
+    """Deliveries of an issue by status, counted now."""
     with ctx.db.session() as session:
-        return Counter(dict(session.execute(
-            select(Delivery.status, func.count()).where(Delivery.issue_id == issue_id)
-            .group_by(Delivery.status)).all()))
+        return _by_status(session, issue_id)
 
 
-def failures(ctx: Context, issue_id: int, limit: int = 50) -> list[tuple[str, str]]:
-    """(address, reason) of failed and uncertain deliveries of an issue."""
+def pending_in_held_batches(ctx: Context, issue_id: int) -> int:
+    """Pending deliveries of an issue's batches that are not done.
+
+    Every pending delivery lies in such a batch, so this is the issue's pending count,
+    read from the few batches still out rather than from every delivery of the issue.
+    """
+    with ctx.db.session() as session:
+        ranges = session.execute(select(SendBatch.first_id, SendBatch.last_id).where(
+            SendBatch.issue_id == issue_id, SendBatch.status != "done")).all()
+        return sum(session.scalar(
+            select(func.count()).select_from(Delivery)
+            .where(Delivery.id.between(first, last), _of_issue(issue_id),
+                   Delivery.status == "pending")) or 0 for first, last in ranges)
+
+
+def failures(ctx: Context, issue_id: int, limit: int = 50, *,
+             tally: Counter[str] | None = None) -> list[tuple[str, str]]:
+    """(address, reason) of failed and uncertain deliveries of an issue.
+
+    Given the issue's ``tally``, an issue with none looks at no delivery.
+    """
+    if tally is not None and not tally[FAILED] and not tally[UNCERTAIN]:
+        return []
     with ctx.db.session() as session:
         return [(email, f"{status}: {error or ''}".strip(": ")) for email, status, error in
                 session.execute(
@@ -327,11 +370,25 @@ def deliver(ctx: Context, issue_id: int, transport: Transport, *,
         _LIVE_CLAIMERS.discard(me)
 
 
+@dataclass
+class _Run:
+    """This process's part in sending one issue."""
+
+    ctx: Context
+    issue: OutgoingIssue
+    transport: Transport
+    me: str
+    now: Callable[[], datetime]
+    make: RecipientMaker
+    variants: dict[int, RenderedIssue] = field(default_factory=dict)  # segments' renderings
+
+
 def _deliver(ctx: Context, issue: OutgoingIssue, report: SendReport, transport: Transport,
              me: str, *, resend_uncertain: bool, on_progress: ProgressCallback | None,
              should_stop: Callable[[], bool] | None, now: Callable[[], datetime],
              sleep: Callable[[float], None]) -> SendReport:
     issue_id = issue.issue_id
+    run = _Run(ctx, issue, transport, me, now, RecipientMaker(ctx, issue))
     with transport:
         settle_abandoned(ctx, issue, transport, now(), me)
         if resend_uncertain:
@@ -345,7 +402,6 @@ def _deliver(ctx: Context, issue: OutgoingIssue, report: SendReport, transport: 
                     add_batches(session, issue_id, ctx.settings.batch_size, now())
         tally = counts(ctx, issue_id)
         total = sum(tally.values())
-        variants: dict[int, RenderedIssue] = {}  # keyword segments' renderings
         done = total - tally["pending"]
         while True:
             if should_stop is not None and should_stop():
@@ -353,71 +409,95 @@ def _deliver(ctx: Context, issue: OutgoingIssue, report: SendReport, transport: 
                 break
             if on_progress:
                 on_progress(done, total)
-            claim = claim_batch(ctx, issue_id, me, now())
+            with ctx.db.session() as session:
+                claim = claim_batch(ctx, session, issue_id, me, now())
+                rows = (_pending_rows(session, issue_id, claim.first_id, claim.last_id)
+                        if claim else [])
             if claim is None:
                 if not batches_held(ctx, issue_id):
                     break
                 # Other senders hold the rest: wait for them, or for their leases to end.
                 sleep(1.0)
                 settle_abandoned(ctx, issue, transport, now(), me)
-                tally = counts(ctx, issue_id)
-                done = total - tally["pending"]
+                done = total - pending_in_held_batches(ctx, issue_id)
                 continue
-            sent, handled = _send_claimed(ctx, issue, transport, claim, me, now, variants)
-            report.sent_now += sent
-            done += handled
+            report.sent_now += _send_claimed(run, claim, rows)
+            done += len(rows)
 
-    report.counts = counts(ctx, issue_id)
-    report.failures = failures(ctx, issue_id)
+    report.counts, report.finished = _close_run(ctx, issue_id, now())
+    report.failures = failures(ctx, issue_id, tally=report.counts)
     if on_progress:
         on_progress(total - report.counts["pending"], total)
-    if not report.counts["pending"] and not batches_held(ctx, issue_id):
-        with ctx.db.session() as session:
-            row = session.get(Issue, issue_id)
-            if row is not None and row.status == "sending":
-                row.status, row.sent_at = "sent", now()
-        report.finished = True
     return report
 
 
-def _send_claimed(ctx: Context, issue: OutgoingIssue, transport: Transport, claim: Claim,
-                  me: str, now: Callable[[], datetime],
-                  variants: dict[int, RenderedIssue]) -> tuple[int, int]:
-    """Hand one claimed batch to the transport and record each outcome.
+def _close_run(ctx: Context, issue_id: int, now: datetime) -> tuple[Counter[str], bool]:
+    """Count the issue's deliveries onto its record, and mark it sent if nothing is left.
 
-    Return (accepted, deliveries handled).
+    Return (counts, finished).
     """
-    rows = _pending_rows(ctx, issue.issue_id, claim.first_id, claim.last_id)
+    with ctx.db.session() as session:
+        # The issue row's write lock comes first, so senders that end together write in
+        # turn, each counting everything the others committed before it.
+        session.execute(update(Issue).where(Issue.id == issue_id)
+                        .values(counts=Issue.counts)
+                        .execution_options(synchronize_session=False))
+        tally = _by_status(session, issue_id)
+        held = session.scalar(_held(issue_id))
+        finished = not tally["pending"] and not held
+        session.execute(update(Issue).where(Issue.id == issue_id).values(counts=dict(tally))
+                        .execution_options(synchronize_session=False))
+        if finished:
+            session.execute(update(Issue).where(Issue.id == issue_id,
+                                                Issue.status == "sending")
+                            .values(status="sent", sent_at=now)
+                            .execution_options(synchronize_session=False))
+    return tally, finished
+
+
+def _send_claimed(run: _Run, claim: Claim, rows: list[Row]) -> int:
+    """Hand one claimed batch (its pending ``rows``) to the transport and record each
+    outcome. Return how many were accepted."""
+    ctx, now = run.ctx, run.now
     left = [r[0] for r in rows if r[5] != "active"]
-    _set_status(ctx, left, "skipped", now=now(), only_from="pending",
-                error="no longer subscribed when the batch was sent")
     # Keyword segments get their own rendering; a batch rarely spans more than one.
     groups: dict[int | None, list[OutgoingRecipient]] = {}
     for d, sub, subn, email, name, status, variant in rows:
         if status == "active":
-            groups.setdefault(variant, []).append(
-                make_recipient(ctx, issue, d, sub, subn, email, name))
+            groups.setdefault(variant, []).append(run.make(d, sub, subn, email, name))
     # Committed before the hand-over: after a crash this batch reads "maybe sent". If the
     # claim was taken over meanwhile (our lease ran out), someone else sends it.
     lease = now() + timedelta(seconds=ctx.settings.send_lease_seconds)
-    if not _move_batch(ctx, claim.batch_id, "sending", now(), only_from="claimed",
-                       holder=me, claimer=me, lease=lease):
-        return 0, 0
+    with ctx.db.session() as session:
+        _set_status(ctx, session, left, "skipped", now=now(), only_from="pending",
+                    error="no longer subscribed when the batch was sent")
+        if not _move_batch(session, claim.batch_id, "sending", now(), only_from="claimed",
+                           holder=run.me, claimer=run.me, lease=lease):
+            return 0
     accepted = 0
-    for variant, recipients in groups.items():
+    last = len(groups) - 1
+    for i, (variant, recipients) in enumerate(groups.items()):
         try:
-            outcomes = transport.send_batch(variant_issue(ctx, issue, variant, variants),
-                                            recipients)
+            outcomes = run.transport.send_batch(
+                variant_issue(ctx, run.issue, variant, run.variants), recipients)
         except DeliveryError:
             # The transport knows nothing of this group went out (earlier groups are
             # recorded): the batch's pending rest can be tried again later.
-            _move_batch(ctx, claim.batch_id, "pending", now(), only_from="sending",
-                        holder=me)
+            with ctx.db.session() as session:
+                _move_batch(session, claim.batch_id, "pending", now(), only_from="sending",
+                            holder=run.me)
             raise
-        _record(ctx, outcomes, now())
+        with ctx.db.session() as session:
+            _record(ctx, session, outcomes, now())
+            if i == last:  # the outcomes and the batch's end in one transaction
+                _move_batch(session, claim.batch_id, "done", now(), only_from="sending",
+                            holder=run.me)
         accepted += sum(1 for o in outcomes if o.status == ACCEPTED)
-    _move_batch(ctx, claim.batch_id, "done", now(), only_from="sending", holder=me)
-    return accepted, len(rows)
+    if not groups:
+        with ctx.db.session() as session:
+            _move_batch(session, claim.batch_id, "done", now(), only_from="sending",
+                        holder=run.me)
+    return accepted
 
 
 def variant_issue(ctx: Context, issue: OutgoingIssue, variant_id: int | None,
@@ -436,8 +516,9 @@ def variant_issue(ctx: Context, issue: OutgoingIssue, variant_id: int | None,
     return replace(issue, rendered=rendered)
 
 
-def _record(ctx: Context, outcomes: Sequence[Outcome], now: datetime) -> None:
-    """Write each outcome onto its delivery record, in one transaction.
+def _record(ctx: Context, session: Session, outcomes: Sequence[Outcome],
+            now: datetime) -> None:
+    """Write each outcome onto its delivery record.
 
     Outcomes that say the same (a SendGrid batch shares one status and X-Message-Id) go
     in one UPDATE each.
@@ -446,10 +527,9 @@ def _record(ctx: Context, outcomes: Sequence[Outcome], now: datetime) -> None:
     for o in outcomes:
         key = (o.status, o.message_id, o.error[:2000] if o.error else None)
         groups.setdefault(key, []).append(o.delivery_id)
-    with ctx.db.session() as session:
-        for (status, message_id, error), ids in groups.items():
-            for start in range(0, len(ids), 1000):
-                session.execute(update(Delivery).where(_ids(ctx, ids[start:start + 1000]))
-                                .values(status=status, message_id=message_id, error=error,
-                                        updated_at=now, attempts=Delivery.attempts + 1)
-                                .execution_options(synchronize_session=False))
+    for (status, message_id, error), ids in groups.items():
+        for start in range(0, len(ids), 1000):
+            session.execute(update(Delivery).where(_ids(ctx, ids[start:start + 1000]))
+                            .values(status=status, message_id=message_id, error=error,
+                                    updated_at=now, attempts=Delivery.attempts + 1)
+                            .execution_options(synchronize_session=False))

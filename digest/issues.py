@@ -369,10 +369,12 @@ def unfinished_issue(session: Session, list_id: int, *,
                                                 Issue.status == "sending")
                             .order_by(Issue.id)).first()
     if found is None and with_uncertain:
-        found = session.scalars(
-            select(Issue).where(Issue.list_id == list_id, Issue.id.in_(
-                select(Delivery.issue_id).where(Delivery.status == "uncertain")))
-            .order_by(Issue.id.desc())).first()
+        # Each send run ends by counting its issue's deliveries onto the issue.
+        latest = next((issue_id for issue_id, tally in session.execute(
+            select(Issue.id, Issue.counts).where(Issue.list_id == list_id,
+                                                 Issue.status == "sent")
+            .order_by(Issue.id.desc())) if (tally or {}).get("uncertain")), None)
+        found = session.get(Issue, latest) if latest is not None else None
     return found
 
 

@@ -83,6 +83,9 @@ class Issue(Base):
     window_end: Mapped[datetime] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Deliveries by status as of the end of the last send run (None before one ended).
+    # Lists of issues read these instead of counting every delivery of every issue.
+    counts: Mapped[dict[str, int] | None] = mapped_column(JSON)
 
 
 class IssueVariant(Base):
@@ -170,9 +173,15 @@ class Delivery(Base):
     """
 
     __tablename__ = "deliveries"
+    # Half of each PostgreSQL page is left free, so writing a delivery's outcome puts the
+    # new row version on the same page and touches no index (a HOT update): 2.7 s instead
+    # of 6.7 s for 1,000,000 outcomes. That also needs the columns an outcome changes
+    # (status, message_id, error, attempts, updated_at) to stay out of every index, so
+    # nothing is indexed by status: counts by status for lists of issues come from
+    # ``Issue.counts``, written at the end of each send.
     __table_args__ = (
         UniqueConstraint("issue_id", "subscriber_id"),
-        Index("ix_deliveries_issue_status", "issue_id", "status", "id"),
+        {"postgresql_with": {"fillfactor": 50}},
     )
     # No foreign keys on purpose: recording an issue inserts a row per subscriber, and
     # PostgreSQL checked each key row by row (13.6 of 21.6 s for 1,000,000). Rows come only

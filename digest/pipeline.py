@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,6 +28,8 @@ from digest.issues import (
 from digest.transports import Transport, make_transport
 from subscribers.lists import get_list
 from subscribers.optin import expire_pending
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -101,6 +105,7 @@ def run_list(ctx: Context, list_name: str, *, collect_first: bool = True,
         return RunResult(list_name, collected, None, declined=True)
     # A sandbox run validates the send and then forgets the issue: it must not count as
     # sent, or the real subscribers would never get these entries.
+    started = time.perf_counter()
     try:
         issue_id = record_issue(ctx, draft, now=now,
                                 status="sandbox" if sandbox else "sending")
@@ -110,10 +115,15 @@ def run_list(ctx: Context, list_name: str, *, collect_first: bool = True,
         # Another `digest send` built this issue first: help send it instead.
         return run_list(ctx, list_name, collect_first=False, transport=transport, now=now,
                         on_progress=on_progress, should_stop=should_stop, join_only=True)
+    log.info("issue %d of %s recorded with its deliveries in %.1f s", draft.number,
+             list_name, time.perf_counter() - started)
     if on_issue is not None and not sandbox:
         on_issue(issue_id)
+    started = time.perf_counter()
     report = deliver(ctx, issue_id, transport, sandbox=sandbox, on_progress=on_progress,
                      should_stop=should_stop)
+    log.info("issue %d of %s: this run handed over %d messages in %.1f s", draft.number,
+             list_name, report.sent_now, time.perf_counter() - started)
     if sandbox:
         discard_sandbox_issues(ctx, list_id)
     return RunResult(list_name, collected, report, warnings=draft.rendered.warnings)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
 from pathlib import Path
+from typing import NamedTuple
 
 import jinja2
 import premailer
@@ -34,6 +35,9 @@ PLACEHOLDERS = {
     "preferences_url": ("__DIGEST_PREFERENCES_URL__", "__DIGEST_PREFERENCES_URL_TEXT__"),
     "name": ("__DIGEST_NAME__", "__DIGEST_NAME_TEXT__"),
 }
+_UNSUBSCRIBE_HTML, _UNSUBSCRIBE_TEXT = PLACEHOLDERS["unsubscribe_url"]
+_PREFERENCES_HTML, _PREFERENCES_TEXT = PLACEHOLDERS["preferences_url"]
+_NAME_HTML, _NAME_TEXT = PLACEHOLDERS["name"]
 _TOKEN = re.compile(r"(__DIGEST_[A-Z_]+?__)")
 GMAIL_CLIP_BYTES = 102_000
 
@@ -81,9 +85,9 @@ class IssueContent:
         return summary_line(self.sections)
 
 
-@dataclass(frozen=True)
-class Recipient:
-    """Per-recipient values filled into a rendered issue."""
+class Recipient(NamedTuple):
+    """Per-recipient values filled into a rendered issue (a named tuple: a send makes one
+    per reader)."""
 
     unsubscribe_url: str
     preferences_url: str
@@ -92,13 +96,15 @@ class Recipient:
     def values(self) -> dict[str, str]:
         """Placeholder token → value, escaped for the part it goes into."""
         greeting = self.name.strip() or "there"
-        raw = {"unsubscribe_url": self.unsubscribe_url,
-               "preferences_url": self.preferences_url, "name": greeting}
-        out = {}
-        for key, (html_token, text_token) in PLACEHOLDERS.items():
-            out[html_token] = html.escape(raw[key], quote=True)
-            out[text_token] = raw[key]
-        return out
+        escape = html.escape
+        return {
+            _UNSUBSCRIBE_HTML: escape(self.unsubscribe_url),
+            _UNSUBSCRIBE_TEXT: self.unsubscribe_url,
+            _PREFERENCES_HTML: escape(self.preferences_url),
+            _PREFERENCES_TEXT: self.preferences_url,
+            _NAME_HTML: escape(greeting),
+            _NAME_TEXT: greeting,
+        }
 
 
 class _Filler:

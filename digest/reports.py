@@ -2,33 +2,34 @@
 
 from __future__ import annotations
 
-from sqlalchemy import func, select
+from sqlalchemy import select
+from sqlalchemy.orm import load_only
 
 from digest.context import Context
 from digest.delivery import counts, failures
 from digest.issues import get_issue
-from digest.models import Delivery, Issue
+from digest.models import Issue
 from subscribers.lists import get_list
 from subscribers.models import MailingList
 
 
-def issue_rows(ctx: Context, list_name: str | None = None) -> list[tuple[str, ...]]:
-    """One row per issue, newest first, with delivery counts."""
+def issue_rows(ctx: Context, list_name: str | None = None,
+               limit: int | None = None) -> list[tuple[str, ...]]:
+    """One row per issue (the newest ``limit``), newest first, with delivery counts."""
     with ctx.db.session() as session:
         query = (select(Issue, MailingList.name).join(MailingList,
                                                       MailingList.id == Issue.list_id)
-                 .order_by(Issue.id.desc()))
+                 .options(load_only(Issue.id, Issue.number, Issue.subject, Issue.status,
+                                    Issue.created_at, Issue.counts))
+                 .order_by(Issue.id.desc()).limit(limit))
         if list_name:
             query = query.where(Issue.list_id == get_list(session, list_name).id)
         issues = session.execute(query).all()
-        tallies: dict[int, dict[str, int]] = {}
-        for issue_id, status, n in session.execute(
-                select(Delivery.issue_id, Delivery.status, func.count())
-                .group_by(Delivery.issue_id, Delivery.status)):
-            tallies.setdefault(issue_id, {})[status] = n
     rows: list[tuple[str, ...]] = []
     for issue, name in issues:
-        t = tallies.get(issue.id, {})
+        # Counted at the end of each send run; an issue being sent is counted now.
+        t = counts(ctx, issue.id) if issue.status == "sending" or issue.counts is None \
+            else issue.counts
         rows.append((str(issue.id), name, str(issue.number), issue.subject, issue.status,
                      issue.created_at.strftime("%Y-%m-%d %H:%M"), str(t.get("accepted", 0)),
                      str(t.get("failed", 0)), str(t.get("uncertain", 0))))
@@ -50,7 +51,7 @@ def describe_issue(ctx: Context, issue_id: int) -> list[str]:
         "Deliveries: " + ", ".join(f"{k} {v}" for k, v in sorted(tally.items()))
         + f" (total {sum(tally.values())})",
     ]
-    problems = failures(ctx, issue_id)
+    problems = failures(ctx, issue_id, tally=tally)
     if problems:
         lines.append("Failed or uncertain:")
         lines.extend(f"  {email}: {reason}" for email, reason in problems)

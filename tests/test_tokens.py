@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hmac
+
 import pytest
 from itsdangerous import URLSafeSerializer
 
-from subscribers.tokens import InvalidToken, Tokens
+from subscribers.tokens import InvalidToken, Tokens, _Sha1Hmac
 
 
 @pytest.mark.parametrize("purpose", ["unsubscribe", "preferences"])
@@ -18,6 +20,12 @@ def test_fast_tokens_are_exactly_itsdangerous_tokens(purpose: str) -> None:
         assert tokens.read(purpose, made) == value
     # Past ~10^11 itsdangerous would compress the payload; ours stays plain and reads back.
     assert tokens.read(purpose, tokens.make(purpose, 10**15)) == 10**15
+
+
+@pytest.mark.parametrize("key", [b"", b"k", b"x" * 20, b"y" * 64, b"z" * 65, bytes(range(200))])
+def test_the_fast_hmac_is_hmac_sha1(key: bytes) -> None:
+    for data in (b"", b"MTIz", b"a" * 1000):
+        assert _Sha1Hmac(key).digest(data) == hmac.digest(key, data, "sha1")
 
 
 def test_rotation_tampering_and_purpose() -> None:

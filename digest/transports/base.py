@@ -7,8 +7,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from email.message import EmailMessage
-from types import TracebackType
-from typing import ClassVar, Self
+from types import MappingProxyType, TracebackType
+from typing import ClassVar, NamedTuple, Self
 
 from digest.messages import address_for_header, compose
 from digest.rendering import Recipient, RenderedIssue
@@ -43,8 +43,12 @@ class OutgoingIssue:
     sandbox: bool = False
 
 
-@dataclass(frozen=True)
-class OutgoingRecipient:
+NO_HEADERS: Mapping[str, str] = MappingProxyType({})
+
+
+# Recipients and outcomes are named tuples: a send makes two million of them, and a tuple
+# is made in a third of the time of a frozen dataclass.
+class OutgoingRecipient(NamedTuple):
     """One recipient of a batch, with the values and headers that are theirs alone."""
 
     delivery_id: int
@@ -52,12 +56,11 @@ class OutgoingRecipient:
     email: str
     name: str
     values: Recipient
-    headers: Mapping[str, str] = field(default_factory=dict)  # List-Unsubscribe…
+    headers: Mapping[str, str] = NO_HEADERS  # List-Unsubscribe…
     message_id: str = ""
 
 
-@dataclass(frozen=True)
-class Outcome:
+class Outcome(NamedTuple):
     """What happened to one recipient of a batch."""
 
     delivery_id: int
