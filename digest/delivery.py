@@ -10,17 +10,29 @@ reported uncertain — never silently resent. docs/architecture.md has the whole
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import secrets
 import socket
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, Integer, Select, any_, bindparam, func, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Integer,
+    Select,
+    any_,
+    bindparam,
+    func,
+    select,
+    update,
+)
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
@@ -135,11 +147,10 @@ def _of_issue(issue_id: int) -> ColumnElement[bool]:
     return Delivery.issue_id + 0 == issue_id
 
 
-def _pending_rows(session: Session, issue_id: int, first_id: int, last_id: int) -> list[Row]:
+def _pending_rows(conn: Connection, issue_id: int, first_id: int, last_id: int) -> list[Row]:
     """Pending deliveries of a batch: (delivery, subscriber, subscription, email, name,
     subscription status, variant)."""
-    # Core on the session's connection: the ORM layer adds nothing to a column query.
-    return [tuple(r) for r in session.connection().execute(  # type: ignore[misc]
+    return [tuple(r) for r in conn.execute(  # type: ignore[misc]
         select(Delivery.id, Delivery.subscriber_id, Delivery.subscription_id,
                Subscriber.email, Subscriber.name, Subscription.status, Delivery.variant_id)
         .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
@@ -149,7 +160,7 @@ def _pending_rows(session: Session, issue_id: int, first_id: int, last_id: int) 
         .order_by(Delivery.id))]
 
 
-def _set_status(ctx: Context, session: Session, ids: Sequence[int], status: str, *,
+def _set_status(ctx: Context, conn: Connection, ids: Sequence[int], status: str, *,
                 now: datetime, error: str | None = None, only_from: str | None = None,
                 count_attempt: bool = False) -> None:
     """Move deliveries to ``status``; ``only_from`` makes it conditional on the current one."""
@@ -160,10 +171,10 @@ def _set_status(ctx: Context, session: Session, ids: Sequence[int], status: str,
         values["attempts"] = Delivery.attempts + 1
     for start in range(0, len(ids), 1000):
         query = (update(Delivery).where(_ids(ctx, ids[start:start + 1000]))
-                 .values(**values).execution_options(synchronize_session=False))
+                 .values(**values))
         if only_from is not None:
             query = query.where(Delivery.status == only_from)
-        session.execute(query)
+        conn.execute(query)
 
 
 # Claimer ids of the sends running in this process (a web request and the scheduler may
@@ -205,16 +216,15 @@ class Claim:
     last_id: int
 
 
-def _move_batch(session: Session, batch_id: int, status: str, now: datetime, *,
+def _move_batch(conn: Connection, batch_id: int, status: str, now: datetime, *,
                 only_from: str, holder: str | None = None, lease: datetime | None = None,
                 claimer: str | None = None) -> bool:
     """Move one batch between states; False if it was not in the expected state (taken)."""
     query = (update(SendBatch).where(SendBatch.id == batch_id, SendBatch.status == only_from)
-             .values(status=status, updated_at=now, claimed_by=claimer, lease_until=lease)
-             .execution_options(synchronize_session=False))
+             .values(status=status, updated_at=now, claimed_by=claimer, lease_until=lease))
     if holder is not None:
         query = query.where(SendBatch.claimed_by == holder)
-    return bool(session.scalars(query.returning(SendBatch.id)).all())
+    return conn.execute(query.returning(SendBatch.id)).first() is not None
 
 
 def settle_abandoned(ctx: Context, issue: OutgoingIssue, transport: Transport,
@@ -237,23 +247,22 @@ def settle_abandoned(ctx: Context, issue: OutgoingIssue, transport: Transport,
         if by == me or not claimer_gone(by, lease, now):
             continue
         if status == "claimed":
-            with ctx.db.session() as session:
-                _move_batch(session, batch_id, "pending", now, only_from="claimed",
-                            holder=by)
+            with ctx.db.engine.begin() as conn:
+                _move_batch(conn, batch_id, "pending", now, only_from="claimed", holder=by)
             continue
-        with ctx.db.session() as session:
-            rows = _pending_rows(session, issue.issue_id, first_id, last_id)
+        with ctx.db.engine.begin() as conn:
+            rows = _pending_rows(conn, issue.issue_id, first_id, last_id)
         recipients = [make(d, sub, subn, email, name) for d, sub, subn, email, name, _, _
                       in rows]
         confirmed = transport.already_sent(issue, recipients)
         unsure = [r.delivery_id for r in recipients if r.delivery_id not in confirmed]
-        with ctx.db.session() as session:
-            _set_status(ctx, session, sorted(confirmed), ACCEPTED, now=now,
-                        only_from="pending", count_attempt=True)
-            _set_status(ctx, session, unsure, UNCERTAIN, now=now, only_from="pending",
+        with ctx.db.engine.begin() as conn:
+            _set_status(ctx, conn, sorted(confirmed), ACCEPTED, now=now, only_from="pending",
+                        count_attempt=True)
+            _set_status(ctx, conn, unsure, UNCERTAIN, now=now, only_from="pending",
                         count_attempt=True,
                         error="the send stopped while this message was being handed over")
-            _move_batch(session, batch_id, "done", now, only_from="sending", holder=by)
+            _move_batch(conn, batch_id, "done", now, only_from="sending", holder=by)
         confirmed_total += len(confirmed)
         uncertain_total += len(unsure)
     if uncertain_total:
@@ -263,7 +272,7 @@ def settle_abandoned(ctx: Context, issue: OutgoingIssue, transport: Transport,
     return confirmed_total, uncertain_total
 
 
-def claim_batch(ctx: Context, session: Session, issue_id: int, me: str,
+def claim_batch(ctx: Context, conn: Connection, issue_id: int, me: str,
                 now: datetime) -> Claim | None:
     """Claim the next pending batch of an issue for this process, under a lease.
 
@@ -274,18 +283,17 @@ def claim_batch(ctx: Context, session: Session, issue_id: int, me: str,
                  .where(SendBatch.issue_id == issue_id, SendBatch.status == "pending")
                  .order_by(SendBatch.id).limit(1))
     lease = now + timedelta(seconds=ctx.settings.send_lease_seconds)
-    claim = (update(SendBatch).values(status="claimed", claimed_by=me, lease_until=lease,
-                                      updated_at=now)
-             .execution_options(synchronize_session=False))
+    claim = update(SendBatch).values(status="claimed", claimed_by=me, lease_until=lease,
+                                     updated_at=now)
     if ctx.db.is_postgres:
         # A CTE is evaluated once; an IN (subquery … LIMIT) may be re-scanned.
         picked = candidate.with_for_update(skip_locked=True).cte("picked")
         claim = claim.where(SendBatch.id == picked.c.id)
     else:
         claim = claim.where(SendBatch.id.in_(candidate.scalar_subquery()))
-    row = session.execute(claim.where(SendBatch.status == "pending")
-                          .returning(SendBatch.id, SendBatch.first_id, SendBatch.last_id)
-                          ).first()
+    row = conn.execute(claim.where(SendBatch.status == "pending")
+                       .returning(SendBatch.id, SendBatch.first_id, SendBatch.last_id)
+                       ).first()
     return Claim(*row) if row else None
 
 
@@ -362,11 +370,17 @@ def deliver(ctx: Context, issue_id: int, transport: Transport, *,
     report = SendReport(issue_id, issue.list_name, issue.number, issue.rendered.subject)
     me = worker_identity()
     _LIVE_CLAIMERS.add(me)
+    # Each batch's thousands of short-lived objects keep pushing the garbage collector
+    # into full collections, which walk every object of the process (the ORM's caches,
+    # every module). Frozen, the objects that exist now are left out of those walks until
+    # the send ends: 11.0 s → 9.4 s for 300,000 recipients.
+    gc.freeze()
     try:
         return _deliver(ctx, issue, report, transport, me, resend_uncertain=resend_uncertain,
                         on_progress=on_progress, should_stop=should_stop, now=now,
                         sleep=sleep)
     finally:
+        gc.unfreeze()
         _LIVE_CLAIMERS.discard(me)
 
 
@@ -380,7 +394,16 @@ class _Run:
     me: str
     now: Callable[[], datetime]
     make: RecipientMaker
+    # One connection for the whole send, a transaction per step: checking one out of the
+    # pool for each step (with its liveness ping) cost a tenth of a sender's time.
+    conn: Connection
     variants: dict[int, RenderedIssue] = field(default_factory=dict)  # segments' renderings
+
+    @contextmanager
+    def step(self) -> Iterator[Connection]:
+        """One committed step of the send."""
+        with self.conn.begin():
+            yield self.conn
 
 
 def _deliver(ctx: Context, issue: OutgoingIssue, report: SendReport, transport: Transport,
@@ -388,8 +411,8 @@ def _deliver(ctx: Context, issue: OutgoingIssue, report: SendReport, transport: 
              should_stop: Callable[[], bool] | None, now: Callable[[], datetime],
              sleep: Callable[[float], None]) -> SendReport:
     issue_id = issue.issue_id
-    run = _Run(ctx, issue, transport, me, now, RecipientMaker(ctx, issue))
-    with transport:
+    with transport, ctx.db.engine.connect() as conn:
+        run = _Run(ctx, issue, transport, me, now, RecipientMaker(ctx, issue), conn)
         settle_abandoned(ctx, issue, transport, now(), me)
         if resend_uncertain:
             with ctx.db.session() as session:
@@ -409,9 +432,9 @@ def _deliver(ctx: Context, issue: OutgoingIssue, report: SendReport, transport: 
                 break
             if on_progress:
                 on_progress(done, total)
-            with ctx.db.session() as session:
-                claim = claim_batch(ctx, session, issue_id, me, now())
-                rows = (_pending_rows(session, issue_id, claim.first_id, claim.last_id)
+            with run.step():
+                claim = claim_batch(ctx, conn, issue_id, me, now())
+                rows = (_pending_rows(conn, issue_id, claim.first_id, claim.last_id)
                         if claim else [])
             if claim is None:
                 if not batches_held(ctx, issue_id):
@@ -468,10 +491,10 @@ def _send_claimed(run: _Run, claim: Claim, rows: list[Row]) -> int:
     # Committed before the hand-over: after a crash this batch reads "maybe sent". If the
     # claim was taken over meanwhile (our lease ran out), someone else sends it.
     lease = now() + timedelta(seconds=ctx.settings.send_lease_seconds)
-    with ctx.db.session() as session:
-        _set_status(ctx, session, left, "skipped", now=now(), only_from="pending",
+    with run.step() as conn:
+        _set_status(ctx, conn, left, "skipped", now=now(), only_from="pending",
                     error="no longer subscribed when the batch was sent")
-        if not _move_batch(session, claim.batch_id, "sending", now(), only_from="claimed",
+        if not _move_batch(conn, claim.batch_id, "sending", now(), only_from="claimed",
                            holder=run.me, claimer=run.me, lease=lease):
             return 0
     accepted = 0
@@ -483,19 +506,19 @@ def _send_claimed(run: _Run, claim: Claim, rows: list[Row]) -> int:
         except DeliveryError:
             # The transport knows nothing of this group went out (earlier groups are
             # recorded): the batch's pending rest can be tried again later.
-            with ctx.db.session() as session:
-                _move_batch(session, claim.batch_id, "pending", now(), only_from="sending",
+            with run.step() as conn:
+                _move_batch(conn, claim.batch_id, "pending", now(), only_from="sending",
                             holder=run.me)
             raise
-        with ctx.db.session() as session:
-            _record(ctx, session, outcomes, now())
+        with run.step() as conn:
+            _record(ctx, conn, outcomes, now())
             if i == last:  # the outcomes and the batch's end in one transaction
-                _move_batch(session, claim.batch_id, "done", now(), only_from="sending",
+                _move_batch(conn, claim.batch_id, "done", now(), only_from="sending",
                             holder=run.me)
         accepted += sum(1 for o in outcomes if o.status == ACCEPTED)
     if not groups:
-        with ctx.db.session() as session:
-            _move_batch(session, claim.batch_id, "done", now(), only_from="sending",
+        with run.step() as conn:
+            _move_batch(conn, claim.batch_id, "done", now(), only_from="sending",
                         holder=run.me)
     return accepted
 
@@ -516,7 +539,7 @@ def variant_issue(ctx: Context, issue: OutgoingIssue, variant_id: int | None,
     return replace(issue, rendered=rendered)
 
 
-def _record(ctx: Context, session: Session, outcomes: Sequence[Outcome],
+def _record(ctx: Context, conn: Connection, outcomes: Sequence[Outcome],
             now: datetime) -> None:
     """Write each outcome onto its delivery record.
 
@@ -529,7 +552,6 @@ def _record(ctx: Context, session: Session, outcomes: Sequence[Outcome],
         groups.setdefault(key, []).append(o.delivery_id)
     for (status, message_id, error), ids in groups.items():
         for start in range(0, len(ids), 1000):
-            session.execute(update(Delivery).where(_ids(ctx, ids[start:start + 1000]))
-                            .values(status=status, message_id=message_id, error=error,
-                                    updated_at=now, attempts=Delivery.attempts + 1)
-                            .execution_options(synchronize_session=False))
+            conn.execute(update(Delivery).where(_ids(ctx, ids[start:start + 1000]))
+                         .values(status=status, message_id=message_id, error=error,
+                                 updated_at=now, attempts=Delivery.attempts + 1))
