@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import functools
 import logging
+import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -316,6 +318,20 @@ def print_send(report: SendReport) -> None:
                   "`digest send --list " + report.list_name + " --resend-uncertain`.")
 
 
+@contextmanager
+def _stop_on_sigterm(stop: threading.Event) -> Iterator[None]:
+    """While inside, SIGTERM sets ``stop`` (a send then stops at its next batch boundary,
+    and the next send resumes it) instead of killing the process mid-batch."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 @cli.command("send")
 @click.option("--list", "list_name", required=True, help="The list to send to.")
 @click.option("--no-collect", is_flag=True, help="Do not fetch feeds first.")
@@ -327,11 +343,14 @@ def print_send(report: SendReport) -> None:
 @click.option("--worker", is_flag=True,
               help="Only help send the issue of this list that is being sent (several "
                    "workers on PostgreSQL share its batches); never collect or build one.")
+@click.option("--wait-for-issue", type=click.FloatRange(0), default=0.0, metavar="SECONDS",
+              help="With --worker: wait up to SECONDS for an issue of the list to start "
+                   "being sent.")
 @click.option("--jobs", "-j", type=click.IntRange(1, 32), default=1, show_default=True,
               help="Processes that send together (this one plus JOBS-1 workers).")
 @boundary
 def send_cmd(list_name: str, no_collect: bool, yes: bool, resend_uncertain: bool,
-             sandbox: bool, worker: bool, jobs: int) -> None:
+             sandbox: bool, worker: bool, wait_for_issue: float, jobs: int) -> None:
     """Collect, build the next issue of a list and send it to its active subscribers.
 
     Running it again never sends an issue twice to anyone; an interrupted send resumes.
@@ -341,43 +360,56 @@ def send_cmd(list_name: str, no_collect: bool, yes: bool, resend_uncertain: bool
     ctx = state().ctx
     interactive = _interactive()
 
-    def confirm(draft: Draft, audience: int) -> bool:
-        if yes or not interactive:
-            return True
-        people = f"{audience} subscriber" + ("" if audience == 1 else "s")
-        return click.confirm(f"Send issue {draft.number} {draft.rendered.subject!r} "
-                             f"({sum(len(s.entries) for s in draft.sections)} entries) to "
-                             f"{people} of {list_name}?", err=True)
-
     helpers: list[subprocess.Popen[bytes]] = []
+    sending = [False]  # whether an issue started going out
+    stop = threading.Event()
 
-    def start_helpers(_issue_id: int) -> None:
+    def start_helpers() -> None:
+        if helpers or jobs == 1 or worker or sandbox:
+            return
         st = state()
         argv = [sys.executable, "-m", "digest"]
         if st.config_path:
             argv += ["--config", st.config_path]
         for item in st.overrides:
             argv += ["--set", item]
-        argv += ["send", "--list", list_name, "--worker", "--yes"]
+        argv += ["send", "--list", list_name, "--worker", "--yes", "--wait-for-issue", "300"]
         for _ in range(jobs - 1):
             helpers.append(subprocess.Popen(argv, stdin=subprocess.DEVNULL,
                                             stdout=subprocess.DEVNULL,
                                             stderr=subprocess.PIPE))
 
+    def confirm(draft: Draft, audience: int) -> bool:
+        people = f"{audience} subscriber" + ("" if audience == 1 else "s")
+        go = yes or not interactive or click.confirm(
+            f"Send issue {draft.number} {draft.rendered.subject!r} "
+            f"({sum(len(s.entries) for s in draft.sections)} entries) to {people} of "
+            f"{list_name}?", err=True)
+        if go:
+            start_helpers()  # they start up while the issue and its deliveries are recorded
+        return go
+
+    def on_issue(_issue_id: int) -> None:
+        sending[0] = True
+        start_helpers()
+
     collected: CollectReport | None = None
     if not no_collect and not worker:
         collected = _collect_with_progress(ctx)
         print_collect(collected)
-    with progress_bar(f"Sending {list_name}", enabled=interactive) as update:
+    with progress_bar(f"Sending {list_name}", enabled=interactive) as update, \
+            _stop_on_sigterm(stop):
         try:
             result = run_list(ctx, list_name, collect_first=False, on_progress=update,
                               resend_uncertain=resend_uncertain, confirm=confirm,
-                              sandbox=sandbox, join_only=worker,
-                              on_issue=start_helpers if jobs > 1 else None)
+                              sandbox=sandbox, join_only=worker, on_issue=on_issue,
+                              wait_for_issue=wait_for_issue, should_stop=stop.is_set)
         finally:
             for helper in helpers:
+                if not sending[0] or stop.is_set():
+                    helper.terminate()  # waiting for an issue, or told to stop
                 _, problem = helper.communicate()
-                if helper.returncode:
+                if helper.returncode and sending[0]:
                     err.print(f"[yellow]a worker exited with status {helper.returncode}:"
                               f"[/yellow] {problem.decode(errors='replace').strip()[-500:]}")
     for warning in result.warnings:
@@ -392,7 +424,9 @@ def send_cmd(list_name: str, no_collect: bool, yes: bool, resend_uncertain: bool
     if result.resumed:
         err.print(f"Resumed issue {result.send.number}, whose send had been interrupted.")
     print_send(result.send)
-    if not result.send.ok:
+    if result.send.stopped:
+        err.print(f"Stopped before the end; `digest send --list {list_name}` resumes it.")
+    if not result.send.ok or result.send.stopped:
         sys.exit(1)
 
 

@@ -294,8 +294,9 @@ def _record_issue(ctx: Context, draft: Draft, now: datetime, status: str) -> int
                                    section=section.title, position=position)
                         for section in draft.sections
                         for position, placed in enumerate(section.entries))
-        _add_deliveries(ctx, session, draft, issue.id, now)
-        add_batches(session, issue.id, ctx.settings.batch_size, now)
+        first, last = _add_deliveries(ctx, session, draft, issue.id, now)
+        if first is not None and last is not None:
+            add_batch_ranges(session, issue.id, first, last, ctx.settings.batch_size, now)
         return issue.id
 
 
@@ -303,8 +304,9 @@ NOTHING_MATCHES = "none of your keywords has anything new in this issue"
 
 
 def _add_deliveries(ctx: Context, session: Session, draft: Draft, issue_id: int,
-                    now: datetime) -> None:
-    """One delivery per active subscription, each with its segment's rendering.
+                    now: datetime) -> tuple[int | None, int | None]:
+    """One delivery per active subscription, each with its segment's rendering; return
+    the first and last delivery id.
 
     Subscribers without preferences get the full issue. Those whose keywords have
     nothing new are recorded as skipped (or get the full issue, if the list says so).
@@ -335,18 +337,41 @@ def _add_deliveries(ctx: Context, session: Session, draft: Draft, issue_id: int,
             .select_from(Subscription)
             .outerjoin(seg, seg.c.segment == Subscription.segment)
             .where(*active).subquery())
-    session.execute(insert(Delivery).from_select(
+    add = insert(Delivery).from_select(
         ["issue_id", "subscriber_id", "subscription_id", "status", "error", "variant_id",
          "attempts", "updated_at"],
         select(literal(issue_id), subs.c.subscriber_id, subs.c.id, subs.c.status,
                case((subs.c.status == "skipped", NOTHING_MATCHES), else_=None),
                subs.c.variant_id, literal(0), literal(now, type_=Delivery.updated_at.type))
-        .order_by(subs.c.variant_id, subs.c.id)))
+        .order_by(subs.c.variant_id, subs.c.id))
+    if ctx.db.is_postgres:
+        # The insert's own RETURNING gives the ids: looking them up again afterwards
+        # means reading every new row (there is no index on the issue and id).
+        added = add.returning(Delivery.id).cte("added")
+        first, last = session.execute(select(func.min(added.c.id),
+                                             func.max(added.c.id))).one()
+    else:
+        session.execute(add)
+        # SQLite's (issue_id, subscriber_id) index holds the rowid: no table reads.
+        first, last = session.execute(select(func.min(Delivery.id), func.max(Delivery.id))
+                                      .where(Delivery.issue_id == issue_id)).one()
+    return first, last
+
+
+def add_batch_ranges(session: Session, issue_id: int, first: int, last: int, size: int,
+                     now: datetime) -> None:
+    """Cut the ids ``first``…``last`` of a newly recorded issue into send batches of at most
+    ``size`` deliveries (fewer where ids belong to another issue or were skipped)."""
+    session.execute(insert(SendBatch), [
+        {"issue_id": issue_id, "first_id": start, "last_id": min(last, start + size - 1),
+         "status": "pending", "updated_at": now}
+        for start in range(first, last + 1, size)])
 
 
 def add_batches(session: Session, issue_id: int, size: int, now: datetime,
                 status: str = "pending") -> None:
-    """Cut an issue's deliveries in ``status`` into send batches of ``size`` by id."""
+    """Cut an issue's deliveries in ``status`` into send batches of ``size`` by id (for
+    deliveries scattered through the issue: uncertain ones to send again)."""
     numbered = (select(Delivery.id.label("id"),
                        ((func.row_number().over(order_by=Delivery.id) - 1) // size)
                        .label("batch"))

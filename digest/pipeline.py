@@ -59,7 +59,7 @@ def run_list(ctx: Context, list_name: str, *, collect_first: bool = True,
              confirm: Callable[[Draft, int], bool] | None = None,
              join_only: bool = False,
              on_issue: Callable[[int], None] | None = None,
-             allow_empty: bool = False) -> RunResult:
+             allow_empty: bool = False, wait_for_issue: float = 0.0) -> RunResult:
     """Collect (unless told not to), then finish an interrupted issue or send a new one.
 
     ``on_issue`` is called with the issue's id just before delivery starts (the CLI starts
@@ -69,7 +69,8 @@ def run_list(ctx: Context, list_name: str, *, collect_first: bool = True,
     entries is sent rather than nothing.
 
     With ``join_only`` (``digest send --worker``) it only helps send the list's issue that
-    is being sent, if there is one, and never collects or builds an issue.
+    is being sent, if there is one (waiting up to ``wait_for_issue`` seconds for one to
+    start), and never collects or builds an issue.
     """
     now = now or utcnow()
     with ctx.db.session() as session:
@@ -77,9 +78,15 @@ def run_list(ctx: Context, list_name: str, *, collect_first: bool = True,
     if not join_only:
         discard_sandbox_issues(ctx, list_id)
         expire_pending(ctx, now=now)  # unconfirmed sign-ups past their time
-    with ctx.db.session() as session:
-        pending = unfinished_issue(session, list_id, with_uncertain=resend_uncertain)
-        pending_id = pending.id if pending else None
+    deadline = time.monotonic() + (wait_for_issue if join_only else 0.0)
+    while True:
+        with ctx.db.session() as session:
+            pending = unfinished_issue(session, list_id, with_uncertain=resend_uncertain)
+            pending_id = pending.id if pending else None
+        if (pending_id is not None or time.monotonic() >= deadline
+                or (should_stop is not None and should_stop())):
+            break
+        time.sleep(0.2)
     if pending_id is not None and sandbox:
         raise DigestError(f"an issue of {list_name} is still being sent; a sandbox run "
                           "would mark it delivered without delivering it",
@@ -87,7 +94,7 @@ def run_list(ctx: Context, list_name: str, *, collect_first: bool = True,
     transport = transport or make_transport(ctx.settings)
     if pending_id is not None:
         # An issue whose send was interrupted goes out first, as it was built.
-        if on_issue is not None and not join_only:
+        if on_issue is not None:
             on_issue(pending_id)
         report = deliver(ctx, pending_id, transport, resend_uncertain=resend_uncertain,
                          sandbox=sandbox, on_progress=on_progress, should_stop=should_stop)
@@ -114,7 +121,8 @@ def run_list(ctx: Context, list_name: str, *, collect_first: bool = True,
             raise
         # Another `digest send` built this issue first: help send it instead.
         return run_list(ctx, list_name, collect_first=False, transport=transport, now=now,
-                        on_progress=on_progress, should_stop=should_stop, join_only=True)
+                        on_progress=on_progress, should_stop=should_stop, join_only=True,
+                        on_issue=on_issue)
     log.info("issue %d of %s recorded with its deliveries in %.1f s", draft.number,
              list_name, time.perf_counter() - started)
     if on_issue is not None and not sandbox:

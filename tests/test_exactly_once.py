@@ -182,3 +182,48 @@ def test_jobs_split_one_send_across_processes(tmp_path: Path, feed_server: FeedS
     assert 0 < sent_here < 3000, "the helpers sent part of the issue"
     check_exactly_once(ctx, standin, active)
     ctx.close()
+
+
+def test_jobs_with_nothing_to_send_end_at_once(tmp_path: Path, standin: SendGridStandIn,
+                                               feed_server: FeedServer) -> None:
+    # Helpers start before the issue is recorded and wait for it; when there is none,
+    # they are let go at once rather than after their wait.
+    ctx = Context.open(make_settings(tmp_path, f"sqlite:///{tmp_path / 'none.db'}"))
+    populate(ctx, 10)
+    env = child_env(ctx, standin)
+    started = time.monotonic()
+    process = send(env, "--jobs", "3")
+    output = process.communicate(timeout=120)[0].decode()
+    assert process.returncode == 0, output
+    assert "nothing sent" in output
+    assert "worker exited" not in output
+    assert time.monotonic() - started < 30
+    ctx.close()
+
+
+def test_sigterm_stops_a_send_between_batches_and_the_next_send_resumes(
+        tmp_path: Path, feed_server: FeedServer, standin: SendGridStandIn) -> None:
+    ctx = Context.open(make_settings(tmp_path, f"sqlite:///{tmp_path / 'term.db'}"))
+    add_feed(ctx.db, feed_server.add("/f.xml", body=rss([recap(1)])))
+    collect(ctx.db, ctx.settings)
+    active = populate(ctx, 2_000)
+    standin.delay = 0.2
+    env = child_env(ctx, standin, DIGEST_BATCH_SIZE="100")
+    process = send(env)
+    while len(standin.accepted) < 300:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    output = process.communicate(timeout=120)[0].decode()
+    assert process.returncode == 1, output
+    assert "resumes it" in output
+    with ctx.db.session() as s:
+        by_status = dict(s.execute(select(Delivery.status, func.count())
+                                   .group_by(Delivery.status)).all())
+    # Stopped between batches: nothing in flight was left uncertain.
+    assert "uncertain" not in by_status and by_status["pending"] > 0, by_status
+    resumed = send(env)
+    output = resumed.communicate(timeout=300)[0].decode()
+    assert resumed.returncode == 0, output
+    assert "Resumed issue 1" in output
+    check_exactly_once(ctx, standin, active)
+    ctx.close()
