@@ -133,11 +133,14 @@ def cpu_seconds(pid: int | None = None) -> float:
 
 
 def timed_floor(n: int, port: int, counter: object, standin_pid: int) -> float:
-    """Run the floor once and print its wall and CPU time."""
+    """Run the floor once in a fresh process, as ours runs, and print its wall and CPU
+    time (the process's start-up is left out, which favours the floor)."""
     standin_before = cpu_seconds(standin_pid)
-    started = resource.getrusage(resource.RUSAGE_SELF)
-    seconds = floor(n, port)
-    used = resource.getrusage(resource.RUSAGE_SELF)
+    started = resource.getrusage(resource.RUSAGE_CHILDREN)
+    done = subprocess.run([sys.executable, __file__, "--floor", str(n), str(port)],
+                          capture_output=True, text=True, check=True)
+    seconds = float(done.stdout.strip())
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
     with counter.get_lock():  # type: ignore[attr-defined]
         counter.value = 0  # type: ignore[attr-defined]
     print(f"floor (build + serialize + POST the same shape): {seconds:.1f} s; CPU seconds: "
@@ -147,6 +150,9 @@ def timed_floor(n: int, port: int, counter: object, standin_pid: int) -> float:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["--floor"]:
+        print(floor(int(sys.argv[2]), int(sys.argv[3])))
+        return
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000
     given_url = sys.argv[2] if len(sys.argv) > 2 and sys.argv[2] != "sqlite" else None
     jobs = sys.argv[3] if len(sys.argv) > 3 else "2"
