@@ -52,6 +52,16 @@ def populate(ctx: Context, active: int) -> set[str]:
     return {r["email"] for r in rows if r["email"].startswith("active")}
 
 
+def list_with_news(tmp_path: Path, feed_server: FeedServer, database_url: str,
+                   active: int) -> tuple[Context, set[str]]:
+    """A database with one recap collected and a list of ``active`` active subscribers
+    (and others); return it with the active addresses."""
+    ctx = Context.open(make_settings(tmp_path, database_url))
+    add_feed(ctx.db, feed_server.add("/f.xml", body=rss([recap(1)])))
+    collect(ctx.db, ctx.settings)
+    return ctx, populate(ctx, active)
+
+
 def child_env(ctx: Context, standin: SendGridStandIn, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DIGEST_")}
     env.update({"DIGEST_DATABASE_URL": ctx.settings.database_url,
@@ -101,10 +111,7 @@ def standin() -> Iterator[SendGridStandIn]:
 def test_killed_and_restarted_sends_reach_everyone_once(
         tmp_path: Path, database_url: str, feed_server: FeedServer,
         standin: SendGridStandIn) -> None:
-    ctx = Context.open(make_settings(tmp_path, database_url))
-    add_feed(ctx.db, feed_server.add("/f.xml", body=rss([recap(1)])))
-    collect(ctx.db, ctx.settings)
-    active = populate(ctx, 20_000)
+    ctx, active = list_with_news(tmp_path, feed_server, database_url, 20_000)
     standin.fault_rates = {"429": 0.05, "500": 0.05, "drop_after_accept": 0.03, "slow": 0.02}
     standin.slow_seconds = 1.5
     standin.delay = 0.05
@@ -135,10 +142,7 @@ def test_killed_and_restarted_sends_reach_everyone_once(
 def test_workers_on_postgresql_share_one_issue(tmp_path: Path, postgres_url: str,
                                                feed_server: FeedServer,
                                                standin: SendGridStandIn) -> None:
-    ctx = Context.open(make_settings(tmp_path, postgres_url))
-    add_feed(ctx.db, feed_server.add("/f.xml", body=rss([recap(1)])))
-    collect(ctx.db, ctx.settings)
-    active = populate(ctx, 6_000)
+    ctx, active = list_with_news(tmp_path, feed_server, postgres_url, 6_000)
     standin.delay = 0.15
     standin.keep_bodies = False
     env = child_env(ctx, standin, DIGEST_BATCH_SIZE="200", DIGEST_SEND_LEASE_SECONDS="5")
@@ -168,10 +172,7 @@ def test_workers_on_postgresql_share_one_issue(tmp_path: Path, postgres_url: str
 
 def test_jobs_split_one_send_across_processes(tmp_path: Path, feed_server: FeedServer,
                                               standin: SendGridStandIn) -> None:
-    ctx = Context.open(make_settings(tmp_path, f"sqlite:///{tmp_path / 'jobs.db'}"))
-    add_feed(ctx.db, feed_server.add("/f.xml", body=rss([recap(1)])))
-    collect(ctx.db, ctx.settings)
-    active = populate(ctx, 3_000)
+    ctx, active = list_with_news(tmp_path, feed_server, f"sqlite:///{tmp_path / 'jobs.db'}", 3_000)
     standin.delay = 0.1
     env = child_env(ctx, standin, DIGEST_BATCH_SIZE="100")
     process = send(env, "--jobs", "3")
@@ -203,10 +204,7 @@ def test_jobs_with_nothing_to_send_end_at_once(tmp_path: Path, standin: SendGrid
 
 def test_sigterm_stops_a_send_between_batches_and_the_next_send_resumes(
         tmp_path: Path, feed_server: FeedServer, standin: SendGridStandIn) -> None:
-    ctx = Context.open(make_settings(tmp_path, f"sqlite:///{tmp_path / 'term.db'}"))
-    add_feed(ctx.db, feed_server.add("/f.xml", body=rss([recap(1)])))
-    collect(ctx.db, ctx.settings)
-    active = populate(ctx, 2_000)
+    ctx, active = list_with_news(tmp_path, feed_server, f"sqlite:///{tmp_path / 'term.db'}", 2_000)
     standin.delay = 0.2
     env = child_env(ctx, standin, DIGEST_BATCH_SIZE="100")
     process = send(env)
