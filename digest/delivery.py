@@ -27,6 +27,7 @@ from sqlalchemy import (
     Connection,
     Integer,
     Select,
+    and_,
     any_,
     bindparam,
     func,
@@ -147,6 +148,12 @@ def _of_issue(issue_id: int) -> ColumnElement[bool]:
     return Delivery.issue_id + 0 == issue_id
 
 
+def _pending_between(issue_id: int, first_id: int, last_id: int) -> ColumnElement[bool]:
+    """Pending deliveries of an issue among the ids ``first_id``…``last_id``."""
+    return and_(Delivery.id.between(first_id, last_id), _of_issue(issue_id),
+                Delivery.status == "pending")
+
+
 def _pending_rows(conn: Connection, issue_id: int, first_id: int, last_id: int) -> list[Row]:
     """Pending deliveries of a batch: (delivery, subscriber, subscription, email, name,
     subscription status, variant)."""
@@ -155,8 +162,7 @@ def _pending_rows(conn: Connection, issue_id: int, first_id: int, last_id: int) 
                Subscriber.email, Subscriber.name, Subscription.status, Delivery.variant_id)
         .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
         .join(Subscription, Subscription.id == Delivery.subscription_id)
-        .where(Delivery.id.between(first_id, last_id), _of_issue(issue_id),
-               Delivery.status == "pending")
+        .where(_pending_between(issue_id, first_id, last_id))
         .order_by(Delivery.id))]
 
 
@@ -169,9 +175,15 @@ def _set_status(ctx: Context, conn: Connection, ids: Sequence[int], status: str,
         values["error"] = error[:2000]
     if count_attempt:
         values["attempts"] = Delivery.attempts + 1
+    _update_deliveries(ctx, conn, ids, values, only_from=only_from)
+
+
+def _update_deliveries(ctx: Context, conn: Connection, ids: Sequence[int],
+                       values: dict[str, object], *, only_from: str | None = None) -> None:
+    """Write ``values`` onto the deliveries ``ids``, a thousand a statement; ``only_from``
+    keeps to those still in that status."""
     for start in range(0, len(ids), 1000):
-        query = (update(Delivery).where(_ids(ctx, ids[start:start + 1000]))
-                 .values(**values))
+        query = update(Delivery).where(_ids(ctx, ids[start:start + 1000])).values(**values)
         if only_from is not None:
             query = query.where(Delivery.status == only_from)
         conn.execute(query)
@@ -331,8 +343,7 @@ def pending_in_held_batches(ctx: Context, issue_id: int) -> int:
             SendBatch.issue_id == issue_id, SendBatch.status != "done")).all()
         return sum(session.scalar(
             select(func.count()).select_from(Delivery)
-            .where(Delivery.id.between(first, last), _of_issue(issue_id),
-                   Delivery.status == "pending")) or 0 for first, last in ranges)
+            .where(_pending_between(issue_id, first, last))) or 0 for first, last in ranges)
 
 
 def failures(ctx: Context, issue_id: int, limit: int = 50, *,
@@ -551,7 +562,6 @@ def _record(ctx: Context, conn: Connection, outcomes: Sequence[Outcome],
         key = (o.status, o.message_id, o.error[:2000] if o.error else None)
         groups.setdefault(key, []).append(o.delivery_id)
     for (status, message_id, error), ids in groups.items():
-        for start in range(0, len(ids), 1000):
-            conn.execute(update(Delivery).where(_ids(ctx, ids[start:start + 1000]))
-                         .values(status=status, message_id=message_id, error=error,
-                                 updated_at=now, attempts=Delivery.attempts + 1))
+        _update_deliveries(ctx, conn, ids, {
+            "status": status, "message_id": message_id, "error": error, "updated_at": now,
+            "attempts": Delivery.attempts + 1})
