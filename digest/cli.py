@@ -11,30 +11,24 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from rich.console import Console
-from rich.logging import RichHandler
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskProgressColumn,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from rich.table import Table
 
 from digest import __version__
-from digest.collect import CollectReport, add_feed, list_feeds, remove_feed
-from digest.context import Context
-from digest.db import make_engine, upgrade
-from digest.delivery import SendReport
 from digest.errors import DigestError
-from digest.issues import Draft, draft_issue, write_preview_files
 from digest.settings import LoadedSettings, describe, load_settings
+
+# Only what `digest --help` needs is imported here; each command imports the modules it
+# uses (SQLAlchemy, httpx, feedparser, premailer, sendgrid…), so every command starts fast.
+# tests/test_cli.py checks that importing this module loads none of them.
+if TYPE_CHECKING:
+    from digest.collect import CollectReport
+    from digest.context import Context
+    from digest.delivery import SendReport
+    from digest.issues import Draft
 
 F = TypeVar("F", bound=Callable[..., Any])
 err = Console(stderr=True, highlight=False)
@@ -55,6 +49,7 @@ class State:
     @property
     def ctx(self) -> Context:
         if self._ctx is None:
+            from digest.context import Context
             self._ctx = Context.open(self.loaded.settings)
         return self._ctx
 
@@ -81,6 +76,15 @@ def _interactive() -> bool:
 def progress_bar(description: str, *, enabled: bool) -> Iterator[Callable[[int, int], None]]:
     """A rich progress bar on a terminal; plain log lines (every 10 %) otherwise."""
     if enabled:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TaskProgressColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
         progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
                             MofNCompleteColumn(), TaskProgressColumn(),
                             TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
@@ -134,6 +138,7 @@ def cli(click_ctx: click.Context, config_path: str | None, overrides: tuple[str,
             raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--set")
         pairs[key.strip()] = value
     loaded = load_settings(config_path, overrides=pairs)
+    from rich.logging import RichHandler
     level = "DEBUG" if verbose else loaded.settings.log_level
     logging.basicConfig(level=level, format="%(message)s", datefmt="[%X]",
                         handlers=[RichHandler(console=err, show_path=False,
@@ -181,6 +186,7 @@ def db() -> None:
 @boundary
 def db_upgrade() -> None:
     """Apply pending migrations (done automatically on first use too)."""
+    from digest.db import make_engine, upgrade
     engine = make_engine(state().loaded.settings.database_url)
     try:
         upgrade(engine)
@@ -202,6 +208,7 @@ def feeds() -> None:
 @boundary
 def feeds_add(url: str, name: str | None) -> None:
     """Add a feed by URL."""
+    from digest.collect import add_feed
     feed = add_feed(state().ctx.db, url, name)
     out.print(f"Added feed {feed.name} ({feed.url}).")
 
@@ -210,6 +217,7 @@ def feeds_add(url: str, name: str | None) -> None:
 @boundary
 def feeds_list() -> None:
     """List feeds with their last fetch, status and entry count."""
+    from digest.collect import list_feeds
     rows = list_feeds(state().ctx.db)
     if not rows:
         out.print("No feeds yet. Add one with `digest feeds add URL`.")
@@ -230,6 +238,7 @@ def feeds_list() -> None:
 @boundary
 def feeds_remove(feed: str) -> None:
     """Remove a feed (by id, URL or name); its collected entries stay."""
+    from digest.collect import remove_feed
     removed = remove_feed(state().ctx.db, feed)
     out.print(f"Removed feed {removed.name} ({removed.url}).")
 
@@ -283,6 +292,7 @@ def collect_cmd() -> None:
 @boundary
 def preview_cmd(list_name: str, out_path: Path, text_path: Path | None) -> None:
     """Write the next issue as it would be sent, without sending or changing anything."""
+    from digest.issues import draft_issue
     ctx = state().ctx
     draft = draft_issue(ctx, list_name)
     if draft is None:
@@ -293,6 +303,7 @@ def preview_cmd(list_name: str, out_path: Path, text_path: Path | None) -> None:
 
 def write_preview(ctx: Context, draft: Draft, out_path: Path, text_path: Path | None) -> None:
     """Write a draft's HTML (and text) with a sample recipient's values filled in."""
+    from digest.issues import write_preview_files
     write_preview_files(ctx, draft, out_path, text_path)
     out.print(f"Issue {draft.number} of {draft.list_name}: {draft.rendered.subject!r}, "
               f"{sum(len(s.entries) for s in draft.sections)} entries in "

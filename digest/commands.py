@@ -12,7 +12,6 @@ import click
 from rich.table import Table
 
 from digest.cli import boundary, cli, err, out, state
-from digest.db import utcnow
 from digest.errors import InvalidInputError
 
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
@@ -126,6 +125,7 @@ def schedules_remove(name: str) -> None:
 @boundary
 def schedules_run(name: str) -> None:
     """Fire a schedule now: its due slot if nobody ran it, else its next slot."""
+    from digest.db import utcnow
     from schedules.runner import manual_slot, run_slot
     from schedules.service import find_schedule
     ctx = state().ctx

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 from digest.db import Database, instance_secret, open_database
-from digest.rendering import Renderer
 from digest.settings import Settings
-from subscribers.tokens import Tokens
+
+if TYPE_CHECKING:
+    from digest.rendering import Renderer
+    from subscribers.tokens import Tokens
 
 
 @dataclass
@@ -26,11 +29,13 @@ class Context:
     @cached_property
     def renderer(self) -> Renderer:
         """The one renderer (and premailer instance) of this process."""
+        from digest.rendering import Renderer
         return Renderer(size_warning=self.settings.html_size_warning)
 
     @cached_property
     def tokens(self) -> Tokens:
         """Token signer; the configured key first, else the instance's generated one."""
+        from subscribers.tokens import Tokens
         current = self.settings.secret_key or instance_secret(self.db)
         return Tokens([current, *self.settings.old_secret_keys])
 

@@ -44,6 +44,7 @@ from digest.issues import add_batches, get_issue
 from digest.messages import domain_of, format_sender
 from digest.models import Delivery, Issue, IssueVariant, SendBatch
 from digest.rendering import Recipient, RenderedIssue
+from digest.transports import batch_size
 from digest.transports.base import (
     ACCEPTED,
     FAILED,
@@ -433,7 +434,7 @@ def _deliver(ctx: Context, issue: OutgoingIssue, report: SendReport, transport: 
                     .execution_options(synchronize_session=False)
                     .returning(Delivery.id)).first()
                 if moved is not None:
-                    add_batches(session, issue_id, ctx.settings.batch_size, now())
+                    add_batches(session, issue_id, batch_size(ctx.settings), now())
         tally = counts(ctx, issue_id)
         total = sum(tally.values())
         done = total - tally["pending"]

@@ -48,6 +48,7 @@ from digest.models import (
     delete_deliveries,
 )
 from digest.rendering import IssueContent, Recipient, RenderedIssue, Sender, long_date
+from digest.transports import batch_size
 from subscribers.lists import get_list
 from subscribers.models import MailingList, Subscription
 
@@ -296,7 +297,7 @@ def _record_issue(ctx: Context, draft: Draft, now: datetime, status: str) -> int
                         for position, placed in enumerate(section.entries))
         first, last = _add_deliveries(ctx, session, draft, issue.id, now)
         if first is not None and last is not None:
-            add_batch_ranges(session, issue.id, first, last, ctx.settings.batch_size, now)
+            add_batch_ranges(session, issue.id, first, last, batch_size(ctx.settings), now)
         return issue.id
 
 

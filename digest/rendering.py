@@ -18,13 +18,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
 from pathlib import Path
-from typing import NamedTuple
-
-import jinja2
-import premailer
+from typing import TYPE_CHECKING, NamedTuple
 
 from digest.grouping import Section, summary_line
 from digest.sanitize import html_to_text
+
+if TYPE_CHECKING:
+    import jinja2
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +168,11 @@ class Renderer:
 
     def __init__(self, templates: Path | None = None, *,
                  size_warning: int = 100_000) -> None:
-        self.env = jinja2.Environment(
+        # Imported here: the commands that render nothing (most of them) start without
+        # Jinja2 and premailer, which cost a tenth of a second to load.
+        import jinja2
+        import premailer
+        self.env: jinja2.Environment = jinja2.Environment(
             loader=jinja2.FileSystemLoader(str(templates or template_dir())),
             autoescape=jinja2.select_autoescape(["html"], default_for_string=True),
             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)

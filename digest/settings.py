@@ -92,7 +92,9 @@ class Settings:
     transport: str = setting("outbox", "How email leaves: outbox, smtp, sendgrid or locmem.",
                              choices=("outbox", "smtp", "sendgrid", "locmem"))
     outbox_dir: str = setting("outbox", "Folder the outbox transport writes .eml files into.")
-    batch_size: int = setting(500, "Recipients handed to the transport at once (at most 1000).")
+    batch_size: int = setting(
+        0, "Recipients handed to the transport at once (1 to 1000); 0: the transport's own "
+        "size (SendGrid 1000, one request each; SMTP 100; outbox and locmem 500).")
     smtp_host: str = setting("localhost", "SMTP server host.")
     smtp_port: int = setting(25, "SMTP server port.")
     smtp_security: str = setting("none", "SMTP connection security: none, starttls or tls.",
@@ -313,8 +315,9 @@ def load_settings(config: str | Path | None = None, *, env: Mapping[str, str] | 
         values[key] = _coerce(info, value, "command line", from_text=isinstance(value, str))
         sources[key] = "command line"
 
-    if not 1 <= values["batch_size"] <= 1000:
-        raise ConfigError("must be between 1 and 1000", key="batch_size",
+    if not 0 <= values["batch_size"] <= 1000:
+        raise ConfigError("must be between 1 and 1000, or 0 for the transport's own size",
+                          key="batch_size",
                           source=sources["batch_size"])
     return LoadedSettings(Settings(**values), sources, path)
 

@@ -113,3 +113,34 @@ def test_show_a_list_and_a_subscriber(runner: CliRunner) -> None:
     assert result.exit_code == 1 and "no subscriber nobody@example.org" in result.output
     result = runner.invoke(cli, ["lists", "show", "nope"])
     assert result.exit_code == 1 and "no list named 'nope'" in result.output
+
+
+HEAVY = ("feedparser", "httpx", "premailer", "sendgrid", "starlette", "uvicorn", "alembic",
+         "jinja2", "sqlalchemy")
+
+
+def _loaded(code: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> list[str]:
+    done = subprocess.run([sys.executable, "-c", code + "\nimport sys\nprint(sorted(m for m "
+                           f"in {HEAVY!r} if m in sys.modules))"], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=60, check=True)
+    return eval(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def test_the_cli_starts_without_the_heavy_libraries() -> None:
+    # `digest --help` loads click and rich only; each command imports what it uses.
+    assert _loaded("import digest.cli") == []
+    assert _loaded("import sys\nsys.argv = ['digest', '--help']\nfrom digest.cli import "
+                   "main\ntry:\n    main()\nexcept SystemExit:\n    pass") == []
+
+
+def test_read_commands_load_no_pipeline_libraries(tmp_path: Path) -> None:
+    env = {"DIGEST_DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}", "PATH": "/usr/bin:/bin"}
+    subprocess.run([sys.executable, "-m", "digest", "lists", "create", "weekly"], cwd=tmp_path,
+                   env=env, capture_output=True, check=True, timeout=60)
+    for command in (["lists", "list"], ["issues", "list"], ["config"],
+                    ["subscribers", "show", "a@example.org"]):
+        code = (f"import sys\nsys.argv = ['digest', *{command!r}]\nfrom digest.cli import "
+                "main\ntry:\n    main()\nexcept SystemExit:\n    pass")
+        # An existing database at the newest schema costs one query, not Alembic.
+        loaded = set(_loaded(code, cwd=tmp_path, env=env))
+        assert loaded <= {"sqlalchemy"}, (command, loaded)

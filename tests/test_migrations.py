@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from digest.db import Base, load_all_models, open_database
+from digest.db import HEAD_REVISION, Base, load_all_models, open_database
 
 
 def test_migrations_match_the_models(database_url: str) -> None:
@@ -18,3 +22,40 @@ def test_migrations_match_the_models(database_url: str) -> None:
         db.dispose()
     # A difference means a model changed without a migration (or the reverse).
     assert diff == []
+
+
+def test_head_revision_is_the_newest_migration() -> None:
+    from alembic.script import ScriptDirectory
+
+    from digest.db import alembic_config, make_engine
+    config = alembic_config(make_engine("sqlite://"))
+    # A new migration must raise HEAD_REVISION, or databases would never get it.
+    assert ScriptDirectory.from_config(config).get_heads() == [HEAD_REVISION]
+
+
+def test_opening_a_database_at_head_does_not_load_alembic(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/at-head.db"
+    open_database(url).dispose()  # creates the schema
+    code = ("import sys\nfrom digest.db import open_database, schema_revision\n"
+            f"db = open_database({url!r})\n"
+            "print(schema_revision(db.engine), 'alembic' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True)
+    assert done.stdout.split() == [HEAD_REVISION, "False"]
+
+
+def test_an_old_schema_is_upgraded_on_open(tmp_path: Path) -> None:
+    from sqlalchemy import inspect
+
+    from digest.db import make_engine, schema_revision, upgrade
+    url = f"sqlite:///{tmp_path}/old.db"
+    engine = make_engine(url)
+    upgrade(engine, "0004")
+    assert schema_revision(engine) == "0004"
+    engine.dispose()
+    db = open_database(url)
+    try:
+        assert schema_revision(db.engine) == HEAD_REVISION
+        assert "counts" in {c["name"] for c in inspect(db.engine).get_columns("issues")}
+    finally:
+        db.dispose()

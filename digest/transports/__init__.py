@@ -1,20 +1,23 @@
-"""Transports, chosen by name."""
+"""Transports, chosen by name.
+
+A transport's module (and the client library it needs) is imported only when that
+transport is chosen, so a command that sends nothing never loads sendgrid or smtplib.
+"""
 
 from __future__ import annotations
+
+from importlib import import_module
 
 from digest.errors import ConfigError
 from digest.settings import Settings
 from digest.transports.base import Outcome, OutgoingIssue, OutgoingRecipient, Transport
-from digest.transports.locmem import LocmemTransport
-from digest.transports.outbox import OutboxTransport
-from digest.transports.sendgrid import SendGridTransport
-from digest.transports.smtp import SMTPTransport
 
-TRANSPORTS: dict[str, type[Transport]] = {
-    OutboxTransport.name: OutboxTransport,
-    LocmemTransport.name: LocmemTransport,
-    SMTPTransport.name: SMTPTransport,
-    SendGridTransport.name: SendGridTransport,
+# name → "module:class"
+TRANSPORTS: dict[str, str] = {
+    "outbox": "digest.transports.outbox:OutboxTransport",
+    "locmem": "digest.transports.locmem:LocmemTransport",
+    "smtp": "digest.transports.smtp:SMTPTransport",
+    "sendgrid": "digest.transports.sendgrid:SendGridTransport",
 }
 
 __all__ = [
@@ -23,16 +26,29 @@ __all__ = [
     "OutgoingIssue",
     "OutgoingRecipient",
     "Transport",
+    "batch_size",
     "make_transport",
+    "transport_class",
 ]
+
+
+def transport_class(name: str) -> type[Transport]:
+    """The transport class registered under ``name``; a clear error for an unknown one."""
+    try:
+        module, _, attribute = TRANSPORTS[name].partition(":")
+    except KeyError:
+        raise ConfigError(f"unknown transport {name!r}; known: {', '.join(TRANSPORTS)}",
+                          key="transport") from None
+    found: type[Transport] = getattr(import_module(module), attribute)
+    return found
 
 
 def make_transport(settings: Settings, name: str | None = None) -> Transport:
     """The transport named by ``name`` or the ``transport`` setting."""
-    chosen = name or settings.transport
-    try:
-        factory = TRANSPORTS[chosen]
-    except KeyError:
-        raise ConfigError(f"unknown transport {chosen!r}; known: {', '.join(TRANSPORTS)}",
-                          key="transport") from None
-    return factory.from_settings(settings)
+    return transport_class(name or settings.transport).from_settings(settings)
+
+
+def batch_size(settings: Settings) -> int:
+    """Recipients handed to the transport at once: the ``batch_size`` setting, or when it
+    is 0 (the default) the size that suits the configured transport."""
+    return settings.batch_size or transport_class(settings.transport).batch_size

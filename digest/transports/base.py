@@ -82,6 +82,10 @@ class Transport(ABC):
     """Sends batches of one issue. Use it as a context manager: open, send…, close."""
 
     name: ClassVar[str]
+    # Recipients a batch when the batch_size setting leaves it to the transport: a batch
+    # is one claim, three database transactions and, after a crash, the most recipients
+    # whose delivery can be uncertain.
+    batch_size: ClassVar[int] = 500
 
     @classmethod
     @abstractmethod

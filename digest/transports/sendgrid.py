@@ -66,6 +66,7 @@ class SendGridTransport(Transport):
     """Sends batches through SendGrid's v3 Mail Send API."""
 
     name = "sendgrid"
+    batch_size = MAX_RECIPIENTS  # one request each: half the requests of 500
 
     def __init__(self, api_key: str, *, host: str = "https://api.sendgrid.com",
                  timeout: float = 30.0, attempts: int = 5, max_wait: float = 60.0,

@@ -41,6 +41,9 @@ class SMTPTransport(Transport):
     """Sends each recipient's message over one SMTP connection."""
 
     name = "smtp"
+    # Messages go one by one (~100 a second): a smaller batch keeps what a crash can leave
+    # uncertain to about a second of sending, at no measurable cost.
+    batch_size = 100
 
     def __init__(self, host: str, port: int, *, security: str = "none", username: str = "",
                  password: str = "", rate: float = 0.0, attempts: int = 5,
