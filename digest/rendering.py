@@ -38,6 +38,9 @@ PLACEHOLDERS = {
 _UNSUBSCRIBE_HTML, _UNSUBSCRIBE_TEXT = PLACEHOLDERS["unsubscribe_url"]
 _PREFERENCES_HTML, _PREFERENCES_TEXT = PLACEHOLDERS["preferences_url"]
 _NAME_HTML, _NAME_TEXT = PLACEHOLDERS["name"]
+# Every placeholder token, in the order of Recipient.parts().
+TOKENS = (_UNSUBSCRIBE_HTML, _UNSUBSCRIBE_TEXT, _PREFERENCES_HTML, _PREFERENCES_TEXT,
+          _NAME_HTML, _NAME_TEXT)
 _TOKEN = re.compile(r"(__DIGEST_[A-Z_]+?__)")
 GMAIL_CLIP_BYTES = 102_000
 
@@ -95,16 +98,24 @@ class Recipient(NamedTuple):
 
     def values(self) -> dict[str, str]:
         """Placeholder token → value, escaped for the part it goes into."""
+        return dict(zip(TOKENS, self.parts(), strict=True))
+
+    def parts(self) -> tuple[str, str, str, str, str, str]:
+        """The values of :data:`TOKENS`, in their order."""
         greeting = self.name.strip() or "there"
-        escape = html.escape
-        return {
-            _UNSUBSCRIBE_HTML: escape(self.unsubscribe_url),
-            _UNSUBSCRIBE_TEXT: self.unsubscribe_url,
-            _PREFERENCES_HTML: escape(self.preferences_url),
-            _PREFERENCES_TEXT: self.preferences_url,
-            _NAME_HTML: escape(greeting),
-            _NAME_TEXT: greeting,
-        }
+        escape = _escape
+        return (escape(self.unsubscribe_url), self.unsubscribe_url,
+                escape(self.preferences_url), self.preferences_url,
+                escape(greeting), greeting)
+
+
+_SPECIAL = re.compile("[&<>\"']").search
+
+
+def _escape(value: str) -> str:
+    """html.escape, returning the value itself when it has nothing to escape (links made of
+    URL-safe tokens never do): three values per recipient of every send."""
+    return value if _SPECIAL(value) is None else html.escape(value)
 
 
 class _Filler:

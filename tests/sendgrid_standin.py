@@ -175,6 +175,10 @@ class SendGridStandIn:
                 if fault in ("500", "503"):
                     self.errors(int(fault), ["internal error"])
                     return
+                media = self.headers.get("Content-Type", "").split(";")[0].strip().lower()
+                if media != "application/json":  # SendGrid's answer, word for word
+                    self.errors(415, ["Content-Type should be application/json."])
+                    return
                 try:
                     body = json.loads(raw)
                 except ValueError:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -17,6 +19,8 @@ from digest.context import Context
 from digest.errors import DeliveryError
 from digest.models import Delivery
 from digest.pipeline import run_list
+from digest.rendering import Recipient, RenderedIssue
+from digest.transports.base import OutgoingIssue, OutgoingRecipient
 from digest.transports.sendgrid import SendGridTransport
 from subscribers.lists import create_list
 from subscribers.subscriptions import add_subscriber
@@ -198,3 +202,42 @@ def test_the_vendored_spec_is_the_shared_one() -> None:
     if not shared.exists():
         pytest.skip(f"no {shared} beside this clone to compare with")
     assert SPEC.read_bytes() == shared.read_bytes(), "refresh tests/reference/sendgrid"
+
+
+def _body_as_dicts(issue: OutgoingIssue, recipients: list[OutgoingRecipient]) -> dict[str, Any]:
+    """The Mail Send body built the plain way, as the transport's text must read."""
+    return {
+        "personalizations": [
+            {"to": [{"email": r.email, "name": r.name} if r.name else {"email": r.email}],
+             "substitutions": r.values.values(), "headers": dict(r.headers),
+             "custom_args": {"delivery_id": str(r.delivery_id),
+                             "subscriber_id": str(r.subscriber_id)}}
+            for r in recipients],
+        "from": {"email": issue.sender_email, "name": issue.sender_name},
+        "subject": issue.rendered.subject,
+        "content": [{"type": "text/plain", "value": issue.rendered.text},
+                    {"type": "text/html", "value": issue.rendered.html}],
+        "headers": dict(issue.headers), "categories": [issue.list_name],
+        "custom_args": {"issue_id": str(issue.issue_id), "list": issue.list_name},
+        "reply_to": {"email": issue.reply_to}}
+
+
+def test_the_request_text_is_the_body_a_dict_would_give() -> None:
+    issue = OutgoingIssue(
+        issue_id=7, list_id=1, list_name="weekly", list_title="The \"Weekly\"", number=3,
+        rendered=RenderedIssue("Iran & Syria — \u201cRecap\u201d", "<p>h\u00e9\u0644</p>",
+                               "t\u00e9xt\n\ttab", ""),
+        sender="x", sender_email="desk@news.example", sender_name="The Desk \u00e9",
+        reply_to="r@news.example", headers={"List-Id": "The <weekly.news.example>"})
+    names = ["", "Ann", 'Quote " and \\ backslash', "ليلى", "tab\tnew\nline\x00\x7f",
+             "emoji \U0001f600 & <b>"]
+    recipients = [OutgoingRecipient(
+        i + 1, 100 + i, f"reader{i}@example.org", name,
+        Recipient(f"https://d.example/u/{i}.abc", f"https://d.example/p/{i}.a&b", name),
+        {"List-Unsubscribe": f"<https://d.example/u/{i}.abc>",
+         "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}, f"<m{i}@x>")
+        for i, name in enumerate(names)]
+    text = SendGridTransport(KEY).request_body(issue, recipients)
+    assert text.isascii()
+    assert json.loads(text) == _body_as_dicts(issue, recipients)
+    assert schema_errors(json.loads(text)) == []

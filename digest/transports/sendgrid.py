@@ -26,12 +26,14 @@ import urllib.error
 from collections.abc import Callable, Sequence
 from email.message import EmailMessage
 from email.utils import parseaddr
+from json.encoder import encode_basestring_ascii
 from typing import Any, Self
 
 from python_http_client import exceptions as sg_errors
 from sendgrid import SendGridAPIClient
 
 from digest.errors import ConfigError, DeliveryError
+from digest.rendering import TOKENS
 from digest.settings import Settings
 from digest.transports.base import (
     ACCEPTED,
@@ -46,6 +48,8 @@ from digest.transports.base import (
 
 log = logging.getLogger(__name__)
 MAX_RECIPIENTS = 1000
+JSON_TEXT = {"Content-Type": "application/json; charset=utf-8"}
+_json_string = encode_basestring_ascii  # a str as a JSON string literal, in C
 # python_http_client logs every request's headers, API key included, at DEBUG.
 logging.getLogger("python_http_client").setLevel(logging.WARNING)
 
@@ -91,24 +95,19 @@ class SendGridTransport(Transport):
         return f"SendGridTransport(host={self.client.host!r})"
 
     def request_body(self, issue: OutgoingIssue,
-                     recipients: Sequence[OutgoingRecipient]) -> dict[str, Any]:
-        """The v3 Mail Send body for one batch."""
+                     recipients: Sequence[OutgoingRecipient]) -> str:
+        """The v3 Mail Send body for one batch, as JSON text.
+
+        What the recipients share is serialized once; each recipient's part is written
+        from a template with its strings JSON-escaped by the json module's own C escaper:
+        a third of the time of building a dict per recipient and serializing the whole
+        (tests/test_sendgrid.py checks the text against the same body built as dicts).
+        """
         if len(recipients) > MAX_RECIPIENTS:
             raise ValueError(f"a SendGrid request holds at most {MAX_RECIPIENTS} recipients")
         rendered = issue.rendered
-        personalizations = []
-        for r in recipients:
-            to = {"email": r.email, "name": r.name} if r.name else {"email": r.email}
-            personalizations.append({
-                "to": [to],
-                "substitutions": r.values.values(),
-                "headers": dict(r.headers),
-                "custom_args": {"delivery_id": str(r.delivery_id),
-                                "subscriber_id": str(r.subscriber_id)},
-            })
         sender_name = issue.sender_name
-        body: dict[str, Any] = {
-            "personalizations": personalizations,
+        shared: dict[str, Any] = {
             "from": ({"email": issue.sender_email, "name": sender_name} if sender_name
                      else {"email": issue.sender_email}),
             "subject": rendered.subject,
@@ -120,10 +119,35 @@ class SendGridTransport(Transport):
             "custom_args": {"issue_id": str(issue.issue_id), "list": issue.list_name},
         }
         if issue.reply_to:
-            body["reply_to"] = {"email": issue.reply_to}
+            shared["reply_to"] = {"email": issue.reply_to}
         if issue.sandbox:
-            body["mail_settings"] = {"sandbox_mode": {"enable": True}}
-        return body
+            shared["mail_settings"] = {"sandbox_mode": {"enable": True}}
+        q = _json_string
+        k1, k2, k3, k4, k5, k6 = (q(token) for token in TOKENS)
+        people = []
+        for r in recipients:
+            to = (f'{{"email":{q(r.email)},"name":{q(r.name)}}}' if r.name
+                  else f'{{"email":{q(r.email)}}}')
+            v1, v2, v3, v4, v5, v6 = r.values.parts()
+            headers = ",".join([f"{q(k)}:{q(v)}" for k, v in r.headers.items()])
+            people.append(
+                f'{{"to":[{to}],"substitutions":{{{k1}:{q(v1)},{k2}:{q(v2)},{k3}:{q(v3)},'
+                f'{k4}:{q(v4)},{k5}:{q(v5)},{k6}:{q(v6)}}},"headers":{{{headers}}},'
+                f'"custom_args":{{"delivery_id":"{r.delivery_id:d}",'
+                f'"subscriber_id":"{r.subscriber_id:d}"}}}}')
+        return ('{"personalizations":[' + ",".join(people) + "],"
+                + json.dumps(shared, separators=(",", ":"))[1:])
+
+    def _post(self, body: str) -> Any:
+        """POST a Mail Send body that is JSON text already.
+
+        Given a Content-Type other than exactly "application/json", the client sends a
+        string body as it is instead of serializing it again; "application/json;
+        charset=utf-8" is what SendGrid's own Node.js client sends.
+        """
+        return self.client.client.mail.send.post(request_body=body,
+                                                 request_headers=JSON_TEXT,
+                                                 timeout=self.timeout)
 
     def _wait_for_reset(self, error: sg_errors.HTTPError, attempt: int) -> float:
         reset = None
@@ -146,8 +170,7 @@ class SendGridTransport(Transport):
         for attempt in range(self.attempts):
             self.requests += 1
             try:
-                response = self.client.client.mail.send.post(request_body=body,
-                                                             timeout=self.timeout)
+                response = self._post(body)
             except (sg_errors.UnauthorizedError, sg_errors.ForbiddenError) as e:
                 raise DeliveryError(
                     f"SendGrid refused the request ({e.status_code}): {sendgrid_errors(e)}",
@@ -192,10 +215,10 @@ class SendGridTransport(Transport):
 
     def send_message(self, message: EmailMessage) -> None:
         """Send one ready-made message (a confirmation, a test), retrying 429 and 5xx."""
-        body = message_body(message)
+        body = json.dumps(message_body(message))
         for attempt in range(self.attempts):
             try:
-                self.client.client.mail.send.post(request_body=body, timeout=self.timeout)
+                self._post(body)
                 return
             except sg_errors.TooManyRequestsError as e:
                 self.sleep(self._wait_for_reset(e, attempt))
