@@ -234,7 +234,7 @@ def _apply(db: Database, list_id: int, rows: dict[str, _Row], report: ImportRepo
         if new_people:
             inserted = session.connection().execute(
                 insert(SUBSCRIBERS).values(created_at=stamp)
-                .returning(Subscriber.id, Subscriber.email_key, sort_by_parameter_order=True),
+                .returning(Subscriber.id, Subscriber.email_key),
                 new_people).all()
             people.update({key: (pid, rows[key].name) for pid, key in inserted})
         new_subs, renamed, rekeyed = [], [], []
