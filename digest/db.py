@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -10,11 +11,27 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import DateTime, Engine, String, create_engine, event, select, text
+from sqlalchemy import (
+    ARRAY,
+    ColumnElement,
+    DateTime,
+    Engine,
+    Select,
+    String,
+    any_,
+    bindparam,
+    cast,
+    create_engine,
+    event,
+    func,
+    literal_column,
+    select,
+    text,
+)
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
-from sqlalchemy.types import TypeDecorator
+from sqlalchemy.types import NullType, TypeDecorator
 
 from digest.errors import ConfigError, DigestError
 
@@ -51,6 +68,55 @@ class UTCDateTime(TypeDecorator[datetime]):
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         return None if value is None else value.replace(tzinfo=UTC)
+
+
+class _JSONList(TypeDecorator[list[Any]]):
+    """A list bound as one JSON text parameter (for SQLite's json_each)."""
+
+    impl = String
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> str | None:
+        return None if value is None else json.dumps(list(value))
+
+
+class _ArrayText(TypeDecorator[list[Any]]):
+    """A list bound as one PostgreSQL array literal ('{1,2,3}', '{"a","b"}'), cast to an
+    array in the statement: psycopg's own array dumper is Python, 5 ms for 5000 values.
+
+    The parameter goes untyped (no "::VARCHAR"), so PostgreSQL takes it as the array the
+    cast names, parsed once; cast from a typed text it would be parsed again for every
+    row compared (a lookup of 5000 keys: 41 s instead of 8 ms).
+    """
+
+    impl = NullType
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> str | None:
+        if value is None:
+            return None
+        return "{" + ",".join(
+            str(v) if isinstance(v, int) else
+            '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"' for v in value) + "}"
+
+
+def among(column: Any, postgres: bool, values: Any = None,
+          name: str = "among") -> ColumnElement[bool]:
+    """``column`` is one of ``values`` (given now, or as the parameter ``name`` when the
+    statement runs), the list bound as one parameter: an array on PostgreSQL, JSON text
+    read by json_each on SQLite.
+
+    PostgreSQL takes ~50 ms to parse and plan an IN list of a thousand parameters, each
+    time; SQLAlchemy spends ~1.3 µs on each value of an IN list (expanding or not), and
+    SQLite finds 1000 rows through json_each in 60 % of the time of 1000 parameters.
+    """
+    value = None if values is None else list(values)
+    if postgres:
+        array = cast(bindparam(name, value, type_=_ArrayText()), ARRAY(column.type))
+        return column == any_(array)  # type: ignore[no-any-return]
+    listed: Select[Any] = select(literal_column("value")).select_from(
+        func.json_each(bindparam(name, value, type_=_JSONList())))
+    return column.in_(listed)  # type: ignore[no-any-return]
 
 
 class Base(DeclarativeBase):

@@ -11,21 +11,26 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO, cast
 
-from sqlalchemy import ColumnElement, insert, literal_column, select, update
+from sqlalchemy import Connection, select, text, update
 
-from digest.db import Database, utcnow
+from digest.db import Database, among, utcnow
 from digest.errors import InvalidInputError
 from subscribers.addresses import address_hash, address_key, normalize_address
 from subscribers.lists import get_list
 from subscribers.models import Subscriber, Subscription, Suppression
 from subscribers.subscriptions import refused, segment_of
+
+if TYPE_CHECKING:
+    import psycopg
 
 CHUNK = 5000
 MAX_RECORD_LINES = 5
@@ -55,6 +60,7 @@ class _Row:
     keywords: tuple[str, ...]
 
 
+@lru_cache(maxsize=4096)  # a list's readers share a few keyword choices
 def _keywords(text: str) -> tuple[str, ...]:
     seen: dict[str, str] = {}
     for part in text.split(";"):
@@ -74,6 +80,13 @@ def _records(handle: TextIO) -> Iterator[tuple[int, list[str] | None, str]]:
     lines = iter(enumerate(handle, start=1))
     pending: list[tuple[int, str]] = []
     for number, line in lines:
+        if not pending and '"' not in line:
+            # No quotes: the csv module would only split it at the commas (four times
+            # faster here), unless a line break stands inside, which it refuses.
+            body = line.rstrip("\r\n")
+            if "\r" not in body and "\n" not in body:
+                yield number, body.split(",") if body else [], line
+                continue
         pending.append((number, line))
         text = "".join(part for _, part in pending)
         if text.count('"') % 2 and len(pending) < MAX_RECORD_LINES:
@@ -124,11 +137,14 @@ def _read(handle: TextIO, source: str, report: ImportReport,
             report.rows += 1
             reject(line, "broken quoting (a quote is never closed)", [raw.rstrip("\r\n")])
             continue
-        if not any(f.strip() for f in fields):
+        if not any(map(str.strip, fields)):
             continue
         report.rows += 1
-        if any(_UNDECODABLE.search(f) for f in fields):
+        if _UNDECODABLE.search(raw):
             reject(line, "not UTF-8 text", fields)
+            continue
+        if "\0" in raw:  # no database text column holds it (PostgreSQL refuses it)
+            reject(line, "a NUL character in the row", fields)
             continue
         if len(fields) <= where["email"]:
             reject(line, "no email field (too few columns)", fields)
@@ -195,48 +211,36 @@ def import_csv(db: Database, list_name: str, path: Path, *, source: str = "impor
     return report
 
 
-SUBSCRIBERS = Subscriber.metadata.tables["subscribers"]
-SUBSCRIPTIONS = Subscriber.metadata.tables["subscriptions"]
-
-
-def _timestamp(moment: datetime) -> ColumnElement[Any]:
-    """A UTC time as an SQL literal both SQLite (as SQLAlchemy stores it) and PostgreSQL
-    (timestamp without time zone) read back exactly."""
-    naive = moment.astimezone(UTC).replace(tzinfo=None)
-    return literal_column(f"'{naive:%Y-%m-%d %H:%M:%S.%f}'")
-
-
 def _apply(db: Database, list_id: int, rows: dict[str, _Row], report: ImportReport,
            source: str) -> None:
     """Store one chunk in one transaction (plain column reads: no ORM objects)."""
     now = utcnow()
     keys = list(rows)
+    pg = db.is_postgres
     with db.session() as session:
         people: dict[str, tuple[int, str]] = {
             key: (pid, name) for pid, key, name in session.execute(
                 select(Subscriber.id, Subscriber.email_key, Subscriber.name)
-                .where(Subscriber.email_key.in_(keys)))}
-        hashes = {address_hash(k): k for k in keys}
-        suppressed = {hashes[h] for h in session.scalars(
-            select(Suppression.email_hash).where(Suppression.email_hash.in_(list(hashes))))}
+                .where(among(Subscriber.email_key, pg, keys)))}
+        suppressed: set[str] = set()
+        if session.scalar(select(Suppression.email_hash).limit(1)) is not None:
+            hashes = {address_hash(k): k for k in keys}
+            suppressed = {hashes[h] for h in session.scalars(
+                select(Suppression.email_hash)
+                .where(among(Suppression.email_hash, pg, hashes)))}
         subs: dict[int, tuple[int, str, list[str]]] = {
             sid: (sub_id, status, keywords) for sub_id, sid, status, keywords in
             session.execute(select(Subscription.id, Subscription.subscriber_id,
                                    Subscription.status, Subscription.keywords)
                             .where(Subscription.list_id == list_id,
-                                   Subscription.subscriber_id.in_(
-                                       [pid for pid, _ in people.values()])))}
-        new_people = [{"email": r.email, "email_key": k, "name": r.name}
-                      for k, r in rows.items() if k not in people and k not in suppressed]
-        # Core inserts, with the one timestamp written into the statement: the ORM's bulk
-        # path and a datetime conversion per row and column were half the import's time.
-        stamp = _timestamp(now)
+                                   among(Subscription.subscriber_id, pg,
+                                         [pid for pid, _ in people.values()])))}
+        new_people = [(r.email, k, r.name) for k, r in rows.items()
+                      if k not in people and k not in suppressed]
+        conn = session.connection()
         if new_people:
-            inserted = session.connection().execute(
-                insert(SUBSCRIBERS).values(created_at=stamp)
-                .returning(Subscriber.id, Subscriber.email_key),
-                new_people).all()
-            people.update({key: (pid, rows[key].name) for pid, key in inserted})
+            people.update({key: (pid, rows[key].name)
+                           for pid, key in _add_people(conn, new_people, now)})
         new_subs, renamed, rekeyed = [], [], []
         for key, row in rows.items():
             person_id, person_name = people.get(key, (0, ""))
@@ -245,10 +249,7 @@ def _apply(db: Database, list_id: int, rows: dict[str, _Row], report: ImportRepo
                 report.suppressed += 1
                 continue
             if sub is None:
-                new_subs.append({"subscriber_id": person_id, "list_id": list_id,
-                                 "status": "active", "source": source,
-                                 "keywords": list(row.keywords),
-                                 "segment": segment_of(row.keywords)})
+                new_subs.append((person_id, row.keywords))
                 report.added += 1
                 continue
             sub_id, _, keywords = sub
@@ -265,13 +266,91 @@ def _apply(db: Database, list_id: int, rows: dict[str, _Row], report: ImportRepo
             else:
                 report.unchanged += 1
         if new_subs:
-            session.connection().execute(
-                insert(SUBSCRIPTIONS).values(created_at=stamp, updated_at=stamp,
-                                             confirmed_at=stamp), new_subs)
+            _add_subscriptions(conn, list_id, source, new_subs, now)
         if renamed:
             session.execute(update(Subscriber), renamed)
         if rekeyed:
             session.execute(update(Subscription), rekeyed)
+
+
+# New rows go in below SQLAlchemy's statement layer, which spent ~5 µs a row turning
+# parameters into values: on PostgreSQL through COPY, on SQLite through one executemany.
+
+def _add_people(conn: Connection, people: list[tuple[str, str, str]],
+                now: datetime) -> list[tuple[int, str]]:
+    """Insert new subscribers (email, key, name); return (id, key) of each."""
+    if conn.dialect.name == "postgresql":
+        # COPY returns nothing: the ids are taken from the sequence first, as one text
+        # (a row each cost SQLAlchemy 2.4 µs).
+        ids = [int(i) for i in conn.execute(text(
+            "SELECT string_agg(nextval(pg_get_serial_sequence('subscribers', 'id'))::text, "
+            "',') FROM generate_series(1, :n)"), {"n": len(people)}).scalar_one().split(",")]
+        stamp = _copy_text(_naive(now).isoformat(" "))
+        _copy(conn, "subscribers (id, email, email_key, name, created_at)",
+              "".join(f"{pid}\t{_copy_text(email)}\t{_copy_text(key)}\t{_copy_text(name)}"
+                      f"\t{stamp}\n"
+                      for pid, (email, key, name) in zip(ids, people, strict=True)))
+        return [(pid, key) for pid, (_, key, _) in zip(ids, people, strict=True)]
+    conn.exec_driver_sql(
+        "INSERT INTO subscribers (email, email_key, name, created_at) VALUES (?, ?, ?, ?)",
+        [(email, key, name, _sqlite_time(now)) for email, key, name in people])
+    keys = [key for _, key, _ in people]
+    return [(pid, key) for pid, key in conn.execute(
+        select(Subscriber.id, Subscriber.email_key)
+        .where(among(Subscriber.email_key, False, keys)))]
+
+
+def _add_subscriptions(conn: Connection, list_id: int, source: str,
+                       new: list[tuple[int, tuple[str, ...]]], now: datetime) -> None:
+    """Insert active subscriptions (subscriber id, keywords) to a list."""
+    columns = ("subscriber_id, list_id, status, source, keywords, segment, created_at, "
+               "updated_at, confirmed_at")
+    postgres = conn.dialect.name == "postgresql"
+    stamp = _naive(now).isoformat(" ") if postgres else _sqlite_time(now)
+    # A list's readers share a few keyword choices: each is serialized once.
+    forms: dict[tuple[str, ...], tuple[str, str]] = {}
+    for _, keywords in new:
+        if keywords not in forms:
+            forms[keywords] = (json.dumps(list(keywords)), segment_of(keywords))
+    if postgres:
+        shared = f"\t{list_id}\tactive\t{_copy_text(source)}\t"
+        texts = {k: f"{_copy_text(keywords)}\t{_copy_text(segment)}"
+                 for k, (keywords, segment) in forms.items()}
+        _copy(conn, f"subscriptions ({columns})", "".join(
+            f"{person}{shared}{texts[keywords]}\t{stamp}\t{stamp}\t{stamp}\n"
+            for person, keywords in new))
+    else:
+        conn.exec_driver_sql(
+            f"INSERT INTO subscriptions ({columns}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(person, list_id, "active", source, *forms[keywords], stamp, stamp, stamp)
+             for person, keywords in new])
+
+
+# COPY's text format: a backslash starts an escape; tab, newline and CR end a field or row.
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _copy_text(value: str) -> str:
+    """A value as COPY's text format writes it."""
+    return value.translate(_COPY_ESCAPES)
+
+
+def _copy(conn: Connection, target: str, data: str) -> None:
+    """COPY rows, written in COPY's text format, into ``target`` ("table (columns)") on
+    PostgreSQL, in the connection's transaction."""
+    dbapi = cast("psycopg.Connection[Any]", conn.connection.dbapi_connection)
+    with dbapi.cursor() as cursor, cursor.copy(f"COPY {target} FROM STDIN") as copy:
+        copy.write(data)
+
+
+def _naive(moment: datetime) -> datetime:
+    """A UTC time as a timestamp without time zone holds it."""
+    return moment.astimezone(UTC).replace(tzinfo=None)
+
+
+def _sqlite_time(moment: datetime) -> str:
+    """A UTC time as SQLAlchemy stores it in SQLite (and reads back exactly)."""
+    return f"{_naive(moment):%Y-%m-%d %H:%M:%S.%f}"
 
 
 def export_csv(db: Database, list_name: str, out: TextIO, *,

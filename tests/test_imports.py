@@ -145,3 +145,33 @@ def test_imported_people_carry_the_time_of_the_import(any_ctx: Context, tmp_path
     assert before <= person.created_at <= datetime.now(UTC)
     assert sub.created_at == sub.confirmed_at == sub.updated_at == person.created_at
     assert sub.created_at.tzinfo is UTC and sub.segment == "iran;syria"
+
+
+def test_awkward_text_arrives_exactly_on_each_database(any_ctx: Context,
+                                                       tmp_path: Path) -> None:
+    # PostgreSQL takes new rows through COPY's text format: tabs, backslashes, line
+    # breaks and quotes in names and keywords must arrive as written. A NUL, which no
+    # database text column holds, is refused with its row alone.
+    create_list(any_ctx.db, "weekly")
+    path = write(tmp_path / "awkward.csv",
+                 'email,name,keywords\n'
+                 'tab@example.org,"Tab\there",Iran\n'
+                 'slash@example.org,Back\\slash \\N,"Syria;\\t"\n'
+                 '"quote@example.org","Ann ""Q"" \nMarie",\n'
+                 'arabic@example.org,ليلى,سوريا\n'
+                 'nul@example.org,Bad\x00Name,\n'
+                 'after@example.org,After,\n')
+    report = import_csv(any_ctx.db, "weekly", path)
+    assert report.added == 5
+    assert [(line, reason) for line, reason in report.rejected] == [
+        (7, "a NUL character in the row")]
+    rows = {s.email: (s.name, s.keywords) for s in list_subscriptions(any_ctx.db, "weekly")}
+    assert rows == {
+        "tab@example.org": ("Tab\there", ["Iran"]),
+        "slash@example.org": ("Back\\slash \\N", ["Syria", "\\t"]),
+        "quote@example.org": ('Ann "Q" \nMarie', []),
+        "arabic@example.org": ("ليلى", ["سوريا"]),
+        "after@example.org": ("After", []),
+    }
+    again = import_csv(any_ctx.db, "weekly", path)  # idempotent
+    assert again.added == 0 and again.unchanged == 5

@@ -59,3 +59,30 @@ def test_an_old_schema_is_upgraded_on_open(tmp_path: Path) -> None:
         assert "counts" in {c["name"] for c in inspect(db.engine).get_columns("issues")}
     finally:
         db.dispose()
+
+
+def test_among_finds_exactly_the_values_given(database_url: str) -> None:
+    # The lists bound as one parameter (JSON text on SQLite, an array literal on
+    # PostgreSQL) must match awkward strings exactly, and ints.
+    from sqlalchemy import select
+
+    from digest.db import among
+    from subscribers.models import Subscriber
+    db = open_database(database_url)
+    keys = ['a"b@x.org', "c\\d@x.org", "x,y@x.org", "{z}@x.org", "plain@x.org", "é@x.org"]
+    try:
+        with db.session() as session:
+            session.add_all(Subscriber(email=k, email_key=k) for k in [*keys, "other@x.org"])
+        with db.session() as session:
+            found = session.scalars(select(Subscriber.email_key).where(
+                among(Subscriber.email_key, db.is_postgres, keys))).all()
+            assert sorted(found) == sorted(keys)
+            ids = session.scalars(select(Subscriber.id).where(
+                among(Subscriber.email_key, db.is_postgres, keys[:2]))).all()
+            again = session.scalars(select(Subscriber.email_key).where(
+                among(Subscriber.id, db.is_postgres, ids))).all()
+            assert sorted(again) == sorted(keys[:2])
+            assert session.scalars(select(Subscriber.id).where(
+                among(Subscriber.id, db.is_postgres, []))).all() == []
+    finally:
+        db.dispose()
