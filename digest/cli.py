@@ -417,10 +417,12 @@ def send_cmd(list_name: str, no_collect: bool, yes: bool, resend_uncertain: bool
                               wait_for_issue=wait_for_issue, should_stop=stop.is_set)
         finally:
             for helper in helpers:
-                if not sending[0] or stop.is_set():
-                    helper.terminate()  # waiting for an issue, or told to stop
+                # This process returns once no batch is left and none is held, so a
+                # helper still running is idle: waiting for an issue to join (perhaps
+                # one already sent before it started), or told to stop with us.
+                helper.terminate()
                 _, problem = helper.communicate()
-                if helper.returncode and sending[0]:
+                if helper.returncode not in (0, -signal.SIGTERM) and sending[0]:
                     err.print(f"[yellow]a worker exited with status {helper.returncode}:"
                               f"[/yellow] {problem.decode(errors='replace').strip()[-500:]}")
     for warning in result.warnings:

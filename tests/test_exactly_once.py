@@ -202,6 +202,23 @@ def test_jobs_with_nothing_to_send_end_at_once(tmp_path: Path, standin: SendGrid
     ctx.close()
 
 
+def test_jobs_end_at_once_when_the_send_is_over_before_the_helpers_join(
+        tmp_path: Path, standin: SendGridStandIn, feed_server: FeedServer) -> None:
+    # A small list is sent before the helpers have even started: they must be let go
+    # when the send ends, not keep waiting (300 s) for an issue to join.
+    ctx, active = list_with_news(tmp_path, feed_server, f"sqlite:///{tmp_path / 'small.db'}",
+                                 5)
+    env = child_env(ctx, standin)
+    started = time.monotonic()
+    process = send(env, "--jobs", "2")
+    output = process.communicate(timeout=120)[0].decode()
+    assert process.returncode == 0, output
+    assert "5 accepted" in output and "worker exited" not in output
+    assert time.monotonic() - started < 30
+    check_exactly_once(ctx, standin, active)
+    ctx.close()
+
+
 def test_sigterm_stops_a_send_between_batches_and_the_next_send_resumes(
         tmp_path: Path, feed_server: FeedServer, standin: SendGridStandIn) -> None:
     ctx, active = list_with_news(tmp_path, feed_server, f"sqlite:///{tmp_path / 'term.db'}", 2_000)
