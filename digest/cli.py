@@ -88,7 +88,8 @@ def progress_bar(description: str, *, enabled: bool) -> Iterator[Callable[[int, 
         progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
                             MofNCompleteColumn(), TaskProgressColumn(),
                             TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
-                            TimeRemainingColumn(), console=err, transient=False)
+                            TimeRemainingColumn(), console=err, transient=False,
+                            refresh_per_second=4)
         task = progress.add_task(description, total=None, rate="")
 
         def update(done: int, total: int) -> None:

@@ -13,8 +13,6 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
 
-import feedparser
-
 from digest.errors import FeedError
 from digest.sanitize import html_to_text, summarize
 
@@ -140,6 +138,7 @@ def parse_feed(body: bytes, *, url: str, headers: Mapping[str, str] | None = Non
     # No content-location: feedparser would then urljoin every element (half its time);
     # the few links we keep are made absolute in normalize_entry instead.
     response_headers.pop("content-location", None)
+    import feedparser  # here: a collect whose feeds all answer 304 parses nothing
     parsed = feedparser.parse(io.BytesIO(body), response_headers=response_headers,
                               sanitize_html=False, resolve_relative_uris=False)
     problem = parsed.get("bozo_exception") if parsed.get("bozo") else None
