@@ -14,8 +14,11 @@ What runs, each a `digest` command in a fresh process, in a fresh folder:
 3. `digest send --list weekly --yes` (which collects first, as the scheduled job does)
    with nothing set but what a SendGrid user must set: the transport, the API key and,
    here, the stand-in's address;
-4. the floor again. The ratio is ours ÷ the mean of the two floors: this machine's speed
-   drifts by ±15 % over minutes.
+4. the floor again. The ratios are ours ÷ the mean of the two floors: this machine's speed
+   drifts by ±15 % over minutes. Ours is timed from the process's start to its exit, so
+   the floor is given both ways: its sending loop alone (the strict figure), and the
+   whole script from start to exit (interpreter start-up and `import sendgrid`, ~0.4 s
+   here), as ours is.
 
 The stand-in runs in its own process, answers 202 at once and counts recipients.
 
@@ -132,18 +135,20 @@ def run(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[float, float, 
     return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, errors
 
 
-def timed_floor(n: int, port: int, counter: object, standin_pid: int, folder: Path) -> float:
-    """The floor once in a fresh process, as ours runs (its start-up left out, which
-    favours the floor)."""
+def timed_floor(n: int, port: int, counter: object, standin_pid: int,
+                folder: Path) -> tuple[float, float]:
+    """The floor once in a fresh process, as ours runs: (its loop alone, the whole process
+    from start to exit, as ours is timed)."""
     standin_before = cpu_seconds(standin_pid)
-    _, cpu, _, output = run([sys.executable, __file__, "--floor", str(n), str(port),
-                             str(folder)], dict(os.environ), folder)
+    wall, cpu, _, output = run([sys.executable, __file__, "--floor", str(n), str(port),
+                                str(folder)], dict(os.environ), folder)
     seconds = float(output.strip().splitlines()[-1])
     with counter.get_lock():  # type: ignore[attr-defined]
         counter.value = 0  # type: ignore[attr-defined]
-    print(f"floor (build + serialize + POST the same requests): {seconds:.2f} s; CPU "
-          f"seconds: floor {cpu:.1f}, stand-in {cpu_seconds(standin_pid) - standin_before:.1f}")
-    return seconds
+    print(f"floor (build + serialize + POST the same requests): {seconds:.2f} s, the whole "
+          f"script {wall:.2f} s; CPU seconds: floor {cpu:.1f}, stand-in "
+          f"{cpu_seconds(standin_pid) - standin_before:.1f}")
+    return seconds, wall
 
 
 def write_csv(path: Path, n: int) -> None:
@@ -216,9 +221,12 @@ def main() -> None:
         if accepted != n:
             raise SystemExit(f"the stand-in counted {accepted:,} recipients, not {n:,}")
         floors.append(timed_floor(n, port, counter, server.pid, folder))
-    mean = sum(floors) / len(floors)
     goal = 2.0 if n < 100_000 else 1.5
-    print(f"ours {ours:.2f} s ÷ mean floor {mean:.2f} s = {ours / mean:.2f} (goal ≤ {goal})")
+    loop = sum(f[0] for f in floors) / len(floors)
+    script = sum(f[1] for f in floors) / len(floors)
+    print(f"ours {ours:.2f} s ÷ mean floor {loop:.2f} s (its loop alone) = {ours / loop:.2f}; "
+          f"÷ mean floor script {script:.2f} s (start to exit, as ours) = "
+          f"{ours / script:.2f} (goal ≤ {goal})")
     server.terminate()
 
 
