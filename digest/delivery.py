@@ -198,12 +198,17 @@ def _set_status(ctx: Context, conn: Connection, ids: Sequence[int], status: str,
     _update_deliveries(ctx, conn, ids, values, only_from=only_from)
 
 
+def _thousands(ids: Sequence[int]) -> Iterator[Sequence[int]]:
+    """``ids`` a thousand at a time, as one statement's list of ids takes them."""
+    for start in range(0, len(ids), 1000):
+        yield ids[start:start + 1000]
+
+
 def _update_deliveries(ctx: Context, conn: Connection, ids: Sequence[int],
                        values: dict[str, object], *, only_from: str | None = None) -> None:
     """Write ``values`` onto the deliveries ``ids``, a thousand a statement; ``only_from``
     keeps to those still in that status."""
-    for start in range(0, len(ids), 1000):
-        chunk = ids[start:start + 1000]
+    for chunk in _thousands(ids):
         query = update(Delivery).where(_ids(ctx.db.is_postgres, chunk)).values(**values)
         if only_from is not None:
             query = query.where(Delivery.status == only_from)
@@ -606,7 +611,7 @@ def _record(ctx: Context, conn: Connection, outcomes: Sequence[Outcome],
         groups.setdefault(key, []).append(o.delivery_id)
     statement = _outcome_update(ctx.db.is_postgres)
     for (status, message_id, error), ids in groups.items():
-        for start in range(0, len(ids), 1000):
-            conn.execute(statement, {"ids": ids[start:start + 1000], "new_status": status,
+        for chunk in _thousands(ids):
+            conn.execute(statement, {"ids": chunk, "new_status": status,
                                      "new_message_id": message_id, "new_error": error,
                                      "at": now})
