@@ -139,13 +139,9 @@ def cli(click_ctx: click.Context, config_path: str | None, overrides: tuple[str,
             raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--set")
         pairs[key.strip()] = value
     loaded = load_settings(config_path, overrides=pairs)
-    from rich.logging import RichHandler
-    level = "DEBUG" if verbose else loaded.settings.log_level
-    logging.basicConfig(level=level, format="%(message)s", datefmt="[%X]",
-                        handlers=[RichHandler(console=err, show_path=False,
-                                              rich_tracebacks=False)], force=True)
-    for noisy in ("httpx", "httpcore", "alembic", "CSSUTILS", "cssutils", "premailer"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    from digest.logs import configure
+    configure(level="DEBUG" if verbose else loaded.settings.log_level,
+              log_format=loaded.settings.log_format, console=err)
     click_ctx.obj = State(loaded, config_path, overrides)
     click_ctx.call_on_close(lambda: click_ctx.obj._ctx and click_ctx.obj._ctx.close())
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -14,14 +15,15 @@ from multiprocessing import get_context
 from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import func, insert, or_, select, text, update
+from sqlalchemy import func, insert, literal, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from digest.db import Database, utcnow
+from digest.db import Database, UTCDateTime, utcnow
 from digest.errors import FeedError, InvalidInputError, NotFoundError
 from digest.feeds import FeedEntry, ParsedFeed, parse_feed
 from digest.fetch import FetchLimits, FetchRequest, FetchResult, fetch_all
+from digest.logs import fields
 from digest.models import Entry, EntryKey, Feed
 from digest.settings import Settings
 
@@ -250,9 +252,12 @@ def _apply_result(session: Session, feed: Feed, parsed: ParsedFeed | str,
     feed.last_fetched_at = now
     if isinstance(parsed, str):
         feed.last_status, feed.last_error = "error", parsed
+        feed.failures = (feed.failures or 0) + 1
+        feed.failing_since = feed.failing_since or now
         return FeedReport(feed.url, feed.name, "error", error=parsed)
     new, updated, duplicates = _store_entries(session, feed, parsed.entries, now)
     feed.last_status, feed.last_error, feed.last_ok_at = "ok", parsed.warning, now
+    feed.failures, feed.failing_since = 0, None
     return FeedReport(feed.url, feed.name, "ok", new=new, updated=updated,
                       duplicates=duplicates, warning=parsed.warning)
 
@@ -272,11 +277,15 @@ def _record_unread(db: Database, results: list[FetchResult], now: datetime) -> N
         for start in range(0, len(unchanged), 500):
             session.execute(update(Feed).where(Feed.url.in_(unchanged[start:start + 500]))
                             .values(last_fetched_at=now, last_status="not_modified",
-                                    last_error=None, last_ok_at=now))
+                                    last_error=None, last_ok_at=now, failures=0,
+                                    failing_since=None))
         for r in results:
             if r.status == "error":
                 session.execute(update(Feed).where(Feed.url == r.url).values(
-                    last_fetched_at=now, last_status="error", last_error=r.error))
+                    last_fetched_at=now, last_status="error", last_error=r.error,
+                    failures=Feed.failures + 1,
+                    failing_since=func.coalesce(Feed.failing_since,
+                                                literal(now, UTCDateTime()))))
 
 
 def collect(db: Database, settings: Settings, *, now: datetime | None = None,
@@ -299,11 +308,22 @@ def collect(db: Database, settings: Settings, *, now: datetime | None = None,
         if on_fetched is not None:
             on_fetched(result)
 
+    started = time.perf_counter()
     try:
         results = fetch_all(requests, limits, fetched) if requests else []
-        return _store_results(db, results, parser, now)
+        report = _store_results(db, results, parser, now)
     finally:
         parser.close()
+    from digest import metrics
+    metrics.COLLECT_SECONDS.observe(time.perf_counter() - started)
+    for feed_report in report.feeds:
+        metrics.FEED_FETCHES.labels(feed_report.status).inc()
+    metrics.LAST_SUCCESS.labels("collect").set(time.time())
+    log.info("collected %d feeds: %d new entries, %d failed", len(report.feeds), report.new,
+             len(report.failed), extra=fields(count=report.new,
+                                              duration=round(time.perf_counter() - started, 3),
+                                              status="ok" if not report.failed else "partial"))
+    return report
 
 
 def _store_results(db: Database, results: list[FetchResult], parser: _Parser,
@@ -317,7 +337,8 @@ def _store_results(db: Database, results: list[FetchResult], parser: _Parser,
         if result.status != "ok":
             name = names.get(result.url, result.url)
             if result.status == "error":
-                log.warning("feed %s failed: %s", result.url, result.error)
+                log.warning("feed %s failed: %s", result.url, result.error,
+                            extra=fields(feed=result.url, error=result.error))
             report.feeds.append(FeedReport(result.url, name, result.status,
                                            error=result.error))
     fetched = [r for r in results if r.status == "ok"]
@@ -357,7 +378,8 @@ def _store_one(session: Session, result: FetchResult, parsed: ParsedFeed | str,
         return FeedReport(result.url, result.url, "error",
                           error=f"could not store entries: {e}")
     if feed_report.status == "error":
-        log.warning("feed %s failed: %s", feed_report.url, feed_report.error)
+        log.warning("feed %s failed: %s", feed_report.url, feed_report.error,
+                    extra=fields(feed=feed_report.url, error=feed_report.error))
     elif feed_report.warning:
         log.warning("feed %s: %s", feed_report.url, feed_report.warning)
     return feed_report

@@ -201,12 +201,19 @@ def serve_cmd(host: str, port: int, no_scheduler: bool) -> None:
         if daemon is not None:
             await run_in_threadpool(daemon.stop)
 
-    app = create_app(ctx, on_start=start, on_stop=stop)
+    def scheduler_state() -> str:
+        return "off" if daemon is None else "leader" if daemon.leading else "standby"
+
+    app = create_app(ctx, on_start=start, on_stop=stop, scheduler_state=scheduler_state)
     err.print(f"Serving on http://{host}:{port} "
               f"({'web app only' if no_scheduler else 'web app and scheduler'}); "
               f"public links use {ctx.settings.base_url}")
     # uvicorn turns SIGTERM and SIGINT into a clean shutdown, which stops the scheduler.
-    uvicorn.run(app, host=host, port=port, log_level="warning", proxy_headers=False)
+    # Behind a reverse proxy, uvicorn takes the client address from X-Forwarded-For only
+    # when the request comes from one of forwarded_allow_ips.
+    proxies = ctx.settings.forwarded_allow_ips.strip()
+    uvicorn.run(app, host=host, port=port, log_level="warning", proxy_headers=bool(proxies),
+                forwarded_allow_ips=proxies or None)
 
 
 # --- editors -----------------------------------------------------------------------------

@@ -21,8 +21,9 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from functools import cache
+from functools import cache, cached_property
 
+from prometheus_client import Histogram
 from sqlalchemy import (
     ColumnElement,
     Connection,
@@ -38,6 +39,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.dml import ReturningUpdate
 from sqlalchemy.sql.elements import BindParameter
 
+from digest import metrics
 from digest.context import Context
 from digest.db import among, utcnow
 from digest.errors import DeliveryError
@@ -429,13 +431,19 @@ def deliver(ctx: Context, issue_id: int, transport: Transport, *,
     # every module). Frozen, the objects that exist now are left out of those walks until
     # the send ends: 11.0 s → 9.4 s for 300,000 recipients.
     gc.freeze()
+    started, outcome = time.perf_counter(), "failed"
     try:
-        return _deliver(ctx, issue, report, transport, me, resend_uncertain=resend_uncertain,
-                        on_progress=on_progress, should_stop=should_stop, now=now,
-                        sleep=sleep)
+        _deliver(ctx, issue, report, transport, me, resend_uncertain=resend_uncertain,
+                 on_progress=on_progress, should_stop=should_stop, now=now, sleep=sleep)
+        outcome = "stopped" if report.stopped else "ok" if report.ok else "failed"
+        return report
     finally:
         gc.unfreeze()
         _LIVE_CLAIMERS.discard(me)
+        metrics.SEND_SECONDS.labels(issue.list_name).observe(time.perf_counter() - started)
+        metrics.SENDS.labels(issue.list_name, outcome).inc()
+        if outcome == "ok":
+            metrics.LAST_SUCCESS.labels("send").set(time.time())
 
 
 @dataclass
@@ -452,6 +460,10 @@ class _Run:
     # pool for each step (with its liveness ping) cost a tenth of a sender's time.
     conn: Connection
     variants: dict[int, RenderedIssue] = field(default_factory=dict)  # segments' renderings
+
+    @cached_property
+    def batch_seconds(self) -> Histogram:
+        return metrics.BATCH_SECONDS.labels(self.transport.name)
 
     @contextmanager
     def step(self) -> Iterator[Connection]:
@@ -558,7 +570,10 @@ def _send_claimed(run: _Run, claim: Claim, rows: list[Row]) -> int:
             return 0
     accepted = 0
     last = len(groups) - 1
+    if left:
+        metrics.RECIPIENTS.labels(run.issue.list_name, "skipped").inc(len(left))
     for i, (variant, recipients) in enumerate(groups.items()):
+        handed = time.perf_counter()
         try:
             outcomes = run.transport.send_batch(
                 variant_issue(ctx, run.issue, variant, run.variants), recipients)
@@ -574,7 +589,11 @@ def _send_claimed(run: _Run, claim: Claim, rows: list[Row]) -> int:
             if i == last:  # the outcomes and the batch's end in one transaction
                 _move_batch(conn, claim.batch_id, "done", now(), only_from="sending",
                             holder=run.me)
-        accepted += sum(1 for o in outcomes if o.status == ACCEPTED)
+        run.batch_seconds.observe(time.perf_counter() - handed)
+        by_outcome = Counter(o.status for o in outcomes)
+        for status, n in by_outcome.items():
+            metrics.RECIPIENTS.labels(run.issue.list_name, status).inc(n)
+        accepted += by_outcome[ACCEPTED]
     if not groups:
         with run.step() as conn:
             _move_batch(conn, claim.batch_id, "done", now(), only_from="sending",

@@ -34,6 +34,9 @@ class Feed(Base):
     last_status: Mapped[str | None] = mapped_column(String(20))  # ok, not_modified, error
     last_error: Mapped[str | None] = mapped_column(Text)
     last_ok_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Fetches failed in a row, and when the first of them was (None while it works).
+    failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    failing_since: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
@@ -119,6 +122,19 @@ class IssueEdit(Base):
     approved_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     updated_by: Mapped[str | None] = mapped_column(String(100))
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class RateHit(Base):
+    """One counted event (a sign-in failure, a subscribe) of a rate limit, shared by every
+    instance of the web app; the key is a hash of the IP address or name."""
+
+    __tablename__ = "rate_hits"
+    __table_args__ = (Index("ix_rate_hits_bucket_key_at", "bucket", "key", "at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    bucket: Mapped[str] = mapped_column(String(50))
+    key: Mapped[str] = mapped_column(String(64))
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 class WebhookEvent(Base):

@@ -25,6 +25,7 @@ from digest.issues import (
     record_issue,
     unfinished_issue,
 )
+from digest.logs import fields
 from digest.transports import Transport, make_transport
 from subscribers.lists import get_list
 from subscribers.optin import expire_pending
@@ -123,15 +124,20 @@ def run_list(ctx: Context, list_name: str, *, collect_first: bool = True,
         return run_list(ctx, list_name, collect_first=False, transport=transport, now=now,
                         on_progress=on_progress, should_stop=should_stop, join_only=True,
                         on_issue=on_issue)
+    took = time.perf_counter() - started
     log.info("issue %d of %s recorded with its deliveries in %.1f s", draft.number,
-             list_name, time.perf_counter() - started)
+             list_name, took, extra=fields(list=list_name, issue=issue_id,
+                                           duration=round(took, 3)))
     if on_issue is not None and not sandbox:
         on_issue(issue_id)
     started = time.perf_counter()
     report = deliver(ctx, issue_id, transport, sandbox=sandbox, on_progress=on_progress,
                      should_stop=should_stop)
+    took = time.perf_counter() - started
     log.info("issue %d of %s: this run handed over %d messages in %.1f s", draft.number,
-             list_name, report.sent_now, time.perf_counter() - started)
+             list_name, report.sent_now, took,
+             extra=fields(list=list_name, issue=issue_id, count=report.sent_now,
+                          counts=dict(report.counts), duration=round(took, 3)))
     if sandbox:
         discard_sandbox_issues(ctx, list_id)
     return RunResult(list_name, collected, report, warnings=draft.rendered.warnings)

@@ -127,6 +127,13 @@ class Settings:
     sendgrid_webhook_public_key: str = setting(
         "", "SendGrid's Event Webhook verification key (base64, from Mail Settings → Signed "
         "Event Webhook). Set: unsigned, forged or stale events are refused.")
+    forwarded_allow_ips: str = setting(
+        "", "Addresses of the reverse proxies in front of `digest serve` (comma-separated, "
+        "or *), whose X-Forwarded-For and X-Forwarded-Proto are believed: rate limits and "
+        "the audit log then use the real client address. Empty: no proxy is trusted.")
+    metrics_token: str = setting(
+        "", "Bearer token that GET /metrics asks for. Empty: /metrics answers only requests "
+        "made from this machine (loopback, not through a proxy).", secret=True)
     webhook_max_age_seconds: int = setting(
         600, "Oldest signed webhook timestamp accepted, in seconds (replays are refused).")
 
@@ -138,6 +145,9 @@ class Settings:
 
     log_level: str = setting("INFO", "Logging level: DEBUG, INFO, WARNING or ERROR.",
                              choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    log_format: str = setting(
+        "text", "Log lines as text (for a terminal) or json (one object per line, for a log "
+        "collector); addresses, tokens and keys are never logged.", choices=("text", "json"))
 
     def replace(self, **changes: Any) -> Settings:
         """Return a copy with some settings changed (values are not re-validated)."""

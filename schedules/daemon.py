@@ -23,6 +23,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import Connection, select, text, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
+from digest import metrics
 from digest.context import Context
 from digest.db import utcnow
 from digest.delivery import claimer_gone, worker_identity
@@ -257,6 +258,7 @@ class Daemon:
                         slot_at=event.scheduled_run_time, status="missed", trigger="timer",
                         started_at=utcnow(), finished_at=utcnow(), attempts=0, counts={},
                         message="missed by more than the grace time; skipped"))
+                metrics.SCHEDULE_RUNS.labels(schedule.name, "missed").inc()
             except IntegrityError:
                 pass  # the slot did run (or was recorded) after all
 

@@ -20,12 +20,14 @@ from datetime import datetime, timedelta
 from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 
+from digest import metrics
 from digest.collect import collect
 from digest.context import Context
 from digest.db import utcnow
 from digest.delivery import SendReport, claimer_gone, deliver, worker_identity
 from digest.editing import approval, next_number
 from digest.issues import Draft, draft_issue
+from digest.logs import fields
 from digest.pipeline import run_list
 from digest.transports import Transport, make_transport
 from schedules.expressions import next_slots, parse_expression, slot_key, time_zone
@@ -221,7 +223,11 @@ def run_slot(ctx: Context, schedule_id: int, slot_at: datetime | None = None, *,
             # An interrupted run lets go at once: the next start takes it over.
             lease_until=utcnow() if result.status == "interrupted" else utcnow() + LEASE,
             **({"issue_id": result.issue_id} if result.issue_id else {}))
-    log.info("schedule %s slot %s: %s %s", schedule.name, key, result.status, result.message)
+    log.info("schedule %s slot %s: %s %s", schedule.name, key, result.status, result.message,
+             extra=fields(schedule=schedule.name, slot=key, list=list_name,
+                          status=result.status, issue=result.issue_id,
+                          counts=result.counts or None))
+    metrics.SCHEDULE_RUNS.labels(schedule.name, result.status).inc()
     return result
 
 

@@ -32,7 +32,9 @@ from typing import Any, Self
 from python_http_client import exceptions as sg_errors
 from sendgrid import SendGridAPIClient
 
+from digest import metrics
 from digest.errors import ConfigError, DeliveryError
+from digest.logs import fields
 from digest.rendering import TOKENS
 from digest.settings import Settings
 from digest.transports.base import (
@@ -47,6 +49,10 @@ from digest.transports.base import (
 )
 
 log = logging.getLogger(__name__)
+
+
+def _error(code: int | str) -> None:
+    metrics.TRANSPORT_ERRORS.labels("sendgrid", str(code)).inc()
 MAX_RECIPIENTS = 1000
 JSON_TEXT = {"Content-Type": "application/json; charset=utf-8"}
 _json_string = encode_basestring_ascii  # a str as a JSON string literal, in C
@@ -172,19 +178,26 @@ class SendGridTransport(Transport):
             try:
                 response = self._post(body)
             except (sg_errors.UnauthorizedError, sg_errors.ForbiddenError) as e:
+                _error(e.status_code)
                 raise DeliveryError(
                     f"SendGrid refused the request ({e.status_code}): {sendgrid_errors(e)}",
                     hint="check SENDGRID_API_KEY (it needs the Mail Send permission) and "
                          "that the sender address or domain is verified") from None
             except (sg_errors.BadRequestsError, sg_errors.PayloadTooLargeError) as e:
+                _error(e.status_code)
                 return all_as(FAILED, error=f"SendGrid {e.status_code}: {sendgrid_errors(e)}")
             except sg_errors.TooManyRequestsError as e:
                 wait = self._wait_for_reset(e, attempt)
                 last_problem = "rate limited (429)"
-                log.info("SendGrid rate limit; waiting %.1f s", wait)
+                log.info("SendGrid rate limit; waiting %.1f s", wait,
+                         extra=fields(duration=round(wait, 3), status=429))
+                _error(429)
+                metrics.RATE_LIMIT_WAITS.labels(self.name).inc()
+                metrics.RATE_LIMIT_WAIT_SECONDS.labels(self.name).inc(wait)
                 self.sleep(wait)
                 continue
             except sg_errors.HTTPError as e:
+                _error(e.status_code)
                 if e.status_code >= 500:
                     last_problem = f"SendGrid {e.status_code}: {sendgrid_errors(e)}"
                     log.warning("%s; retrying", last_problem)
@@ -195,11 +208,13 @@ class SendGridTransport(Transport):
                 # urllib raises URLError only while connecting and sending: nothing was
                 # accepted, so trying again cannot duplicate.
                 last_problem = f"cannot reach SendGrid: {e.reason}"
+                _error("connection")
                 log.warning("%s; retrying", last_problem)
                 self.sleep(backoff(attempt, self.max_wait))
                 continue
             except (OSError, http.client.HTTPException) as e:
                 # The request went out and no answer came back: SendGrid may have it.
+                _error("no_answer")
                 return all_as(UNCERTAIN, error=f"no answer from SendGrid after sending "
                                                f"({type(e).__name__}: {e})")
             status = response.status_code

@@ -16,7 +16,9 @@ from collections.abc import Callable, Sequence
 from email.message import EmailMessage
 from typing import Self
 
+from digest import metrics
 from digest.errors import DeliveryError
+from digest.logs import fields
 from digest.settings import Settings
 from digest.transports.base import (
     ACCEPTED,
@@ -147,6 +149,7 @@ class SMTPTransport(Transport):
                 return self._judge(code, reply, "RCPT TO")
         except (smtplib.SMTPServerDisconnected, OSError) as e:
             self._drop()
+            metrics.TRANSPORT_ERRORS.labels("smtp", "connection").inc()
             raise _Retry(f"connection lost before the message was sent: {e}") from None
         try:
             code, reply = conn.data(data)
@@ -162,7 +165,10 @@ class SMTPTransport(Transport):
     def _judge(code: int, reply: bytes | str, step: str) -> Outcome:
         said = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else reply
         text = f"{step} refused: {code} {said}"
+        metrics.TRANSPORT_ERRORS.labels("smtp", str(code)).inc()
         if 400 <= code < 500:
+            if code in (421, 450, 451, 452):
+                metrics.RATE_LIMIT_WAITS.labels("smtp").inc()
             raise _Retry(text)
         return Outcome(0, FAILED, error=text)
 
@@ -176,8 +182,12 @@ class SMTPTransport(Transport):
                 outcome = self._send_once(sender, recipient, data)
             except _Retry as e:
                 problem = str(e)
-                log.info("SMTP %s for %s; retrying", problem, recipient)
-                self.sleep(backoff(attempt, self.max_wait))
+                # No address in the log: the reply may name it, so it is scrubbed too.
+                wait = backoff(attempt, self.max_wait)
+                log.info("SMTP %s; retrying in %.1f s", problem, wait,
+                         extra=fields(duration=round(wait, 3)))
+                metrics.RATE_LIMIT_WAIT_SECONDS.labels("smtp").inc(wait)
+                self.sleep(wait)
                 continue
             if outcome is not None:
                 return outcome

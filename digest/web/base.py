@@ -25,8 +25,10 @@ class WebApp:
                                  trim_blocks=True, lstrip_blocks=True)
         self.templates = Jinja2Templates(env=env)
         s = ctx.settings
-        self.subscribe_limit = RateLimiter(s.subscribe_per_ip_per_hour, 3600)
-        self.login_limit = RateLimiter(s.login_attempts_per_15_minutes, 900)
+        self.subscribe_limit = RateLimiter(ctx.db, "subscribe", s.subscribe_per_ip_per_hour,
+                                           3600)
+        self.login_limit = RateLimiter(ctx.db, "sign-in", s.login_attempts_per_15_minutes,
+                                       900)
         self.webhook_key = (load_key(s.sendgrid_webhook_public_key)
                             if s.sendgrid_webhook_public_key else None)
 

@@ -13,6 +13,7 @@ from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
+from digest import metrics
 from digest.dashboard import dashboard
 from digest.editing import approve, preview, save_edit, segments, send_test
 from digest.editors import audit, audit_log, authenticate
@@ -56,16 +57,18 @@ def routes(web: WebApp) -> list[tuple[str, Callable[..., Any], list[str]]]:
             return web.forbidden(request)
         name, password = str(form.get("name", "")), str(form.get("password", ""))
         keys = (f"ip:{client_address(request)}", f"name:{name.casefold()}")
-        if any(web.login_limit.blocked(k) for k in keys):
+        if any([await run_in_threadpool(web.login_limit.blocked, k) for k in keys]):
             log.warning("sign-in refused (too many attempts) for %r from %s", name,
                         client_address(request))
+            metrics.SIGN_IN_FAILURES.labels("rate_limited").inc()
             return web.page(request, "web/login.html", {
                 "csrf": csrf_token(request), "next": next_path, "name": name,
                 "error": "Too many attempts. Wait 15 minutes and try again."}, status=429)
         if not await run_in_threadpool(authenticate, ctx.db, name, password):
             for key in keys:
-                web.login_limit.hit(key)
+                await run_in_threadpool(web.login_limit.hit, key)
             log.info("failed sign-in for %r from %s", name, client_address(request))
+            metrics.SIGN_IN_FAILURES.labels("password").inc()
             return web.page(request, "web/login.html", {
                 "csrf": csrf_token(request), "next": next_path, "name": name,
                 "error": "That name and password do not match."}, status=401)

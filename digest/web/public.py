@@ -137,7 +137,7 @@ def routes(web: WebApp) -> list[tuple[str, Callable[..., Any], list[str]]]:
         if form.get("website"):  # the honeypot: people never see it, bots fill it in
             log.info("subscribe form: honeypot filled from %s", client_address(request))
             return done
-        if not web.subscribe_limit.hit(client_address(request)):
+        if not await run_in_threadpool(web.subscribe_limit.hit, client_address(request)):
             return web.page(request, "web/message.html", {
                 "title": "Too many requests",
                 "text": "Please try again in an hour."}, status=429)

@@ -2,48 +2,59 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import secrets
-import threading
-import time
-from collections import deque
 from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
 from functools import wraps
 
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
+
+from digest.db import Database, utcnow
+from digest.models import RateHit
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 class RateLimiter:
-    """At most ``limit`` events per key in a sliding window of ``seconds`` (one process)."""
+    """At most ``limit`` events per key in a sliding window of ``seconds``, counted in the
+    database so that every instance of the web app shares one allowance.
 
-    def __init__(self, limit: int, seconds: float) -> None:
-        self.limit, self.seconds = limit, seconds
-        self._events: dict[str, deque[float]] = {}
-        self._lock = threading.Lock()
+    Keys (an IP address, a sign-in name) are stored only as hashes. Blocking calls: run
+    them in a thread from async code.
+    """
 
-    def _recent(self, key: str, now: float) -> deque[float]:
-        events = self._events.setdefault(key, deque())
-        while events and events[0] <= now - self.seconds:
-            events.popleft()
-        return events
+    def __init__(self, db: Database, bucket: str, limit: int, seconds: float) -> None:
+        self.db, self.bucket, self.limit, self.seconds = db, bucket, limit, seconds
+
+    def _key(self, key: str) -> str:
+        return hashlib.sha256(f"{self.bucket}:{key}".encode()).hexdigest()
+
+    def _count(self, session: Session, key: str, now: datetime) -> int:
+        since = now - timedelta(seconds=self.seconds)
+        return session.scalar(select(func.count()).select_from(RateHit).where(
+            RateHit.bucket == self.bucket, RateHit.key == key, RateHit.at > since)) or 0
 
     def blocked(self, key: str) -> bool:
         """Whether ``key`` has used up its window (records nothing)."""
-        with self._lock:
-            return len(self._recent(key, time.monotonic())) >= self.limit
+        with self.db.session() as session:
+            return self._count(session, self._key(key), utcnow()) >= self.limit
 
     def hit(self, key: str) -> bool:
         """Record one event; False when it is over the limit (then it is not recorded)."""
-        with self._lock:
-            events = self._recent(key, time.monotonic())
-            if len(events) >= self.limit:
+        hashed, now = self._key(key), utcnow()
+        with self.db.session() as session:
+            # Old events of this key go first, so the table holds one window at most.
+            session.execute(delete(RateHit).where(
+                RateHit.bucket == self.bucket, RateHit.key == hashed,
+                RateHit.at <= now - timedelta(seconds=self.seconds)))
+            if self._count(session, hashed, now) >= self.limit:
                 return False
-            events.append(time.monotonic())
-            if len(self._events) > 100_000:  # forget idle keys rather than grow forever
-                self._events = {k: v for k, v in self._events.items() if v}
+            session.add(RateHit(bucket=self.bucket, key=hashed, at=now))
             return True
 
 
