@@ -10,6 +10,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -192,6 +193,46 @@ def db_upgrade() -> None:
     out.print(f"Database {engine.url.render_as_string()} is up to date.")
 
 
+@db.command("backup")
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--overwrite", is_flag=True, help="Replace PATH if it exists.")
+@boundary
+def db_backup(path: Path, overwrite: bool) -> None:
+    """Copy the database to PATH, consistently, while the service runs (SQLite).
+
+    On PostgreSQL, prints the pg_dump command to use instead and exits with status 1.
+    """
+    from digest.backup import backup
+    from digest.db import make_engine
+    engine = make_engine(state().loaded.settings.database_url)
+    try:
+        size = backup(engine, path, overwrite=overwrite)
+    finally:
+        engine.dispose()
+    out.print(f"Backed up {engine.url.render_as_string()} to {path} ({size / 1e6:,.1f} MB); "
+              "the copy passed SQLite's integrity check.")
+
+
+@db.command("check")
+@boundary
+def db_check() -> None:
+    """Check the database's integrity and schema; exit 1 on any problem."""
+    from digest.backup import check
+    from digest.db import make_engine
+    engine = make_engine(state().loaded.settings.database_url)
+    try:
+        report = check(engine)
+    finally:
+        engine.dispose()
+    if report.ok:
+        out.print(f"{engine.url.render_as_string()}: schema {report.revision}, every table "
+                  "present" + (", integrity ok." if engine.dialect.name == "sqlite" else "."))
+        return
+    for problem in report.problems:
+        err.print(f"[red]problem:[/red] {problem}", markup=True)
+    sys.exit(1)
+
+
 # --- feeds ---------------------------------------------------------------------------
 
 @cli.group()
@@ -270,12 +311,49 @@ def _collect_with_progress(ctx: Context) -> CollectReport:
         return collect(ctx.db, ctx.settings, on_start=started, on_fetched=fetched)
 
 
+@contextmanager
+def metrics_file(path: Path | None) -> Iterator[None]:
+    """Write this run's metrics to ``path`` at the end (node_exporter's textfile
+    collector), also when the run fails; helper processes' counts are added in."""
+    if path is None:
+        yield
+        return
+    import os
+    import shutil
+    import tempfile
+    own = None
+    # prometheus_client picks one-process or shared mode when first imported; in a fresh
+    # process (the CLI's case) the helpers of --jobs share a folder with this one.
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR") and "prometheus_client" not in sys.modules:
+        own = tempfile.mkdtemp(prefix="digest-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = own
+    try:
+        yield
+    finally:
+        from digest.metrics import write_textfile
+        try:
+            write_textfile(path)
+        except OSError as e:
+            err.print(f"[red]could not write --metrics-file {path}:[/red] {e}")
+        if own is not None:
+            shutil.rmtree(own, ignore_errors=True)
+            del os.environ["PROMETHEUS_MULTIPROC_DIR"]
+
+
+METRICS_FILE = click.option(
+    "--metrics-file", "metrics_file_path", type=click.Path(dir_okay=False, path_type=Path),
+    help="At the end, write this run's metrics here in Prometheus text format (for "
+         "node_exporter's textfile collector), also when it fails.")
+
+
 @cli.command("collect")
+@METRICS_FILE
 @boundary
-def collect_cmd() -> None:
+def collect_cmd(metrics_file_path: Path | None) -> None:
     """Fetch every feed and store new entries."""
-    report = _collect_with_progress(state().ctx)
-    print_collect(report)
+    with metrics_file(metrics_file_path):
+        report = _collect_with_progress(state().ctx)
+        print_collect(report)
 
 
 # --- issues --------------------------------------------------------------------------
@@ -356,14 +434,23 @@ def _stop_on_sigterm(stop: threading.Event) -> Iterator[None]:
                    "being sent.")
 @click.option("--jobs", "-j", type=click.IntRange(1, 32), default=1, show_default=True,
               help="Processes that send together (this one plus JOBS-1 workers).")
+@METRICS_FILE
 @boundary
 def send_cmd(list_name: str, no_collect: bool, yes: bool, resend_uncertain: bool,
-             sandbox: bool, worker: bool, wait_for_issue: float, jobs: int) -> None:
+             sandbox: bool, worker: bool, wait_for_issue: float, jobs: int,
+             metrics_file_path: Path | None) -> None:
     """Collect, build the next issue of a list and send it to its active subscribers.
 
     Running it again never sends an issue twice to anyone; an interrupted send resumes.
     Exits with status 1 when any delivery failed or is uncertain.
     """
+    with metrics_file(metrics_file_path):
+        _send(list_name, no_collect, yes, resend_uncertain, sandbox, worker, wait_for_issue,
+              jobs)
+
+
+def _send(list_name: str, no_collect: bool, yes: bool, resend_uncertain: bool,
+          sandbox: bool, worker: bool, wait_for_issue: float, jobs: int) -> None:
     from digest.pipeline import run_list
     ctx = state().ctx
     interactive = _interactive()
@@ -438,6 +525,63 @@ def send_cmd(list_name: str, no_collect: bool, yes: bool, resend_uncertain: bool
         err.print(f"Stopped before the end; `digest send --list {list_name}` resumes it.")
     if not result.send.ok or result.send.stopped:
         sys.exit(1)
+
+
+@cli.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print it as one JSON object.")
+@boundary
+def status_cmd(as_json: bool) -> None:
+    """The service at a glance: database, feeds, schedules, lists, and what needs a person.
+
+    Exits with status 1 when something needs a person (uncertain deliveries, a feed
+    failing for 3 days or more, an issue held for approval, a stopped send).
+    """
+    from digest.status import gather
+    status = gather(state().ctx)
+    if as_json:
+        import json
+        click.echo(json.dumps(status.as_json(), ensure_ascii=False, indent=2))
+        sys.exit(0 if status.healthy else 1)
+
+    def when(value: datetime | None) -> str:
+        return f"{value:%Y-%m-%d %H:%M}" if value else "-"
+
+    head = "[green]at head[/green]" if status.schema_at_head else "[red]behind[/red]"
+    out.print(f"[bold]Database[/bold] {status.database} ({status.backend}), schema "
+              f"{status.schema} {head}")
+    feeds_table = Table("feed", "last success (UTC)", "failures in a row", "last error",
+                        "entries this week", title="Feeds", title_justify="left")
+    for f in status.feeds:
+        feeds_table.add_row(f"{f.name}\n{f.url}", when(f.last_success),
+                            f"[red]{f.failures}[/red] since {when(f.failing_since)}"
+                            if f.failures else "0", f.last_error or "", str(f.entries_this_week))
+    out.print(feeds_table)
+    if status.schedules:
+        sched = Table("schedule", "list", "next fire", "last slot", "last outcome",
+                      title="Schedules", title_justify="left")
+        for s in status.schedules:
+            sched.add_row(s.name, s.list, "paused" if s.paused else
+                          (f"{s.next_fire:%a %Y-%m-%d %H:%M %Z}" if s.next_fire else "-"),
+                          (s.last_slot or "-").replace("T", " "),
+                          (s.last_outcome or "never ran")
+                          + (f": {s.last_message}" if s.last_message else ""))
+        out.print(sched)
+    lists_table = Table("list", "active", "unconfirmed", "last issue", "status", "when (UTC)",
+                        "accepted", "failed", "uncertain", title="Lists", title_justify="left")
+    for li in status.lists:
+        lists_table.add_row(li.name, str(li.active), str(li.unconfirmed),
+                            str(li.last_issue or "-"), li.last_issue_status or "-",
+                            when(li.last_issue_at), str(li.accepted), str(li.failed),
+                            f"[red]{li.uncertain}[/red]" if li.uncertain else "0")
+    out.print(lists_table)
+    out.print(f"Suppressions added this week: {status.suppressions_this_week}")
+    if status.healthy:
+        out.print("[green]Nothing needs a person.[/green]")
+        return
+    out.print("[bold red]Needs a person:[/bold red]")
+    for item in status.needs_attention:
+        out.print(f"  • {item}", markup=False)
+    sys.exit(1)
 
 
 @cli.group("issues")
