@@ -403,3 +403,70 @@ def test_backup_refuses_what_it_cannot_do_well(tmp_path: Path, sqlite_url: str,
     assert pg.returncode == 1 and "pg_dump --format=custom --file" in pg.stderr
     assert not (tmp_path / "x.dump").exists()
     ctx.close()
+
+
+# --- the multi-instance topology -----------------------------------------------------------
+
+def test_two_instances_and_two_workers_send_a_scheduled_issue_once_and_survive_the_leader(
+        tmp_path: Path, postgres_url: str, feed_server: FeedServer,
+        standin: SendGridStandIn, servers: list[Serve]) -> None:
+    """deploy/compose.yaml's shape on this machine: PostgreSQL, two `digest serve` (each
+    with a scheduler), two `digest send --worker`."""
+    from schedules.models import ScheduleRun
+    from tests.test_scheduler_daemon import next_slot, wait_until
+    ctx, active = list_with_news(tmp_path, feed_server, postgres_url, 6000)
+    standin.delay = 0.1
+    slot = next_slot(lead=35)
+    add_schedule(ctx.db, "weekly-soon", "weekly", f"{slot.minute} {slot.hour} * * *", "UTC")
+    env = child_env(ctx, standin, DIGEST_BATCH_SIZE="100", DIGEST_LOG_LEVEL="INFO")
+    one = Serve(env, tmp_path / "one.log")
+    two = Serve(env, tmp_path / "two.log")
+    servers.extend([one, two])
+
+    def roles() -> list[str]:
+        return [one.health().json()["scheduler"], two.health().json()["scheduler"]]
+
+    deadline = time.monotonic() + 30
+    while "leader" not in roles():
+        assert time.monotonic() < deadline, roles()
+        time.sleep(0.5)
+    time.sleep(6)  # both have tried to lead by now: exactly one does
+    assert sorted(roles()) == ["leader", "standby"]
+    workers = [subprocess.Popen(
+        [sys.executable, "-m", "digest", "send", "--list", "weekly", "--worker", "--yes",
+         "--wait-for-issue", "150", "--metrics-file", str(tmp_path / f"worker{n}.prom")],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        for n in (1, 2)]
+    try:
+        wait_until(slot)
+        for worker in workers:
+            _, problem = worker.communicate(timeout=150)
+            assert worker.returncode == 0, problem.decode()[-2000:]
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+    deadline = time.monotonic() + 60
+    while True:
+        with ctx.db.session() as s:
+            runs = [(r.status, r.trigger) for r in s.scalars(select(ScheduleRun))]
+        if runs and runs[0][0] != "running":
+            break
+        assert time.monotonic() < deadline, runs
+        time.sleep(0.5)
+    assert runs == [("sent", "timer")]
+    check_exactly_once(ctx, standin, active)
+    # Both workers took part in the one send.
+    for n in (1, 2):
+        written = (tmp_path / f"worker{n}.prom").read_text()
+        assert metric(written, "digest_recipients_total", outcome="accepted") > 0, n
+    assert all(server.health().status_code == 200 for server in (one, two))
+    # The leader dies: the standby takes over, and /healthz says so.
+    leader, standby = (one, two) if roles()[0] == "leader" else (two, one)
+    leader.stop(signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while standby.health().json()["scheduler"] != "leader":
+        assert time.monotonic() < deadline, standby.log.read_text()[-2000:]
+        time.sleep(0.5)
+    assert standby.health().status_code == 200
+    ctx.close()
