@@ -74,15 +74,40 @@ def json_handler(stream: Any = None) -> logging.Handler:
     """A handler writing one JSON object per line (python-json-logger)."""
     from pythonjsonlogger.json import JsonFormatter
     handler = logging.StreamHandler(stream or sys.stderr)
+    # "time" is ISO 8601 in UTC with microseconds (python-json-logger's timestamp).
     handler.setFormatter(JsonFormatter(
-        "%(asctime)s %(levelname)s %(name)s %(message)s",
-        rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
-        datefmt="%Y-%m-%dT%H:%M:%S%z", json_ensure_ascii=False))
+        "%(levelname)s %(name)s %(message)s", timestamp="time",
+        rename_fields={"levelname": "level", "name": "logger"}, json_ensure_ascii=False))
     return handler
 
 
+class LogWriter:
+    """A file for a rich console that turns each line printed into a log record, so that
+    with JSON logs a command's messages on stderr are JSON lines too."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self.logger, self._pending = logger, ""
+
+    def write(self, text: str) -> int:
+        self._pending += text
+        *lines, self._pending = self._pending.split("\n")
+        for line in lines:
+            if line.strip():
+                self.logger.info(line.rstrip())
+        return len(text)
+
+    def flush(self) -> None:
+        if self._pending.strip():
+            self.logger.info(self._pending.rstrip())
+        self._pending = ""
+
+    def isatty(self) -> bool:
+        return False
+
+
 def configure(*, level: str, log_format: str, console: Console) -> None:
-    """Set up the root logger for one run of the tool."""
+    """Set up the root logger for one run of the tool (and, for JSON, route the
+    console's messages through it)."""
     handler: logging.Handler
     if log_format == "json":
         handler = json_handler()
@@ -92,5 +117,11 @@ def configure(*, level: str, log_format: str, console: Console) -> None:
         handler.setFormatter(logging.Formatter("%(message)s", datefmt="[%X]"))
     handler.addFilter(Redact())
     logging.basicConfig(level=level, handlers=[handler], force=True)
+    if log_format == "json":
+        # A command's own messages (its summary, what failed) show at any log level.
+        messages = logging.getLogger("digest.cli")
+        messages.setLevel(logging.INFO)
+        console.file = LogWriter(messages)  # type: ignore[assignment]
+        console.soft_wrap = True  # one message, one line
     for noisy in NOISY:
         logging.getLogger(noisy).setLevel(logging.WARNING)
