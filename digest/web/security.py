@@ -48,9 +48,10 @@ class RateLimiter:
         """Record one event; False when it is over the limit (then it is not recorded)."""
         hashed, now = self._key(key), utcnow()
         with self.db.session() as session:
-            # Old events of this key go first, so the table holds one window at most.
+            # Events older than the window go first (every key's, so keys that never
+            # come back do not pile up): the table holds one window at most.
             session.execute(delete(RateHit).where(
-                RateHit.bucket == self.bucket, RateHit.key == hashed,
+                RateHit.bucket == self.bucket,
                 RateHit.at <= now - timedelta(seconds=self.seconds)))
             if self._count(session, hashed, now) >= self.limit:
                 return False
