@@ -184,8 +184,8 @@ def test_metrics_file_adds_up_the_helpers_of_a_send(
         tmp_path: Path, feed_server: FeedServer, standin: SendGridStandIn) -> None:
     ctx, active = list_with_news(tmp_path, feed_server, f"sqlite:///{tmp_path}/d.db", 3000)
     standin.fault_rates = {"429": 0.2}
-    standin.delay = 0.05
-    env = child_env(ctx, standin, DIGEST_BATCH_SIZE="250", DIGEST_RETRY_ATTEMPTS="20")
+    standin.delay = 0.25  # slow enough that the helper, starting up, still finds batches
+    env = child_env(ctx, standin, DIGEST_BATCH_SIZE="125", DIGEST_RETRY_ATTEMPTS="20")
     textfile = tmp_path / "digest.prom"
     run = digest(env, "send", "--list", "weekly", "--yes", "--jobs", "2",
                  "--metrics-file", str(textfile))
@@ -193,9 +193,9 @@ def test_metrics_file_adds_up_the_helpers_of_a_send(
     written = textfile.read_text()
     assert metric(written, "digest_recipients_total", list="weekly",
                   outcome="accepted") == len(active)
-    # Both processes sent and finished: two send runs, twelve batches between them.
+    # Both processes sent and finished: two send runs, 24 batches between them.
     assert metric(written, "digest_sends_total", list="weekly", outcome="ok") == 2
-    assert metric(written, "digest_batch_duration_seconds_count", transport="sendgrid") == 12
+    assert metric(written, "digest_batch_duration_seconds_count", transport="sendgrid") == 24
     assert metric(written, "digest_rate_limit_waits_total", transport="sendgrid") >= 1
     assert metric(written, "digest_transport_errors_total", transport="sendgrid",
                   code="429") >= 1
