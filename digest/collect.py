@@ -155,7 +155,8 @@ def _store_entries(session: Session, feed: Feed, entries: list[FeedEntry],
     rows = [{"feed_id": feed.id, "guid": item.guid, "link": item.link, "title": item.title,
              "summary_html": item.summary_html, "author": item.author,
              "keywords": list(item.keywords), "published_at": item.published_at,
-             "first_seen_at": now, "dated_at": item.published_at or now, "updated_at": now}
+             "first_seen_at": now, "dated_at": item.published_at or now, "updated_at": now,
+             **_parts(item)}
             for item, _ in fresh]
     try:
         with session.begin_nested():
@@ -186,10 +187,24 @@ def _store_one_by_one(session: Session, feed: Feed, fresh: list[tuple[FeedEntry,
     return new, updated, duplicates
 
 
+def _parts(item: FeedEntry) -> dict[str, Any]:
+    """The recap's parts as entry columns (an image's size may be learnt later)."""
+    image = item.image
+    return {"lead": item.lead, "image_url": image.url if image else None,
+            "image_alt": image.alt if image else None,
+            "image_width": image.width if image else None,
+            "image_height": image.height if image else None,
+            "related": [list(pair) for pair in item.related] or None}
+
+
 def _refresh(entry: Entry, item: FeedEntry, now: datetime) -> bool:
     """Apply a feed's later edit of an entry; True if anything changed."""
     fresh = {"title": item.title, "summary_html": item.summary_html, "link": item.link,
-             "keywords": list(item.keywords), "author": item.author}
+             "keywords": list(item.keywords), "author": item.author, **_parts(item)}
+    if item.image is not None and item.image.url == entry.image_url \
+            and item.image.width is None:
+        # The same image, whose size was measured after the feed left it out: keep it.
+        fresh.update(image_width=entry.image_width, image_height=entry.image_height)
     changed = {k: v for k, v in fresh.items() if getattr(entry, k) != v}
     for key, value in changed.items():
         setattr(entry, key, value)
@@ -314,6 +329,8 @@ def collect(db: Database, settings: Settings, *, now: datetime | None = None,
         report = _store_results(db, results, parser, now)
     finally:
         parser.close()
+    if settings.image_size_timeout > 0:
+        measure_images(db, since=now, timeout=settings.image_size_timeout)
     from digest import metrics
     metrics.COLLECT_SECONDS.observe(time.perf_counter() - started)
     for feed_report in report.feeds:
@@ -383,3 +400,26 @@ def _store_one(session: Session, result: FetchResult, parsed: ParsedFeed | str,
     elif feed_report.warning:
         log.warning("feed %s: %s", feed_report.url, feed_report.warning)
     return feed_report
+
+
+def measure_images(db: Database, *, since: datetime, timeout: float) -> int:
+    """Learn the size of the images of entries stored or changed since ``since`` whose
+    feed gave none, from their first bytes; return how many were measured. An image whose
+    size stays unknown is left out of emails (they need one)."""
+    with db.session() as session:
+        wanted = session.execute(select(Entry.id, Entry.image_url).where(
+            Entry.image_url.is_not(None), Entry.image_width.is_(None),
+            Entry.updated_at >= since)).all()
+    if not wanted:
+        return 0
+    from digest.fetch import image_sizes
+    sizes = image_sizes(sorted({url for _, url in wanted if url}), timeout=timeout)
+    measured = 0
+    with db.session() as session:
+        for entry_id, url in wanted:
+            size = sizes.get(url or "")
+            if size is not None:
+                session.execute(update(Entry).where(Entry.id == entry_id).values(
+                    image_width=size[0], image_height=size[1]))
+                measured += 1
+    return measured

@@ -9,6 +9,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from digest.feeds import Image
 from digest.sanitize import html_to_text
 
 UNTAGGED_KEY = ""
@@ -49,6 +50,9 @@ class Item:
     dated_at: datetime
     source: str = ""
     author: str | None = None
+    lead: str = ""
+    image: Image | None = None
+    related: tuple[tuple[str, str], ...] = ()  # "Read also": (title, url)
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session
 from digest.context import Context
 from digest.db import utcnow
 from digest.errors import ConfigError, DigestError, NotFoundError
+from digest.feeds import Image
 from digest.grouping import (
     Item,
     KeywordConfig,
@@ -122,7 +123,21 @@ def new_items(session: Session, list_id: int, *, since: datetime) -> list[Item]:
         .where(Entry.dated_at >= since, Entry.id.not_in(held_entry_ids(list_id)))
         .order_by(Entry.dated_at.desc(), Entry.id)).all()
     return [Item(e.id, e.title, e.link, e.summary_html, tuple(e.keywords), e.dated_at,
-                 source or "", e.author) for e, source in rows]
+                 source or "", e.author, e.lead or "",
+                 Image(e.image_url, e.image_alt or "", e.image_width, e.image_height)
+                 if e.image_url else None,
+                 tuple((t, u) for t, u in e.related or ()))
+            for e, source in rows]
+
+
+def list_look(mailing_list: MailingList) -> dict[str, Any]:
+    """How a list's emails look, as IssueContent fields."""
+    logo = (Image(mailing_list.logo_url, mailing_list.logo_alt or mailing_list.title,
+                  mailing_list.logo_width, mailing_list.logo_height)
+            if mailing_list.logo_url else None)
+    parts = tuple(p for p in (mailing_list.entry_parts or "").split(",") if p)
+    return {"language": mailing_list.language or "en", "logo": logo, "parts": parts,
+            "lead_max_chars": mailing_list.lead_max_chars or 300}
 
 
 def make_subject(template: str, *, list_title: str, date: datetime,
@@ -191,6 +206,7 @@ def draft_issue(ctx: Context, list_name: str, *, now: datetime | None = None,
         items = new_items(session, mailing_list.id, since=since)
         list_id, list_title = mailing_list.id, mailing_list.title
         nothing_matches = mailing_list.when_nothing_matches
+        look = list_look(mailing_list)
     if edit is not None:
         items = [i for i in items if i.id not in edit.dropped]
         subject = subject or edit.subject or None
@@ -205,7 +221,8 @@ def draft_issue(ctx: Context, list_name: str, *, now: datetime | None = None,
                                         sections=sections),
         date=now, sections=sections, intro=intro,
         sender=Sender(s.from_name, s.from_email, s.postal_address),
-        view_url=ctx.url(archive_path(list_name, number)))
+        view_url=ctx.url(archive_path(list_name, number)),
+        keyword_url=ctx.url(f"archive/{list_name}/k/"), **look)
     rendered = ctx.renderer.render_issue(content)
     return Draft(list_id, list_name, list_title, number, items, sections, content, rendered,
                  since, now, edit, nothing_matches)

@@ -50,6 +50,16 @@ class Entry(Base):
     link: Mapped[str | None] = mapped_column(Text)
     title: Mapped[str] = mapped_column(Text)
     summary_html: Mapped[str] = mapped_column(Text, default="")
+    # The standfirst as plain text (the feed's summary, else its content's text), kept
+    # whole up to 2000 characters; each list trims it at a sentence to its own length.
+    lead: Mapped[str] = mapped_column(Text, default="", server_default="")
+    # The entry's first image, by URL only (never downloaded into an email).
+    image_url: Mapped[str | None] = mapped_column(Text)
+    image_alt: Mapped[str | None] = mapped_column(Text)
+    image_width: Mapped[int | None] = mapped_column(Integer)
+    image_height: Mapped[int | None] = mapped_column(Integer)
+    # "Read also" links the entry carries: [[title, url], …].
+    related: Mapped[list[list[str]] | None] = mapped_column(JSON)
     author: Mapped[str | None] = mapped_column(String(300))
     keywords: Mapped[list[str]] = mapped_column(JSON, default=list)
     published_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

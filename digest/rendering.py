@@ -19,9 +19,11 @@ from datetime import datetime
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
+from urllib.parse import quote
 
-from digest.grouping import Section, summary_line
-from digest.sanitize import html_to_text
+from digest.feeds import READ_ALSO, Image
+from digest.grouping import Section, keyword_key, summary_line
+from digest.sanitize import cut_text, html_to_text, sanitize_html
 
 if TYPE_CHECKING:
     import jinja2
@@ -76,6 +78,16 @@ class IssueContent:
     sender: Sender
     view_url: str
     intro: str = ""
+    language: str = "en"
+    logo: Image | None = None
+    # What each entry shows besides its title (ENTRY_PARTS), in the template's order.
+    parts: tuple[str, ...] = ("lead", "image", "read_also", "keywords")
+    lead_max_chars: int = 300
+    keyword_url: str = ""  # the archive's keyword pages: this + the keyword's key
+
+    def keyword_link(self, keyword: str) -> str:
+        """The archive page of the recaps under a keyword."""
+        return self.keyword_url + quote(keyword_key(keyword), safe="")
 
     @property
     def entry_count(self) -> int:
@@ -159,11 +171,74 @@ def neutralize(text: str) -> str:
     return text.replace(PLACEHOLDER_PREFIX, "__DIGEST\u200b_")
 
 
-def _wrap(text: str, width: int = 72, indent: str = "") -> str:
+def _wrap(text: str, width: int = 72, indent: str = "", subsequent: str | None = None) -> str:
+    """Wrap at ``width`` without breaking words (a URL stays whole, however long)."""
     return "\n".join(textwrap.fill(p, width=width, initial_indent=indent,
-                                   subsequent_indent=indent, break_long_words=False,
+                                   subsequent_indent=indent if subsequent is None
+                                   else subsequent, break_long_words=False,
                                    break_on_hyphens=False)
                      for p in text.split("\n") if p.strip())
+
+
+TEXT_WIDTH = 78  # the plain-text part's longest line, URLs aside
+COLUMN = 536     # the email's content column in pixels (600 less 2 × 32 of padding)
+_SENTENCE_END = re.compile(r"[.!?؟。](?:[\"'”’»)]*)(?=\s)")
+_VAGUE = re.compile(r"<a\b([^>]*)>\s*(click here|here|read more|more|link|this)\s*</a>",
+                    re.IGNORECASE)
+_IMG_TAG = re.compile(r"<img\b[^>]*>", re.IGNORECASE)
+
+
+def sentence_cut(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` characters at the end of a sentence (at a word,
+    with "…", when no sentence ends in the first third)."""
+    if len(text) <= limit:
+        return text
+    ends = [m.end() for m in _SENTENCE_END.finditer(text[:limit + 1]) if m.end() <= limit]
+    if ends and ends[-1] >= limit // 3:
+        return text[:ends[-1]]
+    return cut_text(text, limit)
+
+
+def fitted(image: Image, width: int = COLUMN) -> tuple[int, int] | None:
+    """An image's width and height scaled to fit ``width``; None when its size is
+    unknown (an email needs both, so such an image is left out)."""
+    if not image.width or not image.height:
+        return None
+    shown = min(width, image.width)
+    return shown, max(1, round(image.height * shown / image.width))
+
+
+def email_summary(fragment: str, title: str) -> str:
+    """Sanitized feed HTML as the email shows it: no images (the entry's image is shown
+    on its own, with its size), no "Read also" block (the entry lists those links on its
+    own), and no link whose whole text is "click here"."""
+    marker = READ_ALSO.search(fragment)
+    if marker is not None:
+        fragment = sanitize_html(fragment[:marker.start()])  # closes what the cut left open
+    fragment = _IMG_TAG.sub("", fragment)
+    return _VAGUE.sub(lambda m: f"<a{m[1]}>{html.escape(title)}</a>", fragment).strip()
+
+
+class TextLinks:
+    """The numbered link references of one entry in the plain-text part."""
+
+    def __init__(self) -> None:
+        self.urls: list[str] = []
+
+    def ref(self, url: str) -> str:
+        """The marker of ``url`` ("[3]"), numbering it on first use."""
+        if url not in self.urls:
+            self.urls.append(url)
+        return f"[{self.urls.index(url) + 1}]"
+
+    def block(self, indent: str = "  ") -> str:
+        """The references, one per line, for the end of the entry."""
+        return "\n".join(f"{indent}[{i}] {url}" for i, url in enumerate(self.urls, 1))
+
+
+def underline(title: str, char: str = "=") -> str:
+    """A heading and its underline, as long as the heading."""
+    return f"{title}\n{char * min(len(title), TEXT_WIDTH)}"
 
 
 def long_date(value: datetime) -> str:
@@ -183,9 +258,13 @@ class Renderer:
         self.env: jinja2.Environment = jinja2.Environment(
             loader=jinja2.FileSystemLoader(str(templates or template_dir())),
             autoescape=jinja2.select_autoescape(["html"], default_for_string=True),
-            undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+            undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+            extensions=["jinja2.ext.do"])
         self.env.filters.update(wrap=_wrap, plain=html_to_text, longdate=long_date,
-                                neutral=neutralize)
+                                neutral=neutralize, sentences=sentence_cut,
+                                email_summary=email_summary, underline=underline)
+        self.env.globals.update(fitted=fitted, TextLinks=TextLinks, COLUMN=COLUMN,
+                                TEXT_WIDTH=TEXT_WIDTH)
         self.env.globals["ph"] = {k: v[0] for k, v in PLACEHOLDERS.items()}
         self.env.globals["ph_text"] = {k: v[1] for k, v in PLACEHOLDERS.items()}
         self.size_warning = size_warning

@@ -65,6 +65,10 @@ class Settings:
     fetch_max_bytes: int = setting(10_000_000, "Largest feed body accepted, in bytes.")
     fetch_max_redirects: int = setting(5, "Most redirects followed for one feed.")
     fetch_concurrency: int = setting(10, "Feeds fetched at the same time.")
+    image_size_timeout: float = setting(
+        5.0, "Seconds to learn the size of a feed image whose feed gives none (its first "
+        "64 KiB are read once, when collected); 0: never. Emails leave out images of "
+        "unknown size.")
     summary_max_chars: int = setting(
         600, "Longest entry summary, in characters of text; longer ones are cut at a word.")
 

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import JSON, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from digest.db import Base, UTCDateTime, utcnow
 
 STATUSES = ("pending", "active", "paused", "unsubscribed", "bounced", "complained")
+# What an entry of an email can show, besides its title; lists choose some, in this order.
+ENTRY_PARTS = ("image", "lead", "summary", "read_also", "keywords")
+DEFAULT_ENTRY_PARTS = "lead,image,read_also,keywords"
 # When none of a subscriber's keywords has anything new: send nothing, or the full issue.
 WHEN_NOTHING_MATCHES = ("skip", "full")
 
@@ -23,6 +26,16 @@ class MailingList(Base):
     title: Mapped[str] = mapped_column(String(300))
     description: Mapped[str] = mapped_column(Text, default="")
     when_nothing_matches: Mapped[str] = mapped_column(String(10), default="skip")
+    # How its emails look: the language (<html lang>), the masthead logo, and which parts
+    # each entry shows (ENTRY_PARTS), with the lead cut at a sentence to lead_max_chars.
+    language: Mapped[str] = mapped_column(String(20), default="en", server_default="en")
+    logo_url: Mapped[str | None] = mapped_column(Text)
+    logo_alt: Mapped[str | None] = mapped_column(Text)
+    logo_width: Mapped[int | None] = mapped_column(Integer)
+    logo_height: Mapped[int | None] = mapped_column(Integer)
+    entry_parts: Mapped[str] = mapped_column(String(200), default=DEFAULT_ENTRY_PARTS,
+                                             server_default=DEFAULT_ENTRY_PARTS)
+    lead_max_chars: Mapped[int] = mapped_column(Integer, default=300, server_default="300")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import re
+import tomllib
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from digest.feeds import parse_feed
+from digest.feeds import Image, parse_feed
 from digest.grouping import Item, KeywordConfig, group
 from digest.rendering import (
     PLACEHOLDERS,
@@ -33,7 +34,16 @@ def render_case(case: str, renderer: Renderer) -> RenderedIssue:
     settings = load_settings(folder / "config.toml", env={}).settings
     feed = parse_feed((folder / "feed.xml").read_bytes(), url="https://news.example/feed.xml")
     items = [Item(i, e.title, e.link, e.summary_html, e.keywords, e.published_at or NOW,
-                  "Golden Desk") for i, e in enumerate(feed.entries, 1)]
+                  "Golden Desk", e.author, e.lead, e.image, e.related)
+             for i, e in enumerate(feed.entries, 1)]
+    look: dict[str, object] = {}
+    if (folder / "look.toml").exists():
+        raw = tomllib.loads((folder / "look.toml").read_text(encoding="utf-8"))
+        look = {"language": raw.get("language", "en"), "parts": tuple(raw["parts"]),
+                "lead_max_chars": raw.get("lead_max_chars", 300)}
+        if raw.get("logo_url"):
+            look["logo"] = Image(raw["logo_url"], raw["logo_alt"], raw["logo_width"],
+                                 raw["logo_height"])
     sections = group(items, KeywordConfig.from_settings(
         settings.keyword_order, settings.keyword_aliases, settings.keyword_rules,
         settings.untagged_section))
@@ -41,7 +51,9 @@ def render_case(case: str, renderer: Renderer) -> RenderedIssue:
                            NOW, sections,
                            Sender(settings.from_name, "desk@news.example",
                                   settings.postal_address),
-                           "https://digest.example/archive/weekly/7")
+                           "https://digest.example/archive/weekly/7",
+                           keyword_url="https://digest.example/archive/weekly/k/",
+                           **look)  # type: ignore[arg-type]
     return renderer.render_issue(content)
 
 
@@ -98,7 +110,8 @@ def test_email_layout(rendered: RenderedIssue) -> None:
     assert rendered.preheader == "2 on Syria, 1 on Iran and 1 more"
     assert "2 on Syria, 1 on Iran and 1 more" in html.split("<table", 1)[0]
     # Text part comes from the same data.
-    assert "== Syria (2) ==" in rendered.text and "== More recaps (1) ==" in rendered.text
+    assert "Syria (2)\n---------\n" in rendered.text
+    assert "More recaps (1)\n---------------\n" in rendered.text
     assert "Also in: Iran" in rendered.text
 
 
