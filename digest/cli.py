@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from digest import __version__
-from digest.errors import DigestError
+from digest.errors import DigestError, InvalidInputError
 from digest.settings import LoadedSettings, describe, load_settings
 
 # Only what `digest --help` needs is imported here; each command imports the modules it
@@ -364,8 +364,11 @@ def collect_cmd(metrics_file_path: Path | None) -> None:
               default=Path("preview.html"), show_default=True, help="Where to write the HTML.")
 @click.option("--text", "text_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the plain-text part here.")
+@click.option("--check-links", is_flag=True,
+              help="Also check every link of the issue; exit 1 when one is broken.")
 @boundary
-def preview_cmd(list_name: str, out_path: Path, text_path: Path | None) -> None:
+def preview_cmd(list_name: str, out_path: Path, text_path: Path | None,
+                check_links: bool) -> None:
     """Write the next issue as it would be sent, without sending or changing anything."""
     from digest.issues import draft_issue
     ctx = state().ctx
@@ -374,6 +377,29 @@ def preview_cmd(list_name: str, out_path: Path, text_path: Path | None) -> None:
         out.print(f"Nothing new for list {list_name!r}: no issue to preview.")
         return
     write_preview(ctx, draft, out_path, text_path)
+    if check_links and not _links_ok(ctx, draft):
+        sys.exit(1)
+
+
+def _links_ok(ctx: Context, draft: Draft) -> bool:
+    """Check the draft's links (our own pages aside); print what is wrong; True if none
+    is broken."""
+    from digest.linkcheck import check_links, links_in
+    own = ctx.settings.base_url.rstrip("/") + "/"
+    urls = links_in(draft.rendered.html, skip_prefixes=(own,))
+    with err.status(f"Checking {len(urls)} links…"):
+        results = check_links(urls)
+    broken = [r for r in results if r.broken]
+    other = [r for r in results if r.state in ("redirect", "unchecked")]
+    if broken or other:
+        table = Table("link", "state", "detail")
+        for r in broken + other:
+            table.add_row(r.url, {"broken": "[red]broken[/red]", "redirect": "redirects",
+                                  "unchecked": "not checked"}[r.state], r.detail)
+        out.print(table)
+    out.print(f"Links: {len(results)} checked, {len(broken)} broken, "
+              f"{sum(r.state == 'redirect' for r in results)} redirecting.")
+    return not broken
 
 
 def write_preview(ctx: Context, draft: Draft, out_path: Path, text_path: Path | None) -> None:
@@ -639,14 +665,45 @@ def lists_create(name: str, title: str | None, when_nothing_matches: str) -> Non
 @click.option("--title", help="A new title.")
 @click.option("--when-nothing-matches", type=click.Choice(["skip", "full"]),
               help="For readers whose keywords have nothing new: no email, or the full issue.")
+@click.option("--language", help="Language of its emails (<html lang>), e.g. en, ar, fr.")
+@click.option("--logo", "logo_url", metavar="URL",
+              help='Masthead logo (a wide PNG or JPEG, by URL); "" removes it.')
+@click.option("--logo-alt", help="The logo's text for screen readers (default: the title).")
+@click.option("--logo-width", type=click.IntRange(1, 5000),
+              help="The logo's width in pixels (default: read from the image).")
+@click.option("--logo-height", type=click.IntRange(1, 5000),
+              help="The logo's height in pixels (default: read from the image).")
+@click.option("--entry-parts", metavar="PARTS",
+              help="What each entry shows besides its title, in order, comma-separated: "
+                   "image, lead, summary, read_also, keywords.")
+@click.option("--lead-length", "lead_max_chars", type=int,
+              help="Longest lead, in characters; it is cut at the end of a sentence.")
 @boundary
-def lists_edit(name: str, title: str | None, when_nothing_matches: str | None) -> None:
-    """Change a list's title or what readers with unmatched keywords get."""
+def lists_edit(name: str, title: str | None, when_nothing_matches: str | None,
+               language: str | None, logo_url: str | None, logo_alt: str | None,
+               logo_width: int | None, logo_height: int | None, entry_parts: str | None,
+               lead_max_chars: int | None) -> None:
+    """Change a list's title, what readers with unmatched keywords get, or how its emails
+    look."""
     from subscribers.lists import edit_list
+    size = (logo_width, logo_height) if logo_width and logo_height else None
+    if logo_url and size is None:
+        from digest.fetch import image_sizes
+        size = image_sizes([logo_url], timeout=state().loaded.settings.fetch_timeout
+                           ).get(logo_url)
+        if size is None:
+            raise InvalidInputError(f"could not read the size of the logo {logo_url}",
+                                    hint="give it with --logo-width and --logo-height")
     edited = edit_list(state().ctx.db, name, title=title,
-                       when_nothing_matches=when_nothing_matches)
+                       when_nothing_matches=when_nothing_matches, language=language,
+                       logo_url=logo_url, logo_alt=logo_alt, logo_size=size,
+                       entry_parts=entry_parts, lead_max_chars=lead_max_chars)
     out.print(f"List {edited.name}: {edited.title}; when nothing matches a reader's keywords: "
-              f"{edited.when_nothing_matches}.", markup=False)
+              f"{edited.when_nothing_matches}; language {edited.language}; entries show "
+              f"{edited.entry_parts.replace(',', ', ') or 'their title only'} (lead up to "
+              f"{edited.lead_max_chars} characters)"
+              + (f"; logo {edited.logo_url} ({edited.logo_width}×{edited.logo_height}, "
+                 f"alt {edited.logo_alt!r})" if edited.logo_url else "") + ".", markup=False)
 
 
 @lists_group.command("list")
@@ -673,6 +730,13 @@ def lists_show(name: str) -> None:
     [summary] = [s for s in summarize_lists(state().ctx.db) if s.name == name]
     out.print(f"{summary.name}: {summary.title}", markup=False)
     out.print(f"When nothing matches a reader's keywords: {summary.when_nothing_matches}")
+    with state().ctx.db.session() as session:
+        look = get_list(session, name)
+        out.print(f"Emails: language {look.language}; entries show "
+                  f"{look.entry_parts.replace(',', ', ') or 'their title only'} (lead up to "
+                  f"{look.lead_max_chars} characters); "
+                  + (f"logo {look.logo_url} ({look.logo_width}×{look.logo_height})"
+                     if look.logo_url else "no logo"), markup=False)
     out.print("Subscribers: " + ", ".join(f"{k} {v}" for k, v in summary.counts.items()))
     rows = issue_rows(state().ctx, name, limit=5)
     if not rows:

@@ -7,8 +7,11 @@ same fetch → parse → store path as a real run.
 from __future__ import annotations
 
 import email.utils
+import re
 import shutil
+import struct
 import threading
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime, timedelta
@@ -23,7 +26,7 @@ from digest.db import utcnow
 from digest.issues import draft_issue, write_preview_files
 from digest.pipeline import run_list
 from digest.settings import load_settings
-from subscribers.lists import create_list
+from subscribers.lists import create_list, edit_list
 from subscribers.subscriptions import add_subscriber, remove_subscriber
 
 SAMPLES = Path(__file__).parent / "samples"
@@ -56,6 +59,26 @@ def render_sample(name: str, base: str, now: datetime) -> bytes:
     return text.replace("{{base}}", base).replace("{{long_text}}", LONG_TEXT).encode("utf-8")
 
 
+_PICTURE = re.compile(r"img/([a-z-]+)-(\d{2,4})x(\d{2,4})\.png")
+
+
+def sample_png(width: int, height: int, name: str) -> bytes:
+    """A PNG of ``width`` × ``height`` in two bands of a colour picked from ``name``."""
+    hue = zlib.crc32(name.encode()) % 4
+    top, bottom = [((38, 70, 83), (42, 157, 143)), ((231, 111, 81), (244, 162, 97)),
+                   ((29, 53, 87), (69, 123, 157)), ((106, 76, 147), (178, 140, 212))][hue]
+    rows = b"".join(b"\x00" + bytes(top if y < height * 2 // 3 else bottom) * width
+                    for y in range(height))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data)))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2,
+                                                              0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(rows, 9)) + chunk(b"IEND", b""))
+
+
 class _Server(ThreadingHTTPServer):
     request_queue_size = 64  # the default 5 drops connections under concurrent fetches
     daemon_threads = True
@@ -76,6 +99,15 @@ class SampleServer:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 name = self.path.lstrip("/").split("?")[0]
+                picture = _PICTURE.fullmatch(name)
+                if picture:  # /img/NAME-WxH.png: a plain picture of that size
+                    body = sample_png(int(picture[2]), int(picture[3]), picture[1])
+                    self.send_response(200)
+                    self.send_header("Content-Type", "image/png")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    return
                 if name not in SAMPLE_FEEDS:
                     self.send_error(404)
                     return
@@ -155,6 +187,8 @@ def run_demo(directory: Path, *, console: Console, interactive: bool = False,
             for name, (title, _) in SAMPLE_FEEDS.items():
                 add_feed(ctx.db, server.url(name), title)
             create_list(ctx.db, DEMO_LIST, "The Weekly Recap")
+            edit_list(ctx.db, DEMO_LIST, logo_url=f"{server.base}/img/masthead-1200x160.png",
+                      logo_alt="The Weekly Recap", logo_size=(1200, 160))
             for address, person in DEMO_SUBSCRIBERS:
                 add_subscriber(ctx.db, DEMO_LIST, address, name=person, source="demo")
             remove_subscriber(ctx.db, DEMO_LIST, "dana@example.org")

@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from digest.db import Database
 from digest.errors import InvalidInputError, NotFoundError
-from subscribers.models import STATUSES, WHEN_NOTHING_MATCHES, MailingList, Subscription
+from subscribers.models import (
+    ENTRY_PARTS,
+    STATUSES,
+    WHEN_NOTHING_MATCHES,
+    MailingList,
+    Subscription,
+)
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,99}$")
 
@@ -55,9 +62,41 @@ def create_list(db: Database, name: str, title: str | None = None,
     return mailing_list
 
 
+_LANGUAGE = re.compile(r"^[A-Za-z]{2,3}(?:-[A-Za-z0-9]{2,8})*$")
+
+
+def check_parts(text: str) -> str:
+    """A comma-separated choice of ENTRY_PARTS, checked and without spaces."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    unknown = [p for p in parts if p not in ENTRY_PARTS]
+    if unknown:
+        raise InvalidInputError(f"unknown entry part {unknown[0]!r}; choose from "
+                                f"{', '.join(ENTRY_PARTS)} (comma-separated, in order)")
+    if len(set(parts)) != len(parts):
+        raise InvalidInputError("an entry part is named twice")
+    return ",".join(parts)
+
+
 def edit_list(db: Database, name: str, *, title: str | None = None,
-              when_nothing_matches: str | None = None) -> MailingList:
-    """Change a list's title or its policy for readers whose keywords match nothing."""
+              when_nothing_matches: str | None = None, language: str | None = None,
+              logo_url: str | None = None, logo_alt: str | None = None,
+              logo_size: tuple[int, int] | None = None, entry_parts: str | None = None,
+              lead_max_chars: int | None = None) -> MailingList:
+    """Change a list's title, its policy for readers whose keywords match nothing, or how
+    its emails look (language, masthead logo, what each entry shows, lead length).
+
+    ``logo_url=""`` removes the logo; a logo needs its alt text and its size.
+    """
+    if language is not None and not _LANGUAGE.match(language):
+        raise InvalidInputError(f"language {language!r} is not a language tag like en, ar "
+                                "or pt-BR")
+    if logo_url and urlsplit(logo_url).scheme not in ("http", "https"):
+        raise InvalidInputError(f"logo {logo_url!r} must be an http(s) URL")
+    if logo_url and (not logo_size or min(logo_size) < 1):
+        raise InvalidInputError(f"the logo {logo_url} needs its width and height in pixels "
+                                "(--logo-width, --logo-height)")
+    if lead_max_chars is not None and not 40 <= lead_max_chars <= 2000:
+        raise InvalidInputError(f"lead length {lead_max_chars} must be 40 to 2000 characters")
     with db.session() as session:
         mailing_list = get_list(session, name)
         if title:
@@ -65,6 +104,22 @@ def edit_list(db: Database, name: str, *, title: str | None = None,
         if when_nothing_matches:
             _check_policy(when_nothing_matches)
             mailing_list.when_nothing_matches = when_nothing_matches
+        if language is not None:
+            mailing_list.language = language
+        if logo_url == "":
+            mailing_list.logo_url = mailing_list.logo_alt = None
+            mailing_list.logo_width = mailing_list.logo_height = None
+        elif logo_url:
+            mailing_list.logo_url = logo_url
+            mailing_list.logo_width, mailing_list.logo_height = logo_size or (None, None)
+            mailing_list.logo_alt = (logo_alt or mailing_list.logo_alt
+                                     or mailing_list.title).strip()
+        elif logo_alt is not None:
+            mailing_list.logo_alt = logo_alt.strip()
+        if entry_parts is not None:
+            mailing_list.entry_parts = check_parts(entry_parts)
+        if lead_max_chars is not None:
+            mailing_list.lead_max_chars = lead_max_chars
     return mailing_list
 
 

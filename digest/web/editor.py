@@ -106,9 +106,15 @@ def routes(web: WebApp) -> list[tuple[str, Callable[..., Any], list[str]]]:
                 mailing_list = get_list(session, name)
                 list_id, title = mailing_list.id, mailing_list.title
             shown = preview(ctx, name, segment)
+            checked = None
+            if shown is not None and request.query_params.get("check_links"):
+                from digest.linkcheck import check_links
+                own = ctx.settings.base_url.rstrip("/") + "/"
+                checked = {r.url: r for r in check_links(
+                    [u for u in shown.links if not u.startswith(own)])}
             return {"list_name": name, "list_title": title, "shown": shown,
                     "segment": segment, "segments": segments(ctx, name),
-                    "audience": audience_size(ctx, list_id)}
+                    "audience": audience_size(ctx, list_id), "checked": checked}
 
         try:
             values = await run_in_threadpool(gather)

@@ -17,7 +17,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
 from digest.errors import DeliveryError, InvalidInputError, NotFoundError
-from digest.models import Issue
+from digest.grouping import canonical_keys, keyword_key
+from digest.issues import keyword_config
+from digest.models import Entry, Issue, IssueEntry
 from digest.rendering import Recipient, RenderedIssue
 from digest.web.base import WebApp
 from digest.web.security import client_address, csrf_ok, csrf_token
@@ -195,6 +197,13 @@ def routes(web: WebApp) -> list[tuple[str, Callable[..., Any], list[str]]]:
             "Content-Security-Policy": "default-src 'none'; img-src * data:; "
                                        "style-src 'unsafe-inline'; frame-ancestors 'self'"})
 
+    async def archive_keyword(request: Request) -> Response:
+        found = await run_in_threadpool(_keyword_recaps, web, request.path_params["list"],
+                                        request.path_params["keyword"])
+        if found is None:
+            return web.not_found(request)
+        return web.page(request, "web/archive_keyword.html", found)
+
     async def sendgrid_webhook(request: Request) -> Response:
         body = await request.body()
         if web.webhook_key is not None:
@@ -226,6 +235,7 @@ def routes(web: WebApp) -> list[tuple[str, Callable[..., Any], list[str]]]:
         ("/archive", archive_index, ["GET"]),
         ("/archive/{list}", archive_list, ["GET"]),
         ("/archive/{list}/{number:int}", archive_issue, ["GET"]),
+        ("/archive/{list}/k/{keyword}", archive_keyword, ["GET"]),
         ("/webhooks/sendgrid", sendgrid_webhook, ["POST"]),
     ]
 
@@ -247,6 +257,36 @@ def _archive_issues(web: WebApp, name: str) -> tuple[str, list[Issue]] | None:
             .order_by(Issue.number.desc())))
         session.expunge_all()
         return mailing_list.title, issues
+
+
+def _keyword_recaps(web: WebApp, name: str, keyword: str) -> dict[str, Any] | None:
+    """The recaps of a list's sent issues under a keyword (its aliases included), newest
+    first, for /archive/LIST/k/KEYWORD."""
+    config = keyword_config(web.ctx)
+    [wanted] = canonical_keys([keyword], config) or {keyword_key(keyword)}
+    with web.ctx.db.session() as session:
+        try:
+            mailing_list = get_list(session, name)
+        except NotFoundError:
+            return None
+        rows = session.execute(
+            select(Entry, IssueEntry.section, Issue.number)
+            .join(IssueEntry, IssueEntry.entry_id == Entry.id)
+            .join(Issue, Issue.id == IssueEntry.issue_id)
+            .where(Issue.list_id == mailing_list.id, Issue.status == "sent")
+            .order_by(Entry.dated_at.desc(), Entry.id)).all()
+        recaps, shown, seen = [], keyword, set()
+        for entry, section, number in rows:
+            keys = canonical_keys(entry.keywords or [], config)
+            if entry.id in seen or (section != wanted and wanted not in keys):
+                continue
+            seen.add(entry.id)
+            shown = next((k for k in entry.keywords or []
+                          if canonical_keys([k], config) == {wanted}), shown)
+            recaps.append({"title": entry.title, "link": entry.link, "date": entry.dated_at,
+                           "lead": entry.lead, "number": number})
+        return {"list_name": name, "list_title": mailing_list.title, "keyword": shown,
+                "recaps": recaps}
 
 
 def _archived_html(web: WebApp, name: str, number: int) -> str | None:
