@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import httpx
 
 from digest import __version__
 
+T = TypeVar("T")
 USER_AGENT = f"recap-digest/{__version__} (+https://github.com/recap-digest/recap-digest)"
 
 
@@ -132,12 +134,18 @@ def fetch_all(requests: Sequence[FetchRequest], limits: FetchLimits,
     Under a running event loop (the web app, a test driver) the fetch gets a loop of its
     own in a worker thread, since a loop cannot be started inside another.
     """
+    return run_async(fetch_all_async(requests, limits, on_done))
+
+
+def run_async(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine to the end from blocking code: here, or on a worker thread when
+    this thread already runs an event loop (a loop cannot be started inside another)."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(fetch_all_async(requests, limits, on_done))
+        return asyncio.run(coroutine)
     with ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(asyncio.run, fetch_all_async(requests, limits, on_done)).result()
+        return pool.submit(asyncio.run, coroutine).result()
 
 
 async def _image_size(client: httpx.AsyncClient, url: str) -> tuple[int, int] | None:
@@ -179,4 +187,4 @@ def image_sizes(urls: Sequence[str], *, timeout: float = 5.0,
                 task.cancel()
             return {url: size for url, size in (t.result() for t in done) if size}
 
-    return asyncio.run(run()) if urls else {}
+    return run_async(run()) if urls else {}

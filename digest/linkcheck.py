@@ -17,7 +17,7 @@ from urllib.parse import urljoin, urlsplit
 
 import httpx
 
-from digest.fetch import USER_AGENT
+from digest.fetch import USER_AGENT, run_async
 
 HREF = re.compile(r"""<a\b[^>]*?\bhref\s*=\s*(["'])(.*?)\1""", re.IGNORECASE | re.DOTALL)
 MAX_REDIRECTS = 5
@@ -119,4 +119,4 @@ async def check_links_async(urls: list[str], *, timeout: float = 8.0,
 
 def check_links(urls: list[str], **options: float) -> list[LinkResult]:
     """Blocking form of :func:`check_links_async` (runs its own event loop)."""
-    return asyncio.run(check_links_async(urls, **options))  # type: ignore[arg-type]
+    return run_async(check_links_async(urls, **options))  # type: ignore[arg-type]

@@ -81,7 +81,7 @@ class IssueContent:
     language: str = "en"
     logo: Image | None = None
     # What each entry shows besides its title (ENTRY_PARTS), in the template's order.
-    parts: tuple[str, ...] = ("lead", "image", "read_also", "keywords")
+    parts: tuple[str, ...] = ("image", "lead", "read_also", "keywords")
     lead_max_chars: int = 300
     keyword_url: str = ""  # the archive's keyword pages: this + the keyword's key
 

@@ -12,7 +12,7 @@ from digest.db import Base, UTCDateTime, utcnow
 STATUSES = ("pending", "active", "paused", "unsubscribed", "bounced", "complained")
 # What an entry of an email can show, besides its title; lists choose some, in this order.
 ENTRY_PARTS = ("image", "lead", "summary", "read_also", "keywords")
-DEFAULT_ENTRY_PARTS = "lead,image,read_also,keywords"
+DEFAULT_ENTRY_PARTS = "image,lead,read_also,keywords"
 # When none of a subscriber's keywords has anything new: send nothing, or the full issue.
 WHEN_NOTHING_MATCHES = ("skip", "full")
 

@@ -33,9 +33,9 @@ def test_demo_email_reads_well_on_desktop_and_phone(runner: CliRunner, tmp_path:
         assert link.get_attribute("href") == unsubscribe
         assert link.is_visible()
         # The Arabic recap is laid out right to left.
-        arabic = page.locator("h2", has_text="ملخص").first
+        arabic = page.locator("h3", has_text="ملخص").first
         assert arabic.evaluate("e => getComputedStyle(e).direction") == "rtl"
-        english = page.locator("h2", has_text="Iran Moves in Syria").first
+        english = page.locator("h3", has_text="Iran Moves in Syria").first
         assert english.evaluate("e => getComputedStyle(e).direction") == "ltr"
         # Hostile feed HTML left nothing that runs.
         assert page.locator("script, iframe, form, object").count() == 0

@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import text
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.sessions import SessionMiddleware
 from starlette.requests import Request
@@ -170,6 +171,16 @@ def create_app(ctx: Context, *,
                    session_cookie="digest_session", same_site="lax", https_only=https,
                    max_age=ctx.settings.session_hours * 3600),
     ]
-    app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
+    async def http_error(request: Request, exc: Exception) -> Response:
+        # Starlette's own 404/405 are bare text; every page of ours has a title and a lang.
+        status = getattr(exc, "status_code", 500)
+        if status == 404:
+            return web.not_found(request)
+        return web.page(request, "web/message.html", {
+            "title": str(getattr(exc, "detail", "")) or "Error",
+            "text": "This address does not answer that kind of request."}, status=status)
+
+    app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan,
+                    exception_handlers={HTTPException: http_error})
     app.state.web = web
     return app

@@ -16,7 +16,7 @@ down_revision: str | None = "0006"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-DEFAULT_PARTS = "lead,image,read_also,keywords"
+DEFAULT_PARTS = "image,lead,read_also,keywords"
 
 
 def upgrade() -> None:
