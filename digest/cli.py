@@ -651,12 +651,17 @@ def lists_group() -> None:
 @click.option("--when-nothing-matches", type=click.Choice(["skip", "full"]), default="skip",
               show_default=True,
               help="For readers whose keywords have nothing new: no email, or the full issue.")
+@click.option("--language", default="en", show_default=True,
+              help="Language of its emails (<html lang>), e.g. en, ar, fr.")
 @boundary
-def lists_create(name: str, title: str | None, when_nothing_matches: str) -> None:
-    """Create a list."""
-    from subscribers.lists import create_list
+def lists_create(name: str, title: str | None, when_nothing_matches: str,
+                 language: str) -> None:
+    """Create a list (`digest lists edit` sets its logo and what entries show)."""
+    from subscribers.lists import create_list, edit_list
     created = create_list(state().ctx.db, name, title,
                           when_nothing_matches=when_nothing_matches)
+    if language != "en":
+        edit_list(state().ctx.db, name, language=language)
     out.print(f"Created list {created.name} ({created.title}).")
 
 

@@ -35,10 +35,10 @@ CLIENTS = {
     "apple-mail-ios": ("apple-mail", "ios"),
 }
 # What the templates use, by where it is used.
-INLINE = ["mso-hide", "background", "border", "border-bottom", "color", "display", "font", "font-size",
-          "height", "letter-spacing", "line-height", "margin", "max-height", "max-width",
-          "opacity", "overflow", "padding", "text-align", "text-decoration", "text-transform",
-          "width", "list-style", "padding-left"]
+INLINE = ["mso-hide", "background", "border", "border-bottom", "color", "display", "font",
+          "font-size", "height", "letter-spacing", "line-height", "margin", "max-height",
+          "max-width", "opacity", "overflow", "padding", "text-align", "text-decoration",
+          "text-transform", "width", "list-style", "padding-left"]
 ENHANCEMENT = ["background", "border-bottom-color", "color", "font-size", "height",
                "line-height", "padding-left", "padding-right", "width"]
 AT_RULES = {"@media": "css-at-media",

@@ -12,7 +12,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 EDGES = ("digest.cli", "digest.commands", "digest.web", "digest.demo")
-PURE = ("digest/grouping.py", "digest/rendering.py", "digest/feeds.py", "digest/sanitize.py")
+PURE = ("digest/grouping.py", "digest/rendering.py", "digest/feeds.py", "digest/sanitize.py",
+        "digest/imagesize.py")
 
 
 def imports_of(path: Path) -> set[str]:

@@ -429,3 +429,34 @@ def test_preview_check_links_finds_the_broken_and_the_redirecting(
     assert f"{feed_server.base}/moved" in run.stdout and "redirects" in run.stdout
     assert "1 broken, 1 redirecting" in run.stdout
     ctx.close()
+
+
+def test_the_editors_issue_page_marks_broken_and_redirecting_links(
+        tmp_path: Path, feed_server: FeedServer) -> None:
+    from starlette.testclient import TestClient
+
+    from digest.editors import add_editor
+    from digest.web.app import create_app
+    feed_server.add("/ok", Route(body=b"fine", content_type="text/html"))
+    feed_server.add("/gone", Route(status=410))
+    feed_server.add("/moved", Route(redirect_to="/ok"))
+    items = [dict(recap(n), link=f"{feed_server.base}/{path}")
+             for n, path in enumerate(["ok", "gone", "moved"], 1)]
+    ctx = desk(tmp_path, feed_server, items)
+    add_editor(ctx.db, "amal", "a long enough password")
+    client = TestClient(create_app(ctx), base_url="https://digest.example")
+    form = client.get("/login")
+    csrf = re.search(r'name="csrf" value="([^"]+)"', form.text)
+    assert csrf
+    client.post("/login", data={"csrf": csrf[1], "name": "amal",
+                                "password": "a long enough password"})
+    page = client.get("/editor/lists/weekly")
+    assert "Check every link" in page.text and "Broken:" not in page.text
+    checked = client.get("/editor/lists/weekly?check_links=1").text
+    assert "1 broken, 1 redirecting" in checked
+    assert re.search(r'class="link-broken"><strong>Broken:</strong> <a href="'
+                     + re.escape(f"{feed_server.base}/gone") + r'"[^>]*>[^<]*</a> <span '
+                     r'class="muted">\(HTTP 410', checked)
+    assert re.search(r'class="link-redirect"><strong>Redirects:</strong> <a href="'
+                     + re.escape(f"{feed_server.base}/moved"), checked)
+    ctx.close()

@@ -23,7 +23,7 @@ from sqlalchemy import select, text
 
 from digest.collect import add_feed, collect
 from digest.context import Context
-from digest.db import utcnow
+from digest.db import HEAD_REVISION, utcnow
 from digest.logs import Redact, json_handler, scrub
 from digest.models import Delivery, Issue
 from schedules.runner import run_slot
@@ -269,7 +269,7 @@ def test_healthz_and_metrics_on_serve(tmp_path: Path, sqlite_url: str,
         time.sleep(0.3)
     health = server.health()
     assert health.status_code == 200 and health.headers["content-type"] == "application/json"
-    assert health.json() == {"status": "ok", "database": "reachable", "schema": "0006",
+    assert health.json() == {"status": "ok", "database": "reachable", "schema": HEAD_REVISION,
                              "schema_at_head": True, "scheduler": "leader"}
     httpx.get(f"{server.url}/subscribe")
     httpx.get(f"{server.url}/u/not-a-token")
@@ -295,7 +295,8 @@ def test_healthz_and_metrics_on_serve(tmp_path: Path, sqlite_url: str,
     assert "test-secret" not in behind.text and sqlite_url not in behind.text
     server.stop()
     with ctx.db.engine.begin() as conn:
-        conn.execute(text("UPDATE alembic_version SET version_num = '0006'"))
+        conn.execute(text("UPDATE alembic_version SET version_num = :head"),
+                     {"head": HEAD_REVISION})
     # Without a token, /metrics answers this machine only, and never through a proxy.
     local = Serve(serve_env(ctx), tmp_path / "local.log", "--no-scheduler")
     servers.append(local)
