@@ -23,7 +23,8 @@ from pathlib import Path
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import Engine
 
-from digest.db import HEAD_REVISION, Base, load_all_models, schema_revision
+from digest.db import HEAD_REVISION, Base, schema_revision
+from digest.tables import load_all_models
 from digest.errors import ConfigError, InvalidInputError
 
 

@@ -335,7 +335,8 @@ def collect(db: Database, settings: Settings, *, now: datetime | None = None,
     metrics.COLLECT_SECONDS.observe(time.perf_counter() - started)
     for feed_report in report.feeds:
         metrics.FEED_FETCHES.labels(feed_report.status).inc()
-    metrics.LAST_SUCCESS.labels("collect").set(time.time())
+    if len(report.failed) < len(report.feeds) or not report.feeds:
+        metrics.LAST_SUCCESS.labels("collect").set(time.time())  # some feed was read
     log.info("collected %d feeds: %d new entries, %d failed", len(report.feeds), report.new,
              len(report.failed), extra=fields(count=report.new,
                                               duration=round(time.perf_counter() - started, 3),

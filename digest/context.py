@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from digest.db import Database, instance_secret, open_database
 from digest.settings import Settings
+from digest.tables import load_all_models
 
 if TYPE_CHECKING:
     from digest.rendering import Renderer
@@ -24,6 +25,7 @@ class Context:
     @classmethod
     def open(cls, settings: Settings) -> Context:
         """Open the database (migrating it) for these settings."""
+        load_all_models()
         return cls(settings, open_database(settings.database_url))
 
     @cached_property

@@ -131,13 +131,6 @@ class MetaValue(Base):
     value: Mapped[str] = mapped_column(String(500))
 
 
-def load_all_models() -> None:
-    """Import every module that defines tables, so the metadata is complete."""
-    import digest.models  # noqa: F401
-    import schedules.models  # noqa: F401
-    import subscribers.models  # noqa: F401
-
-
 @dataclass
 class Database:
     """An engine plus a session factory for one database URL."""
@@ -230,7 +223,6 @@ def open_database(url: str, *, migrate: bool = True) -> Database:
         engine.dispose()
         raise DigestError(f"cannot open database {engine.url.render_as_string()}: {e.orig}",
                           hint="check database_url") from e
-    load_all_models()
     return Database(url, engine, sessionmaker(engine, expire_on_commit=False))
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from digest.db import HEAD_REVISION, Base, load_all_models, open_database
+from digest.db import HEAD_REVISION, Base, open_database
+from digest.tables import load_all_models
 
 
 def test_migrations_match_the_models(database_url: str) -> None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from alembic import context
 
-from digest.db import Base, load_all_models
+from digest.db import Base
+from digest.tables import load_all_models
 
 load_all_models()
 config = context.config

@@ -1,161 +1,37 @@
-"""The `digest` command. Each command parses options, calls one function, prints."""
+"""The commands of the pipeline and the audience: config, db, feeds, collect, preview,
+send, status, issues, lists, subscribers, demo. Each parses its options, calls one
+function, prints; each imports what it uses when it runs, so that start-up stays cheap.
+"""
 
 from __future__ import annotations
 
-import functools
-import logging
 import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING
 
 import click
-from rich.console import Console
 from rich.table import Table
 
-from digest import __version__
-from digest.errors import DigestError, InvalidInputError
-from digest.settings import LoadedSettings, describe, load_settings
+from digest.cli.base import _interactive, boundary, err, out, progress_bar, state
+from digest.errors import InvalidInputError
+from digest.settings import describe
 
-# Only what `digest --help` needs is imported here; each command imports the modules it
-# uses (SQLAlchemy, httpx, feedparser, premailer, sendgrid…), so every command starts fast.
-# tests/test_cli.py checks that importing this module loads none of them.
 if TYPE_CHECKING:
     from digest.collect import CollectReport
     from digest.context import Context
     from digest.delivery import SendReport
     from digest.issues import Draft
 
-F = TypeVar("F", bound=Callable[..., Any])
-err = Console(stderr=True, highlight=False)
-out = Console(highlight=False)
-log = logging.getLogger("digest")
-
-
-class State:
-    """What the top-level options gave: the settings, and a context opened on demand."""
-
-    def __init__(self, loaded: LoadedSettings, config_path: str | None = None,
-                 overrides: tuple[str, ...] = ()) -> None:
-        self.loaded = loaded
-        self.config_path = config_path
-        self.overrides = overrides
-        self._ctx: Context | None = None
-
-    @property
-    def ctx(self) -> Context:
-        if self._ctx is None:
-            from digest.context import Context
-            self._ctx = Context.open(self.loaded.settings)
-        return self._ctx
-
-
-def boundary(func: F) -> F:
-    """Turn library errors into a clean message and exit status 1."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except DigestError as e:
-            message = e.message + (f"\nHint: {e.hint}" if e.hint else "")
-            raise click.ClickException(message) from e
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _interactive() -> bool:
-    return sys.stdin.isatty() and sys.stderr.isatty()
-
-
-@contextmanager
-def progress_bar(description: str, *, enabled: bool) -> Iterator[Callable[[int, int], None]]:
-    """A rich progress bar on a terminal; plain log lines (every 10 %) otherwise."""
-    if enabled:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TaskProgressColumn,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-        progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
-                            MofNCompleteColumn(), TaskProgressColumn(),
-                            TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
-                            TimeRemainingColumn(), console=err, transient=False,
-                            refresh_per_second=4)
-        task = progress.add_task(description, total=None, rate="")
-
-        def update(done: int, total: int) -> None:
-            # Started on the first update, so a question asked before the work begins
-            # (send's confirmation) is not drawn under a live bar.
-            if not progress.live.is_started:
-                progress.start()
-            elapsed = progress.tasks[0].elapsed or 0
-            per_second = done / elapsed if elapsed > 0.5 else 0.0
-            rate = "" if not per_second else (
-                f"{per_second:,.1f}/s" if per_second < 10 else f"{per_second:,.0f}/s")
-            progress.update(task, completed=done, total=total, rate=rate)
-
-        try:
-            yield update
-        finally:
-            if progress.live.is_started:
-                progress.stop()
-        return
-    last = [-1]
-
-    def log_line(done: int, total: int) -> None:
-        step = done * 10 // total if total else 10
-        if step != last[0]:
-            last[0] = step
-            log.info("%s: %d of %d", description, done, total)
-
-    yield log_line
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="digest")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False),
-              help="Settings file (default: ./digest.toml, or $DIGEST_CONFIG).")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Override one setting for this run (repeatable).")
-@click.option("-v", "--verbose", is_flag=True, help="Log debugging detail.")
-@click.pass_context
-@boundary
-def cli(click_ctx: click.Context, config_path: str | None, overrides: tuple[str, ...],
-        verbose: bool) -> None:
-    """Turn feeds of news recaps into a weekly email digest and send it."""
-    pairs = {}
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--set")
-        pairs[key.strip()] = value
-    loaded = load_settings(config_path, overrides=pairs)
-    from digest.logs import configure
-    configure(level="DEBUG" if verbose else loaded.settings.log_level,
-              log_format=loaded.settings.log_format, console=err)
-    click_ctx.obj = State(loaded, config_path, overrides)
-    click_ctx.call_on_close(lambda: click_ctx.obj._ctx and click_ctx.obj._ctx.close())
-
-
-def state() -> State:
-    """The State of the running command."""
-    value: State = click.get_current_context().find_object(State)  # type: ignore[assignment]
-    return value
-
 
 # --- settings and database ----------------------------------------------------------
 
-@cli.command("config")
+@click.command("config")
 @click.option("--describe", "with_help", is_flag=True, help="Show each setting's help too.")
 @click.option("--markdown", is_flag=True, help="Print every setting as a Markdown table.")
 @boundary
@@ -175,7 +51,7 @@ def config_cmd(with_help: bool, markdown: bool) -> None:
         out.print("No digest.toml found; using defaults and DIGEST_* variables.")
 
 
-@cli.group()
+@click.group()
 def db() -> None:
     """Manage the database."""
 
@@ -235,7 +111,7 @@ def db_check() -> None:
 
 # --- feeds ---------------------------------------------------------------------------
 
-@cli.group()
+@click.group()
 def feeds() -> None:
     """Add, list and remove feeds."""
 
@@ -346,7 +222,7 @@ METRICS_FILE = click.option(
          "node_exporter's textfile collector), also when it fails.")
 
 
-@cli.command("collect")
+@click.command("collect")
 @METRICS_FILE
 @boundary
 def collect_cmd(metrics_file_path: Path | None) -> None:
@@ -358,7 +234,7 @@ def collect_cmd(metrics_file_path: Path | None) -> None:
 
 # --- issues --------------------------------------------------------------------------
 
-@cli.command("preview")
+@click.command("preview")
 @click.option("--list", "list_name", required=True, help="The list whose next issue to show.")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path),
               default=Path("preview.html"), show_default=True, help="Where to write the HTML.")
@@ -444,7 +320,7 @@ def _stop_on_sigterm(stop: threading.Event) -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-@cli.command("send")
+@click.command("send")
 @click.option("--list", "list_name", required=True, help="The list to send to.")
 @click.option("--no-collect", is_flag=True, help="Do not fetch feeds first.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
@@ -553,7 +429,7 @@ def _send(list_name: str, no_collect: bool, yes: bool, resend_uncertain: bool,
         sys.exit(1)
 
 
-@cli.command("status")
+@click.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Print it as one JSON object.")
 @boundary
 def status_cmd(as_json: bool) -> None:
@@ -610,7 +486,7 @@ def status_cmd(as_json: bool) -> None:
     sys.exit(1)
 
 
-@cli.group("issues")
+@click.group("issues")
 def issues_group() -> None:
     """Look at issues that were sent."""
 
@@ -640,7 +516,7 @@ def issues_show(issue_id: int) -> None:
 
 # --- lists and subscribers -------------------------------------------------------------
 
-@cli.group("lists")
+@click.group("lists")
 def lists_group() -> None:
     """Create and look at mailing lists."""
 
@@ -765,7 +641,7 @@ def lists_delete(name: str, yes: bool) -> None:
     out.print(f"Deleted list {name}.")
 
 
-@cli.group("subscribers")
+@click.group("subscribers")
 def subscribers_group() -> None:
     """Add, list and remove subscribers."""
 
@@ -911,7 +787,7 @@ def subscribers_export(list_name: str, out_path: Path | None, status: str) -> No
 
 # --- demo ------------------------------------------------------------------------------
 
-@cli.command("demo")
+@click.command("demo")
 @click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path),
               default=Path("."), show_default=True, help="Where to write demo.db, outbox/, "
               "preview.html.")
@@ -922,10 +798,17 @@ def demo_cmd(directory: Path) -> None:
     run_demo(directory, console=err, interactive=_interactive(), progress=progress_bar)
 
 
-# The scheduler, web and editor commands live in their own module.
-from digest import commands  # noqa: E402,F401
-
-
-def main() -> None:
-    """Entry point of the console script."""
-    cli(prog_name="digest")
+# Registered with the top-level group by digest.cli.
+COMMANDS = [
+    config_cmd,
+    db,
+    feeds,
+    collect_cmd,
+    preview_cmd,
+    send_cmd,
+    status_cmd,
+    issues_group,
+    lists_group,
+    subscribers_group,
+    demo_cmd,
+]

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 import click
 from rich.table import Table
 
-from digest.cli import boundary, cli, err, out, state
+from digest.cli.base import boundary, err, out, state
 from digest.errors import InvalidInputError
 
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
@@ -28,7 +28,7 @@ def duration(text: str, option: str) -> timedelta:
 
 # --- schedules ---------------------------------------------------------------------------
 
-@cli.group("schedules")
+@click.group("schedules")
 def schedules_group() -> None:
     """When issues go out by themselves: add, list, pause, resume, run."""
 
@@ -162,7 +162,7 @@ def schedules_history(name: str, limit: int) -> None:
 
 # --- daemons -----------------------------------------------------------------------------
 
-@cli.command("scheduler")
+@click.command("scheduler")
 @boundary
 def scheduler_cmd() -> None:
     """Run the scheduler alone (no web app) until SIGTERM or Ctrl-C."""
@@ -178,7 +178,7 @@ def scheduler_cmd() -> None:
     daemon.stop()
 
 
-@cli.command("serve")
+@click.command("serve")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
 @click.option("--no-scheduler", is_flag=True, help="Serve the web app only.")
@@ -218,7 +218,7 @@ def serve_cmd(host: str, port: int, no_scheduler: bool) -> None:
 
 # --- editors -----------------------------------------------------------------------------
 
-@cli.group("editors")
+@click.group("editors")
 def editors_group() -> None:
     """Accounts of the people who use the web app."""
 
@@ -259,3 +259,12 @@ def editors_remove(name: str) -> None:
     if not remove_editor(state().ctx.db, name):
         raise InvalidInputError(f"no editor named {name!r}")
     out.print(f"Removed editor {name}.")
+
+
+# Registered with the top-level group by digest.cli.
+COMMANDS = [
+    schedules_group,
+    scheduler_cmd,
+    serve_cmd,
+    editors_group,
+]
