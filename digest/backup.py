@@ -24,8 +24,8 @@ from sqlalchemy import inspect, text
 from sqlalchemy.engine import Engine
 
 from digest.db import HEAD_REVISION, Base, schema_revision
-from digest.tables import load_all_models
 from digest.errors import ConfigError, InvalidInputError
+from digest.tables import load_all_models
 
 
 @dataclass

@@ -24,7 +24,7 @@ from digest.collect import add_feed, collect
 from digest.context import Context
 from digest.db import utcnow
 from digest.issues import draft_issue, write_preview_files
-from digest.pipeline import run_list
+from digest.pipeline import RunEvents, RunRequest, run_list
 from digest.settings import load_settings
 from subscribers.lists import create_list, edit_list
 from subscribers.subscriptions import add_subscriber, remove_subscriber
@@ -169,6 +169,16 @@ def _no_progress(description: str, *, enabled: bool) -> Iterator[Callable[[int, 
     yield lambda done, total: None
 
 
+class _Progress(RunEvents):
+    """The demo's part in a run: it only shows progress."""
+
+    def __init__(self, update: Callable[[int, int], None]) -> None:
+        self.update = update
+
+    def progress(self, done: int, total: int) -> None:
+        self.update(done, total)
+
+
 def run_demo(directory: Path, *, console: Console, interactive: bool = False,
              progress: ProgressFactory = _no_progress) -> list[Path]:
     """Run the demo into ``directory``; return the files it wrote."""
@@ -215,8 +225,8 @@ def run_demo(directory: Path, *, console: Console, interactive: bool = False,
         console.print(f"Issue {draft.number}: {draft.rendered.subject!r}")
         console.print(f"Sections: {sections}")
         with progress("Sending", enabled=interactive) as update:
-            result = run_list(ctx, DEMO_LIST, collect_first=False, now=now,
-                              on_progress=update)
+            result = run_list(ctx, RunRequest(DEMO_LIST, collect_first=False),
+                              _Progress(update), now=now)
         assert result.send is not None
         counts = result.send.counts
         console.print(f"Sent: {counts['accepted']} accepted, {counts['failed']} failed, "

@@ -28,7 +28,7 @@ from digest.delivery import SendReport, claimer_gone, deliver, worker_identity
 from digest.editing import approval, next_number
 from digest.issues import Draft, draft_issue
 from digest.logs import fields
-from digest.pipeline import run_list
+from digest.pipeline import RunEvents, RunRequest, run_list
 from digest.transports import Transport, make_transport
 from schedules.expressions import next_slots, parse_expression, slot_key, time_zone
 from schedules.models import Schedule, ScheduleRun
@@ -251,16 +251,24 @@ def _work(ctx: Context, schedule: Schedule, list_name: str, list_id: int, run_id
         if held is not None:
             return held
 
-    def approved(draft: Draft, audience: int) -> bool:
-        return approval(ctx, list_id, draft.number) is not None
+    class SlotEvents(RunEvents):
+        """The scheduled job's part: nobody to ask, but an approval to check, the issue to
+        remember on the run record, and a stop flag."""
 
-    def remember(issue_id: int) -> None:
-        _update(ctx, run_id, me, issue_id=issue_id)
+        def confirm(self, draft: Draft, audience: int) -> bool:
+            # A held issue goes out only as approved; an edit since withdrew the approval.
+            return (not schedule.hold_for_approval
+                    or approval(ctx, list_id, draft.number) is not None)
 
-    result = run_list(ctx, list_name, collect_first=collect_first, transport=transport,
-                      should_stop=should_stop,
-                      confirm=approved if schedule.hold_for_approval else None,
-                      on_issue=remember, allow_empty=not schedule.skip_empty)
+        def issue_started(self, issue_id: int) -> None:
+            _update(ctx, run_id, me, issue_id=issue_id)
+
+        def should_stop(self) -> bool:
+            return should_stop is not None and should_stop()
+
+    request = RunRequest(list_name, collect_first=collect_first,
+                         allow_empty=not schedule.skip_empty)
+    result = run_list(ctx, request, SlotEvents(), transport=transport)
     if result.declined:
         return SlotResult("not_approved", "the issue changed after it was approved; "
                                           "not sent")

@@ -93,10 +93,11 @@ def _module_graph() -> dict[str, set[str]]:
                 targets.update(f"{node.module}.{alias.name}" for alias in node.names)
         found = set()
         for target in targets:
-            while target and target not in modules:
-                target = target.rpartition(".")[0]
-            if target and target != name:
-                found.add(target)
+            known = target
+            while known and known not in modules:
+                known = known.rpartition(".")[0]
+            if known and known != name:
+                found.add(known)
         graph[name] = found
     return graph
 
@@ -109,7 +110,7 @@ def test_no_import_circles() -> None:
         state[module] = 1
         for imported in sorted(graph[module]):
             if state.get(imported) == 1:
-                cycle = path[path.index(imported):] + [imported]
+                cycle = [*path[path.index(imported):], imported]
                 raise AssertionError("import circle: " + " → ".join(cycle))
             if imported not in state:
                 walk(imported, [*path, imported])

@@ -24,7 +24,7 @@ from rich.console import Console
 from digest.collect import add_feed, collect
 from digest.context import Context
 from digest.demo import run_demo, sample_png
-from digest.pipeline import run_list
+from digest.pipeline import RunRequest, run_list
 from subscribers.lists import create_list, edit_list
 from subscribers.subscriptions import add_subscriber
 from tests.conftest import ARTIFACTS, LiveServer, free_port, make_settings
@@ -54,7 +54,7 @@ def text_of(message: EmailMessage) -> str:
 
 
 def sent(ctx: Context, list_name: str = "weekly") -> list[bytes]:
-    result = run_list(ctx, list_name, collect_first=False)
+    result = run_list(ctx, RunRequest(list_name, collect_first=False))
     assert result.send is not None and result.send.ok
     return [p.read_bytes() for p in sorted(Path(ctx.settings.outbox_dir).rglob("*.eml"))]
 

@@ -10,7 +10,7 @@ from sqlalchemy import select, update
 from digest.collect import add_feed
 from digest.context import Context
 from digest.models import Delivery, IssueVariant
-from digest.pipeline import run_list
+from digest.pipeline import RunRequest, run_list
 from digest.transports.locmem import LocmemTransport
 from subscribers.lists import create_list
 from subscribers.models import MailingList
@@ -48,7 +48,7 @@ def by_address(outbox: list[EmailMessage]) -> dict[str, EmailMessage]:
 def test_readers_get_only_their_sections_and_nothing_when_nothing_matches(
         desk: Context, locmem: type[LocmemTransport]) -> None:
     ctx = Context(desk.settings.replace(keyword_aliases={"Persia": "Iran"}), desk.db)
-    result = run_list(ctx, "weekly", transport=locmem())
+    result = run_list(ctx, RunRequest("weekly"), transport=locmem())
     assert result.send is not None and result.send.finished
     mail = by_address(locmem.outbox)
     # Turkey has nothing new: no email, and the record says why.
@@ -80,7 +80,7 @@ def test_a_list_can_send_the_full_issue_when_nothing_matches(
         desk: Context, locmem: type[LocmemTransport]) -> None:
     with desk.db.session() as session:
         session.execute(update(MailingList).values(when_nothing_matches="full"))
-    run_list(desk, "weekly", transport=locmem())
+    run_list(desk, RunRequest("weekly"), transport=locmem())
     turkey = html_of(by_address(locmem.outbox)["turkey@example.org"])
     assert all(f"Recap {n}:" in turkey for n in range(1, 6))
 
@@ -90,7 +90,7 @@ def test_a_keyword_with_no_section_of_its_own_still_reaches_its_readers(
     # Recap 3 is tagged Syria and Iran; Iran is larger, so the full issue has no Syria
     # section. A Syria reader still gets recap 3, under Syria.
     add_subscriber(desk.db, "weekly", "syria@example.org", keywords=["Syria"])
-    run_list(desk, "weekly", transport=locmem())
+    run_list(desk, RunRequest("weekly"), transport=locmem())
     syria = html_of(by_address(locmem.outbox)["syria@example.org"])
     assert [n for n in range(1, 6) if f"Recap {n}:" in syria] == [3]
     assert "SYRIA" in syria.upper()

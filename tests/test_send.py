@@ -18,7 +18,7 @@ from digest.context import Context
 from digest.delivery import counts
 from digest.issues import draft_issue
 from digest.models import Delivery, Issue, SendBatch
-from digest.pipeline import run_list
+from digest.pipeline import RunRequest, run_list
 from digest.transports.base import Outcome, OutgoingIssue, OutgoingRecipient
 from digest.transports.outbox import OutboxTransport
 from subscribers.lists import create_list
@@ -55,7 +55,7 @@ def newsroom(any_ctx: Context, feed_server: FeedServer) -> Context:
 
 
 def test_send_writes_one_complete_email_per_active_subscriber(newsroom: Context) -> None:
-    result = run_list(newsroom, "weekly")
+    result = run_list(newsroom, RunRequest("weekly"))
     assert result.send is not None and result.send.finished
     assert result.send.counts["accepted"] == 3
     messages = read_outbox(Path(newsroom.settings.outbox_dir))
@@ -89,15 +89,15 @@ def test_send_writes_one_complete_email_per_active_subscriber(newsroom: Context)
 
 
 def test_sending_again_sends_nothing_twice(newsroom: Context, feed_server: FeedServer) -> None:
-    first = run_list(newsroom, "weekly")
+    first = run_list(newsroom, RunRequest("weekly"))
     assert first.send is not None
-    again = run_list(newsroom, "weekly")
+    again = run_list(newsroom, RunRequest("weekly"))
     assert again.nothing_new and again.send is None
     outbox = Path(newsroom.settings.outbox_dir)
     assert len(read_outbox(outbox)) == 3
     # A new recap makes a second issue holding only it.
     feed_server.routes["/feed.xml"] = Route(body=rss([recap(1), recap(2), recap(4)]))
-    second = run_list(newsroom, "weekly")
+    second = run_list(newsroom, RunRequest("weekly"))
     assert second.send is not None and second.send.number == 2
     with newsroom.db.session() as s:
         issue = s.get(Issue, second.send.issue_id)
@@ -123,10 +123,10 @@ def test_lookback_uses_first_seen_when_an_entry_has_no_date(newsroom: Context,
                                                             feed_server: FeedServer) -> None:
     feed_server.routes["/feed.xml"] = Route(body=rss([{"title": "Undated recap", "guid": "u1",
                                                        "link": "https://news.example/u1"}]))
-    result = run_list(newsroom, "weekly")
+    result = run_list(newsroom, RunRequest("weekly"))
     assert result.send is not None
     later = NOW + timedelta(days=8)
-    assert run_list(newsroom, "weekly", now=later).nothing_new
+    assert run_list(newsroom, RunRequest("weekly"), now=later).nothing_new
 
 
 class CrashingOutbox(OutboxTransport):
@@ -158,7 +158,7 @@ def test_an_interrupted_send_resumes_without_sending_twice(any_ctx: Context,
     outbox = Path(ctx.settings.outbox_dir)
     crashing = CrashingOutbox(outbox, crash_on=2, survive=1)
     with pytest.raises(SystemExit):
-        run_list(ctx, "weekly", transport=crashing)
+        run_list(ctx, RunRequest("weekly"), transport=crashing)
     [issue_id] = _issue_ids(ctx)
     # Batch 1 went out; batch 2 was being handed over when the process died.
     assert counts(ctx, issue_id) == {"accepted": 3, "pending": 5}
@@ -168,7 +168,7 @@ def test_an_interrupted_send_resumes_without_sending_twice(any_ctx: Context,
     # Someone leaves before the rest goes out: they are skipped, not sent to.
     remove_subscriber(ctx.db, "weekly", "reader7@example.org")
     # Run again: the outbox proves which in-flight messages were written.
-    resumed = run_list(ctx, "weekly")
+    resumed = run_list(ctx, RunRequest("weekly"))
     assert resumed.resumed and resumed.send is not None
     # Batch 1: 3 accepted. Batch 2 (in flight): 1 written, so accepted; 2 uncertain.
     # Batch 3: reader6 sent, reader7 skipped.
@@ -177,11 +177,11 @@ def test_an_interrupted_send_resumes_without_sending_twice(any_ctx: Context,
     assert len(files) == 5
     assert not any("reader7" in f for f in files)
     # Resending the uncertain ones completes the issue: everyone exactly once.
-    again = run_list(ctx, "weekly", resend_uncertain=True)
+    again = run_list(ctx, RunRequest("weekly", resend_uncertain=True))
     assert again.send is not None and again.send.counts == {"accepted": 7, "skipped": 1}
     people = sorted(p.name.split("-", 1)[1] for p in outbox.rglob("*.eml"))
     assert people == [f"reader{i}@example.org.eml" for i in range(7)]
-    assert run_list(ctx, "weekly").nothing_new
+    assert run_list(ctx, RunRequest("weekly")).nothing_new
 
 
 def test_uncertain_deliveries_are_reported_and_resent_only_when_asked(
@@ -198,15 +198,15 @@ def test_uncertain_deliveries_are_reported_and_resent_only_when_asked(
             raise SystemExit("gone before anything was written")
 
     with pytest.raises(SystemExit):
-        run_list(ctx, "weekly", transport=Dies(Path(ctx.settings.outbox_dir)))
-    resumed = run_list(ctx, "weekly", transport=locmem())
+        run_list(ctx, RunRequest("weekly"), transport=Dies(Path(ctx.settings.outbox_dir)))
+    resumed = run_list(ctx, RunRequest("weekly"), transport=locmem())
     assert resumed.send is not None
     assert resumed.send.counts["uncertain"] == 2 and resumed.send.counts["accepted"] == 2
     assert not resumed.send.ok
     assert {addr for addr, _ in resumed.send.failures} == {"r0@example.org", "r1@example.org"}
     assert len(locmem.outbox) == 2
     # Resent only when asked.
-    again = run_list(ctx, "weekly", transport=locmem(), resend_uncertain=True)
+    again = run_list(ctx, RunRequest("weekly", resend_uncertain=True), transport=locmem())
     assert again.send is not None and again.send.counts["accepted"] == 4
     with ctx.db.session() as s:  # two hand-overs for the resent, one for the rest
         assert sorted(s.scalars(select(Delivery.attempts))) == [1, 1, 2, 2]
@@ -229,10 +229,10 @@ def test_two_sends_racing_for_one_issue_send_it_once(newsroom: Context,
     record_issue(newsroom, theirs)  # the other process wins the race
     with pytest.raises(IssueTaken):
         record_issue(newsroom, mine)
-    result = run_list(newsroom, "weekly", transport=locmem(), collect_first=False)
+    result = run_list(newsroom, RunRequest("weekly", collect_first=False), transport=locmem())
     assert result.send is not None and result.send.counts == {"accepted": 3}
     assert len(locmem.outbox) == 3
-    assert run_list(newsroom, "weekly", transport=locmem()).nothing_new
+    assert run_list(newsroom, RunRequest("weekly"), transport=locmem()).nothing_new
 
 
 def test_a_sandbox_run_never_touches_an_unfinished_issue(newsroom: Context) -> None:
@@ -244,7 +244,7 @@ def test_a_sandbox_run_never_touches_an_unfinished_issue(newsroom: Context) -> N
     assert draft is not None
     record_issue(newsroom, draft)
     with pytest.raises(DigestError, match="still being sent"):
-        run_list(newsroom, "weekly", sandbox=True)
+        run_list(newsroom, RunRequest("weekly", sandbox=True))
     with newsroom.db.session() as s:
         assert s.scalar(select(func.count()).select_from(Delivery)
                         .where(Delivery.status == "pending")) == 3
@@ -253,7 +253,7 @@ def test_a_sandbox_run_never_touches_an_unfinished_issue(newsroom: Context) -> N
 def test_forgetting_a_person_or_deleting_a_list_leaves_no_deliveries(newsroom: Context) -> None:
     from subscribers.lists import delete_list
     from subscribers.subscriptions import forget_subscriber
-    run_list(newsroom, "weekly")
+    run_list(newsroom, RunRequest("weekly"))
     with newsroom.db.session() as s:
         assert s.scalar(select(func.count()).select_from(Delivery)) == 3
     forget_subscriber(newsroom.db, "bob@example.net")

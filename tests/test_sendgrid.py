@@ -18,7 +18,7 @@ from digest.collect import add_feed
 from digest.context import Context
 from digest.errors import DeliveryError
 from digest.models import Delivery
-from digest.pipeline import run_list
+from digest.pipeline import RunRequest, run_list
 from digest.rendering import Recipient, RenderedIssue
 from digest.transports.base import OutgoingIssue, OutgoingRecipient
 from digest.transports.sendgrid import SendGridTransport
@@ -63,7 +63,7 @@ def deliveries(ctx: Context) -> list[tuple[str, str | None, str | None]]:
 
 def test_batches_follow_the_published_schema_and_limits(newsroom: Context,
                                                         standin: SendGridStandIn) -> None:
-    result = run_list(newsroom, "weekly", transport=transport(standin))
+    result = run_list(newsroom, RunRequest("weekly"), transport=transport(standin))
     assert result.send is not None and result.send.counts == {"accepted": 5}
     assert standin.rejections == []
     assert len(standin.bodies) == 3  # batches of 2, 2 and 1
@@ -105,7 +105,7 @@ def test_429_waits_for_the_reset_then_retries(newsroom: Context,
                                               standin: SendGridStandIn) -> None:
     standin.faults = ["429", "429"]
     started = time.monotonic()
-    result = run_list(newsroom, "weekly", transport=transport(standin))
+    result = run_list(newsroom, RunRequest("weekly"), transport=transport(standin))
     assert result.send is not None and result.send.counts == {"accepted": 5}
     assert time.monotonic() - started >= 0.2
     assert max(standin.accepted.values()) == 1
@@ -113,7 +113,7 @@ def test_429_waits_for_the_reset_then_retries(newsroom: Context,
 
 def test_5xx_is_retried_with_backoff(newsroom: Context, standin: SendGridStandIn) -> None:
     standin.faults = ["500", "503", None, "500"]
-    result = run_list(newsroom, "weekly", transport=transport(standin))
+    result = run_list(newsroom, RunRequest("weekly"), transport=transport(standin))
     assert result.send is not None and result.send.counts == {"accepted": 5}
     assert standin.requests == 6 and max(standin.accepted.values()) == 1
 
@@ -121,7 +121,7 @@ def test_5xx_is_retried_with_backoff(newsroom: Context, standin: SendGridStandIn
 def test_400_fails_the_batch_with_sendgrids_message(newsroom: Context,
                                                     standin: SendGridStandIn) -> None:
     standin.faults = ["400"]
-    result = run_list(newsroom, "weekly", transport=transport(standin))
+    result = run_list(newsroom, RunRequest("weekly"), transport=transport(standin))
     assert result.send is not None
     assert result.send.counts == {"failed": 2, "accepted": 3}
     assert not result.send.ok
@@ -135,12 +135,12 @@ def test_bad_key_stops_at_once_and_nothing_is_lost(newsroom: Context,
     caplog.set_level(logging.DEBUG)
     bad = SendGridTransport("SG.wrong-key", host=standin.url, timeout=1.0)
     with pytest.raises(DeliveryError, match="401"):
-        run_list(newsroom, "weekly", transport=bad)
+        run_list(newsroom, RunRequest("weekly"), transport=bad)
     assert standin.requests == 1
     assert {s for s, _, _ in deliveries(newsroom)} == {"pending"}
     assert "SG.wrong-key" not in caplog.text and KEY not in caplog.text
     # With the right key the same issue goes out, once.
-    result = run_list(newsroom, "weekly", transport=transport(standin))
+    result = run_list(newsroom, RunRequest("weekly"), transport=transport(standin))
     assert result.resumed and result.send is not None
     assert result.send.counts == {"accepted": 5}
 
@@ -149,14 +149,15 @@ def test_connection_lost_after_sending_is_uncertain_and_resent_only_when_asked(
         newsroom: Context, standin: SendGridStandIn) -> None:
     standin.faults = [None, "drop_after_accept", "slow"]
     standin.slow_seconds = 2.0  # the client gives up after 1 s: the request was sent
-    result = run_list(newsroom, "weekly", transport=transport(standin))
+    result = run_list(newsroom, RunRequest("weekly"), transport=transport(standin))
     assert result.send is not None
     assert result.send.counts == {"accepted": 2, "uncertain": 3}
     assert not result.send.ok
     assert all("no answer from SendGrid" in reason for _, reason in result.send.failures)
-    again = run_list(newsroom, "weekly", transport=transport(standin))
+    again = run_list(newsroom, RunRequest("weekly"), transport=transport(standin))
     assert again.nothing_new  # not resent silently
-    resent = run_list(newsroom, "weekly", transport=transport(standin), resend_uncertain=True)
+    resent = run_list(newsroom, RunRequest("weekly", resend_uncertain=True),
+                      transport=transport(standin))
     assert resent.send is not None and resent.send.counts == {"accepted": 5}
 
 
@@ -165,7 +166,7 @@ def test_unreachable_sendgrid_stops_the_send_with_the_batch_still_pending(
     dead = SendGridTransport(KEY, host="http://127.0.0.1:9", timeout=1.0, attempts=2,
                              sleep=lambda s: None)
     with pytest.raises(DeliveryError, match="cannot reach SendGrid"):
-        run_list(newsroom, "weekly", transport=dead)
+        run_list(newsroom, RunRequest("weekly"), transport=dead)
     assert {s for s, _, _ in deliveries(newsroom)} == {"pending"}
 
 

@@ -17,7 +17,7 @@ from aiosmtpd.smtp import Envelope, Session
 from digest.collect import add_feed
 from digest.context import Context
 from digest.errors import DeliveryError
-from digest.pipeline import run_list
+from digest.pipeline import RunRequest, run_list
 from digest.transports.smtp import SMTPTransport
 from subscribers.lists import create_list
 from subscribers.subscriptions import add_subscriber
@@ -98,7 +98,7 @@ def test_one_connection_carries_every_message(newsroom: Context,
                                               smtpd: tuple[Handler, int]) -> None:
     handler, port = smtpd
     transport = smtp(port)
-    result = run_list(newsroom, "weekly", transport=transport)
+    result = run_list(newsroom, RunRequest("weekly"), transport=transport)
     assert result.send is not None and result.send.counts == {"accepted": 6}
     assert transport.connections == 1 and handler.sessions == 1
     assert sorted(str(m["To"]) for m in handler.messages) == [
@@ -113,7 +113,7 @@ def test_5xx_is_recorded_on_the_recipient_and_4xx_is_retried(
     handler, port = smtpd
     handler.reject = {"reader1@example.org"}
     handler.defer = {"reader2@example.org": 2}
-    result = run_list(newsroom, "weekly", transport=smtp(port))
+    result = run_list(newsroom, RunRequest("weekly"), transport=smtp(port))
     assert result.send is not None
     assert result.send.counts == {"accepted": 5, "failed": 1}
     [(address, reason)] = result.send.failures
@@ -127,7 +127,7 @@ def test_a_dropped_connection_is_reopened(newsroom: Context,
     handler, port = smtpd
     handler.drop_connection_once_at_rcpt = {"reader3@example.org"}
     transport = smtp(port)
-    result = run_list(newsroom, "weekly", transport=transport)
+    result = run_list(newsroom, RunRequest("weekly"), transport=transport)
     assert result.send is not None and result.send.counts == {"accepted": 6}
     assert transport.connections == 2
     assert sorted(str(m["To"]) for m in handler.messages).count("reader3@example.org") == 1
@@ -136,11 +136,12 @@ def test_a_dropped_connection_is_reopened(newsroom: Context,
 def test_rate_limit_spaces_messages(newsroom: Context, smtpd: tuple[Handler, int]) -> None:
     _, port = smtpd
     started = time.monotonic()
-    result = run_list(newsroom, "weekly", transport=smtp(port, rate=20.0, sleep=time.sleep))
+    result = run_list(newsroom, RunRequest("weekly"),
+                      transport=smtp(port, rate=20.0, sleep=time.sleep))
     assert result.send is not None and result.send.counts == {"accepted": 6}
     assert time.monotonic() - started >= 5 / 20
 
 
 def test_no_server_stops_the_send_with_nothing_lost(newsroom: Context) -> None:
     with pytest.raises(DeliveryError, match="cannot connect to the SMTP server"):
-        run_list(newsroom, "weekly", transport=smtp(9, attempts=2))
+        run_list(newsroom, RunRequest("weekly"), transport=smtp(9, attempts=2))

@@ -21,7 +21,7 @@ from digest.collect import add_feed
 from digest.context import Context
 from digest.db import utcnow
 from digest.models import Delivery
-from digest.pipeline import run_list
+from digest.pipeline import RunRequest, run_list
 from digest.transports.locmem import LocmemTransport
 from digest.web.app import create_app
 from subscribers.lists import create_list
@@ -57,7 +57,7 @@ def client_for(ctx: Context) -> TestClient:
 def send(ctx: Context) -> dict[str, EmailMessage]:
     """Run the list's job; the messages sent now, by recipient address."""
     LocmemTransport.outbox.clear()
-    run_list(ctx, "weekly", transport=LocmemTransport())
+    run_list(ctx, RunRequest("weekly"), transport=LocmemTransport())
     return {str(m["To"]).split("<")[-1].rstrip(">"): m for m in LocmemTransport.outbox}
 
 

@@ -353,7 +353,7 @@ def send_cmd(list_name: str, no_collect: bool, yes: bool, resend_uncertain: bool
 
 def _send(list_name: str, no_collect: bool, yes: bool, resend_uncertain: bool,
           sandbox: bool, worker: bool, wait_for_issue: float, jobs: int) -> None:
-    from digest.pipeline import run_list
+    from digest.pipeline import RunEvents, RunRequest, run_list
     ctx = state().ctx
     interactive = _interactive()
 
@@ -386,21 +386,33 @@ def _send(list_name: str, no_collect: bool, yes: bool, resend_uncertain: bool,
             start_helpers()  # they start up while the issue and its deliveries are recorded
         return go
 
-    def on_issue(_issue_id: int) -> None:
-        sending[0] = True
-        start_helpers()
-
     collected: CollectReport | None = None
     if not no_collect and not worker:
         collected = _collect_with_progress(ctx)
         print_collect(collected)
     with progress_bar(f"Sending {list_name}", enabled=interactive) as update, \
             _stop_on_sigterm(stop):
+
+        class Events(RunEvents):
+            """The terminal's part: ask, draw the bar, start helpers, stop on SIGTERM."""
+
+            def confirm(self, draft: Draft, audience: int) -> bool:
+                return confirm(draft, audience)
+
+            def issue_started(self, issue_id: int) -> None:
+                sending[0] = True
+                start_helpers()
+
+            def progress(self, done: int, total: int) -> None:
+                update(done, total)
+
+            def should_stop(self) -> bool:
+                return stop.is_set()
+
+        request = RunRequest(list_name, collect_first=False, resend_uncertain=resend_uncertain,
+                             sandbox=sandbox, join_only=worker, wait_for_issue=wait_for_issue)
         try:
-            result = run_list(ctx, list_name, collect_first=False, on_progress=update,
-                              resend_uncertain=resend_uncertain, confirm=confirm,
-                              sandbox=sandbox, join_only=worker, on_issue=on_issue,
-                              wait_for_issue=wait_for_issue, should_stop=stop.is_set)
+            result = run_list(ctx, request, Events())
         finally:
             for helper in helpers:
                 # This process returns once no batch is left and none is held, so a

@@ -19,7 +19,7 @@ from digest.editing import approve, preview, save_edit, segments, send_test
 from digest.editors import audit, audit_log, authenticate
 from digest.errors import DigestError
 from digest.issues import audience_size
-from digest.pipeline import run_list
+from digest.pipeline import RunRequest, run_list
 from digest.web.base import WebApp
 from digest.web.security import (
     client_address,
@@ -217,7 +217,7 @@ def routes(web: WebApp) -> list[tuple[str, Callable[..., Any], list[str]]]:
 
         def _send(list_name: str) -> None:
             try:
-                result = run_list(ctx, list_name, collect_first=False)
+                result = run_list(ctx, RunRequest(list_name, collect_first=False))
                 log.info("send now of %s: %s", list_name,
                          result.send.counts if result.send else "nothing new")
             except Exception:
