@@ -435,7 +435,10 @@ def deliver(ctx: Context, issue_id: int, transport: Transport, *,
     try:
         _deliver(ctx, issue, report, transport, me, resend_uncertain=resend_uncertain,
                  on_progress=on_progress, should_stop=should_stop, now=now, sleep=sleep)
-        outcome = "stopped" if report.stopped else "ok" if report.ok else "failed"
+        # Told to stop only once the issue was done (a helper let go at the end): not a
+        # stopped send.
+        stopped = report.stopped and not report.finished
+        outcome = "stopped" if stopped else "ok" if report.ok else "failed"
         return report
     finally:
         gc.unfreeze()

