@@ -14,8 +14,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from digest.grouping import Item, KeywordConfig, group
-from digest.rendering import IssueContent, Recipient, Renderer, Sender
+from digest.core.grouping import Item, KeywordConfig, group
+from digest.core.rendering import IssueContent, Recipient, Renderer, Sender
 
 KEYWORDS = ["Syria", "Iran", "Ukraine", "Russia", "Turkey", "Iraq", "Lebanon", "Yemen"]
 NOW = datetime(2026, 11, 23, 8, tzinfo=UTC)

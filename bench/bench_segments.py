@@ -23,9 +23,10 @@ sys.path.insert(0, str(ROOT))
 
 from sqlalchemy import func, insert, select  # noqa: E402
 
-from digest.context import Context  # noqa: E402
-from digest.issues import draft_issue, record_issue  # noqa: E402
-from digest.models import Delivery, Entry, IssueVariant  # noqa: E402
+from digest.services.building import draft_issue  # noqa: E402
+from digest.services.context import Context  # noqa: E402
+from digest.services.models import Delivery, Entry, IssueVariant  # noqa: E402
+from digest.services.recording import record_issue  # noqa: E402
 from digest.settings import load_settings  # noqa: E402
 from subscribers.lists import create_list  # noqa: E402
 from subscribers.models import Subscriber, Subscription  # noqa: E402

@@ -162,7 +162,7 @@ def main() -> None:
     # Imported here, not at the top: the floor runs this file too, and must load nothing
     # but the sendgrid client.
     sys.path.insert(0, str(ROOT))
-    from digest.demo import SAMPLE_FEEDS, SampleServer
+    from digest.edges.demo import SAMPLE_FEEDS, SampleServer
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
     given_url = sys.argv[2] if len(sys.argv) > 2 and sys.argv[2] != "sqlite" else None
     jobs = sys.argv[3] if len(sys.argv) > 3 else "1"

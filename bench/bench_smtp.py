@@ -15,10 +15,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from digest.grouping import Item, KeywordConfig, group
-from digest.rendering import IssueContent, Recipient, Renderer, Sender
-from digest.transports.base import OutgoingIssue, OutgoingRecipient
-from digest.transports.smtp import SMTPTransport
+from digest.core.grouping import Item, KeywordConfig, group
+from digest.core.rendering import IssueContent, Recipient, Renderer, Sender
+from digest.services.transports.base import OutgoingIssue, OutgoingRecipient
+from digest.services.transports.smtp import SMTPTransport
 
 
 def serve(port: int, ready: multiprocessing.Event) -> None:  # type: ignore[valid-type]

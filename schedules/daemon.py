@@ -23,11 +23,11 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import Connection, select, text, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from digest import metrics
-from digest.context import Context
-from digest.db import utcnow
-from digest.delivery import claimer_gone, worker_identity
-from digest.transports import Transport
+from digest.services import metrics
+from digest.services.context import Context
+from digest.services.db import utcnow
+from digest.services.delivery import claimer_gone, worker_identity
+from digest.services.transports import Transport
 from schedules.expressions import WallClockTrigger, parse_expression, slot_key, time_zone
 from schedules.models import Schedule, SchedulerLease, ScheduleRun
 from schedules.runner import SlotResult, run_slot

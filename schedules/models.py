@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import JSON, Boolean, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from digest.db import Base, UTCDateTime, utcnow
+from digest.services.db import Base, UTCDateTime, utcnow
 
 DEFAULT_GRACE_SECONDS = 6 * 3600
 

@@ -20,16 +20,16 @@ from datetime import datetime, timedelta
 from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from digest import metrics
-from digest.collect import collect
-from digest.context import Context
-from digest.db import utcnow
-from digest.delivery import SendReport, claimer_gone, deliver, worker_identity
-from digest.editing import approval, next_number
-from digest.issues import Draft, draft_issue
-from digest.logs import fields
-from digest.pipeline import RunEvents, RunRequest, run_list
-from digest.transports import Transport, make_transport
+from digest.services import metrics
+from digest.services.building import Draft, draft_issue
+from digest.services.collect import collect
+from digest.services.context import Context
+from digest.services.db import utcnow
+from digest.services.delivery import SendReport, claimer_gone, deliver, worker_identity
+from digest.services.editing import approval, next_number
+from digest.services.logs import fields
+from digest.services.pipeline import RunEvents, RunRequest, run_list
+from digest.services.transports import Transport, make_transport
 from schedules.expressions import next_slots, parse_expression, slot_key, time_zone
 from schedules.models import Schedule, ScheduleRun
 from subscribers.models import MailingList

@@ -8,8 +8,8 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from digest.db import Database, utcnow
 from digest.errors import InvalidInputError, NotFoundError
+from digest.services.db import Database, utcnow
 from schedules.expressions import CronSpec, next_slots, parse_expression, time_zone
 from schedules.models import DEFAULT_GRACE_SECONDS, Schedule, ScheduleRun
 from subscribers.lists import check_slug, get_list

@@ -23,9 +23,9 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from digest.db import Database, utcnow
 from digest.errors import DigestError
-from digest.models import Delivery, WebhookEvent
+from digest.services.db import Database, utcnow
+from digest.services.models import Delivery, WebhookEvent
 from subscribers.addresses import address_hash, address_key
 from subscribers.models import Subscriber, Subscription, Suppression
 from subscribers.subscriptions import unsubscribe

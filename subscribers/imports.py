@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any, TextIO, cast
 
 from sqlalchemy import Connection, select, text, update
 
-from digest.db import Database, among, utcnow
 from digest.errors import InvalidInputError
+from digest.services.db import Database, among, utcnow
 from subscribers.addresses import address_hash, address_key, normalize_address
 from subscribers.lists import get_list
 from subscribers.models import Subscriber, Subscription, Suppression

@@ -9,8 +9,8 @@ from urllib.parse import urlsplit
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from digest.db import Database
 from digest.errors import InvalidInputError, NotFoundError
+from digest.services.db import Database
 from subscribers.models import (
     ENTRY_PARTS,
     STATUSES,
@@ -149,7 +149,7 @@ def summarize_lists(db: Database) -> list[ListSummary]:
 
 def delete_list(db: Database, name: str) -> None:
     """Delete a list with its subscriptions and issues."""
-    from digest.models import Issue, delete_deliveries
+    from digest.services.models import Issue, delete_deliveries
     with db.session() as session:
         mailing_list = get_list(session, name)
         delete_deliveries(session, issue_ids=select(Issue.id)

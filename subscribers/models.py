@@ -7,7 +7,7 @@ from datetime import datetime
 from sqlalchemy import JSON, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from digest.db import Base, UTCDateTime, utcnow
+from digest.services.db import Base, UTCDateTime, utcnow
 
 STATUSES = ("pending", "active", "paused", "unsubscribed", "bounced", "complained")
 # What an entry of an email can show, besides its title; lists choose some, in this order.

@@ -14,11 +14,11 @@ from email.message import EmailMessage
 
 from sqlalchemy import delete, select, update
 
-from digest.context import Context
-from digest.db import utcnow
-from digest.messages import address_for_header, compose, format_sender
-from digest.models import delete_deliveries
-from digest.transports import Transport, make_transport
+from digest.core.messages import address_for_header, compose, format_sender
+from digest.services.context import Context
+from digest.services.db import utcnow
+from digest.services.models import delete_deliveries
+from digest.services.transports import Transport, make_transport
 from subscribers.addresses import normalize_address
 from subscribers.lists import get_list
 from subscribers.models import MailingList, Subscriber, Subscription

@@ -13,9 +13,9 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from digest.db import Database, utcnow
-from digest.grouping import keyword_key
-from digest.models import Entry
+from digest.core.grouping import keyword_key
+from digest.services.db import Database, utcnow
+from digest.services.models import Entry
 from subscribers.models import MailingList, Subscriber, Subscription
 from subscribers.subscriptions import clean_keywords, segment_of, unsubscribe
 from subscribers.tokens import InvalidToken

@@ -10,10 +10,10 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from digest.db import Database, utcnow
+from digest.core.grouping import keyword_key
 from digest.errors import InvalidInputError, NotFoundError
-from digest.grouping import keyword_key
-from digest.models import delete_deliveries
+from digest.services.db import Database, utcnow
+from digest.services.models import delete_deliveries
 from subscribers.addresses import address_hash, address_key, normalize_address
 from subscribers.lists import get_list
 from subscribers.models import Subscriber, Subscription, Suppression

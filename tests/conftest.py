@@ -12,9 +12,9 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import create_engine, text
 
-from digest.context import Context
+from digest.services.context import Context
+from digest.services.transports.locmem import LocmemTransport
 from digest.settings import Settings, load_settings
-from digest.transports.locmem import LocmemTransport
 from tests.feedserver import FeedServer
 
 POSTGRES_URL = os.environ.get("DIGEST_TEST_POSTGRES_URL", "")
@@ -154,7 +154,7 @@ class LiveServer:
 
         import uvicorn
 
-        from digest.web.app import create_app
+        from digest.edges.web.app import create_app
         self.port = port
         self.url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(create_app(ctx), host="127.0.0.1", port=self.port,

@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-EDGES = ("digest.cli", "digest.web", "digest.demo")
-PURE = ("digest/grouping.py", "digest/rendering.py", "digest/feeds.py", "digest/sanitize.py",
-        "digest/imagesize.py")
+EDGES = ("digest.edges.cli", "digest.edges.web", "digest.edges.demo")
+LAYERS = ("digest.core", "digest.services", "digest.edges")  # each may import those before it
 
 
 def imports_of(path: Path) -> set[str]:
@@ -45,11 +44,34 @@ def test_not_even_indirectly() -> None:
 
 
 def test_the_core_is_pure() -> None:
-    for name in PURE:
-        bad = {m for m in imports_of(ROOT / name)
-               if m.split(".")[0] in {"sqlalchemy", "httpx", "click", "starlette"}
-               or m in {"digest.db", "digest.context"}}
-        assert not bad, f"{name} does I/O through {bad}"
+    """digest/core does no I/O: no database, network, CLI or web library, and nothing of
+    ours but the core itself and the shared errors."""
+    for path in (ROOT / "digest" / "core").rglob("*.py"):
+        bad = {m for m in imports_of(path)
+               if m.split(".")[0] in {"sqlalchemy", "httpx", "click", "starlette", "sendgrid",
+                                      "smtplib", "socket", "urllib.request", "apscheduler"}
+               or (m.startswith(("digest.", "subscribers", "schedules"))
+                   and not m.startswith("digest.core") and m != "digest.errors")}
+        assert not bad, f"{path.relative_to(ROOT)} reaches outside the pure core: {bad}"
+
+
+def test_the_layers_point_one_way() -> None:
+    """core ← services ← edges: a layer imports only those before it (and the shared
+    settings and errors); subscribers and schedules sit with the services."""
+    graph = _module_graph()
+    rank = {layer: i for i, layer in enumerate(LAYERS)}
+
+    def layer_of(module: str) -> int | None:
+        if module.startswith(("subscribers", "schedules")):
+            return rank["digest.services"]
+        return next((rank[layer] for layer in LAYERS if module.startswith(layer)), None)
+
+    for module, imported in graph.items():
+        mine = layer_of(module)
+        if mine is None:
+            continue
+        upward = {m for m in imported if (layer_of(m) or 0) > mine}
+        assert not upward, f"{module} imports a later layer: {upward}"
 
 
 def test_wheel_ships_templates_and_typing_marker(tmp_path: Path) -> None:
@@ -62,7 +84,7 @@ def test_wheel_ships_templates_and_typing_marker(tmp_path: Path) -> None:
     assert "digest/templates/email/issue.html" in names
     assert "digest/templates/email/issue.txt" in names
     assert {"digest/py.typed", "subscribers/py.typed", "schedules/py.typed"} <= names
-    assert any(n.startswith("digest/migrations/versions/0001") for n in names)
+    assert any(n.startswith("digest/services/migrations/versions/0001") for n in names)
     assert "digest/samples/arabic.xml" in names
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from digest.cli import cli
+from digest.edges.cli import cli
 from tests.feedserver import FeedServer, Route, rss
 
 
@@ -128,8 +128,8 @@ def _loaded(code: str, cwd: Path | None = None, env: dict[str, str] | None = Non
 
 def test_the_cli_starts_without_the_heavy_libraries() -> None:
     # `digest --help` loads click and rich only; each command imports what it uses.
-    assert _loaded("import digest.cli") == []
-    assert _loaded("import sys\nsys.argv = ['digest', '--help']\nfrom digest.cli import "
+    assert _loaded("import digest.edges.cli") == []
+    assert _loaded("import sys\nsys.argv = ['digest', '--help']\nfrom digest.edges.cli import "
                    "main\ntry:\n    main()\nexcept SystemExit:\n    pass") == []
 
 
@@ -139,7 +139,7 @@ def test_read_commands_load_no_pipeline_libraries(tmp_path: Path) -> None:
                    env=env, capture_output=True, check=True, timeout=60)
     for command in (["lists", "list"], ["issues", "list"], ["config"],
                     ["subscribers", "show", "a@example.org"]):
-        code = (f"import sys\nsys.argv = ['digest', *{command!r}]\nfrom digest.cli import "
+        code = (f"import sys\nsys.argv = ['digest', *{command!r}]\nfrom digest.edges.cli import "
                 "main\ntry:\n    main()\nexcept SystemExit:\n    pass")
         # An existing database at the newest schema costs one query, not Alembic.
         loaded = set(_loaded(code, cwd=tmp_path, env=env))

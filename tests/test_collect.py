@@ -6,10 +6,10 @@ import time
 
 from sqlalchemy import select
 
-from digest.collect import add_feed, collect, list_feeds
-from digest.context import Context
-from digest.fetch import USER_AGENT
-from digest.models import Entry
+from digest.services.collect import add_feed, collect, list_feeds
+from digest.services.context import Context
+from digest.services.fetch import USER_AGENT
+from digest.services.models import Entry
 from tests.feedserver import FeedServer, Route, rss
 
 NOW_RFC = "Mon, 23 Nov 2026 08:00:00 +0000"

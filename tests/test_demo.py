@@ -8,7 +8,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from digest.cli import cli
+from digest.edges.cli import cli
 
 
 def test_demo_writes_database_preview_and_emails(runner: CliRunner, tmp_path: Path) -> None:

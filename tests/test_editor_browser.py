@@ -14,9 +14,9 @@ from typing import Any
 import httpx
 import pytest
 
-from digest.collect import add_feed, collect
-from digest.context import Context
-from digest.editors import add_editor
+from digest.services.collect import add_feed, collect
+from digest.services.context import Context
+from digest.services.editors import add_editor
 from schedules.service import add_schedule
 from subscribers.lists import create_list
 from subscribers.subscriptions import add_subscriber
@@ -264,7 +264,7 @@ def test_sessions_csrf_and_sign_in_limits_by_hand(site: LiveServer) -> None:
 def test_the_session_cookie_is_secure_on_https(tmp_path: Path, sqlite_url: str) -> None:
     from starlette.testclient import TestClient
 
-    from digest.web.app import create_app
+    from digest.edges.web.app import create_app
     ctx = Context.open(make_settings(tmp_path, sqlite_url))  # base_url https://…
     add_editor(ctx.db, "layla", PASSWORD)
     client = TestClient(create_app(ctx), base_url="https://digest.example",

@@ -21,10 +21,10 @@ from typing import ClassVar
 import pytest
 from rich.console import Console
 
-from digest.collect import add_feed, collect
-from digest.context import Context
-from digest.demo import run_demo, sample_png
-from digest.pipeline import RunRequest, run_list
+from digest.edges.demo import run_demo, sample_png
+from digest.services.collect import add_feed, collect
+from digest.services.context import Context
+from digest.services.pipeline import RunRequest, run_list
 from subscribers.lists import create_list, edit_list
 from subscribers.subscriptions import add_subscriber
 from tests.conftest import ARTIFACTS, LiveServer, free_port, make_settings
@@ -402,7 +402,7 @@ def test_images_read_also_keywords_and_the_keyword_page(tmp_path: Path,
     assert 'href="https://digest.example/archive/weekly/k/syria"' in html
     from starlette.testclient import TestClient
 
-    from digest.web.app import create_app
+    from digest.edges.web.app import create_app
     page = TestClient(create_app(ctx)).get("/archive/weekly/k/syria")
     assert page.status_code == 200 and "Recap 1: Iran Moves in Syria" in page.text
     assert "Recap 2" not in page.text
@@ -435,8 +435,8 @@ def test_the_editors_issue_page_marks_broken_and_redirecting_links(
         tmp_path: Path, feed_server: FeedServer) -> None:
     from starlette.testclient import TestClient
 
-    from digest.editors import add_editor
-    from digest.web.app import create_app
+    from digest.edges.web.app import create_app
+    from digest.services.editors import add_editor
     feed_server.add("/ok", Route(body=b"fine", content_type="text/html"))
     feed_server.add("/gone", Route(status=410))
     feed_server.add("/moved", Route(redirect_to="/ok"))

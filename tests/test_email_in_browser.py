@@ -8,7 +8,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from digest.cli import cli
+from digest.edges.cli import cli
 from tests.conftest import ARTIFACTS
 
 

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, insert, select
 
-from digest.collect import add_feed, collect
-from digest.context import Context
-from digest.models import Delivery, Issue
+from digest.services.collect import add_feed, collect
+from digest.services.context import Context
+from digest.services.models import Delivery, Issue
 from subscribers.lists import create_list
 from subscribers.models import Subscriber, Subscription
 from tests.conftest import make_settings

@@ -6,9 +6,9 @@ from datetime import UTC, datetime
 
 import pytest
 
+from digest.core.feeds import canonical_link, parse_feed, title_key
+from digest.core.sanitize import sanitize_html, summarize
 from digest.errors import FeedError
-from digest.feeds import canonical_link, parse_feed, title_key
-from digest.sanitize import sanitize_html, summarize
 from tests.feedserver import rss
 
 HOSTILE = """<p onclick="steal()">Talks resumed.<script>alert(1)</script></p>

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from digest.grouping import Item, KeywordConfig, canonical_keys, group, summary_line
+from digest.core.grouping import Item, KeywordConfig, canonical_keys, group, summary_line
 
 T0 = datetime(2026, 11, 23, 8, tzinfo=UTC)
 

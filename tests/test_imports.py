@@ -7,8 +7,8 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from digest.cli import cli
-from digest.context import Context
+from digest.edges.cli import cli
+from digest.services.context import Context
 from subscribers.imports import export_csv, import_csv
 from subscribers.lists import create_list
 from subscribers.subscriptions import (

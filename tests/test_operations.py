@@ -21,11 +21,11 @@ import httpx
 import pytest
 from sqlalchemy import select, text
 
-from digest.collect import add_feed, collect
-from digest.context import Context
-from digest.db import HEAD_REVISION, utcnow
-from digest.logs import Redact, json_handler, scrub
-from digest.models import Delivery, Issue
+from digest.services.collect import add_feed, collect
+from digest.services.context import Context
+from digest.services.db import HEAD_REVISION, utcnow
+from digest.services.logs import Redact, json_handler, scrub
+from digest.services.models import Delivery, Issue
 from schedules.runner import run_slot
 from schedules.service import add_schedule
 from tests.conftest import free_port, make_settings
@@ -134,7 +134,7 @@ def test_json_logs_carry_fields_and_never_an_address_token_or_key(
     assert run.returncode == 0, run.stderr[-3000:]
     # Every line on stderr is JSON, the command's own messages included.
     records = [json.loads(line) for line in run.stderr.splitlines()]
-    assert any(r["logger"] == "digest.cli" and f"{len(active)} accepted" in r["message"]
+    assert any(r["logger"] == "digest.edges.cli" and f"{len(active)} accepted" in r["message"]
                for r in records), run.stderr[-2000:]
     for record in records:
         assert {"time", "level", "logger", "message"} <= set(record), record
@@ -324,7 +324,7 @@ def sign_in(base: str, name: str, password: str, client_ip: str) -> int:
 
 def test_two_instances_share_one_allowance_and_see_the_real_client(
         tmp_path: Path, sqlite_url: str, servers: list[Serve]) -> None:
-    from digest.editors import add_editor, audit_log
+    from digest.services.editors import add_editor, audit_log
     ctx = Context.open(make_settings(tmp_path, sqlite_url))
     add_editor(ctx.db, "amal", "a long enough password")
     env = serve_env(ctx, DIGEST_FORWARDED_ALLOW_IPS="127.0.0.1",

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from digest.feeds import Image, parse_feed
-from digest.grouping import Item, KeywordConfig, group
-from digest.rendering import (
+from digest.core.feeds import Image, parse_feed
+from digest.core.grouping import Item, KeywordConfig, group
+from digest.core.rendering import (
     PLACEHOLDERS,
     IssueContent,
     Recipient,

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, text
 
-from digest.collect import add_feed
-from digest.context import Context
-from digest.delivery import counts
-from digest.transports.base import ACCEPTED, Outcome, OutgoingIssue, OutgoingRecipient
-from digest.transports.locmem import LocmemTransport
+from digest.services.collect import add_feed
+from digest.services.context import Context
+from digest.services.delivery import counts
+from digest.services.transports.base import ACCEPTED, Outcome, OutgoingIssue, OutgoingRecipient
+from digest.services.transports.locmem import LocmemTransport
 from schedules.daemon import Daemon
 from schedules.models import ScheduleRun
 from schedules.service import add_schedule

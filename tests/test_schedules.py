@@ -10,12 +10,12 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import select
 
-from digest.cli import cli
-from digest.collect import add_feed
-from digest.context import Context
-from digest.editing import approve, save_edit
+from digest.edges.cli import cli
 from digest.errors import DeliveryError
-from digest.transports.locmem import LocmemTransport
+from digest.services.collect import add_feed
+from digest.services.context import Context
+from digest.services.editing import approve, save_edit
+from digest.services.transports.locmem import LocmemTransport
 from schedules.expressions import slot_key, time_zone
 from schedules.models import Schedule, ScheduleRun
 from schedules.runner import due_slot, manual_slot, run_slot

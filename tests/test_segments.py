@@ -7,11 +7,11 @@ from email.message import EmailMessage
 import pytest
 from sqlalchemy import select, update
 
-from digest.collect import add_feed
-from digest.context import Context
-from digest.models import Delivery, IssueVariant
-from digest.pipeline import RunRequest, run_list
-from digest.transports.locmem import LocmemTransport
+from digest.services.collect import add_feed
+from digest.services.context import Context
+from digest.services.models import Delivery, IssueVariant
+from digest.services.pipeline import RunRequest, run_list
+from digest.services.transports.locmem import LocmemTransport
 from subscribers.lists import create_list
 from subscribers.models import MailingList
 from subscribers.subscriptions import add_subscriber

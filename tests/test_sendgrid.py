@@ -13,15 +13,15 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import select
 
-from digest.cli import cli
-from digest.collect import add_feed
-from digest.context import Context
+from digest.core.rendering import Recipient, RenderedIssue
+from digest.edges.cli import cli
 from digest.errors import DeliveryError
-from digest.models import Delivery
-from digest.pipeline import RunRequest, run_list
-from digest.rendering import Recipient, RenderedIssue
-from digest.transports.base import OutgoingIssue, OutgoingRecipient
-from digest.transports.sendgrid import SendGridTransport
+from digest.services.collect import add_feed
+from digest.services.context import Context
+from digest.services.models import Delivery
+from digest.services.pipeline import RunRequest, run_list
+from digest.services.transports.base import OutgoingIssue, OutgoingRecipient
+from digest.services.transports.sendgrid import SendGridTransport
 from subscribers.lists import create_list
 from subscribers.subscriptions import add_subscriber
 from tests.feedserver import FeedServer, rss

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 from sqlalchemy import select
 
-from digest.context import Context
+from digest.services.context import Context
 from subscribers.lists import create_list
 from subscribers.models import Subscription
 from subscribers.subscriptions import add_subscriber

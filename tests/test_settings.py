@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from digest.cli import cli
+from digest.edges.cli import cli
 from digest.errors import ConfigError
 from digest.settings import declared, load_settings
 

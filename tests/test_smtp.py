@@ -14,11 +14,11 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP as SMTPServer
 from aiosmtpd.smtp import Envelope, Session
 
-from digest.collect import add_feed
-from digest.context import Context
 from digest.errors import DeliveryError
-from digest.pipeline import RunRequest, run_list
-from digest.transports.smtp import SMTPTransport
+from digest.services.collect import add_feed
+from digest.services.context import Context
+from digest.services.pipeline import RunRequest, run_list
+from digest.services.transports.smtp import SMTPTransport
 from subscribers.lists import create_list
 from subscribers.subscriptions import add_subscriber
 from tests.feedserver import FeedServer, rss

@@ -17,13 +17,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import select
 from starlette.testclient import TestClient
 
-from digest.collect import add_feed
-from digest.context import Context
-from digest.db import utcnow
-from digest.models import Delivery
-from digest.pipeline import RunRequest, run_list
-from digest.transports.locmem import LocmemTransport
-from digest.web.app import create_app
+from digest.edges.web.app import create_app
+from digest.services.collect import add_feed
+from digest.services.context import Context
+from digest.services.db import utcnow
+from digest.services.models import Delivery
+from digest.services.pipeline import RunRequest, run_list
+from digest.services.transports.locmem import LocmemTransport
 from subscribers.lists import create_list
 from subscribers.models import Subscription
 from subscribers.optin import expire_pending
@@ -244,7 +244,7 @@ def test_unconfirmed_subscriptions_expire(desk: Context) -> None:
 def test_cli_add_with_confirm_sends_the_link(desk: Context, runner: object) -> None:
     from click.testing import CliRunner
 
-    from digest.cli import cli
+    from digest.edges.cli import cli
     env = {"DIGEST_DATABASE_URL": desk.settings.database_url, "DIGEST_TRANSPORT": "outbox",
            "DIGEST_OUTBOX_DIR": desk.settings.outbox_dir,
            "DIGEST_SECRET_KEY": "test-secret", "DIGEST_BASE_URL": "https://digest.example"}

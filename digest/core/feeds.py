@@ -1,0 +1,252 @@
+"""Parse a fetched feed into normalized entries. Pure: bytes in, values out."""
+
+from __future__ import annotations
+
+import calendar
+import hashlib
+import html
+import io
+import re
+import unicodedata
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
+
+from digest.core.sanitize import html_to_text, summarize
+from digest.errors import FeedError
+
+TRACKING_PARAMS = ("utm_", "fbclid", "gclid", "mc_cid", "mc_eid")
+_NON_WORD = re.compile(r"[\W_]+", re.UNICODE)
+
+
+@dataclass(frozen=True)
+class Image:
+    """An image by URL, with what an email needs to show it: alt text and its size."""
+
+    url: str
+    alt: str = ""
+    width: int | None = None
+    height: int | None = None
+
+
+@dataclass(frozen=True)
+class FeedEntry:
+    """One entry of a feed, normalized and safe to show."""
+
+    guid: str | None
+    link: str | None
+    title: str
+    summary_html: str
+    author: str | None
+    keywords: tuple[str, ...]
+    published_at: datetime | None
+    lead: str = ""
+    image: Image | None = None
+    related: tuple[tuple[str, str], ...] = ()  # "Read also": (title, url)
+
+    def dedupe_keys(self) -> list[str]:
+        """Keys that identify this recap across feeds: guid, canonical link, title."""
+        keys = []
+        if self.guid:
+            keys.append("guid:" + self.guid)
+        if self.link:
+            keys.append("link:" + canonical_link(self.link))
+        title = title_key(self.title)
+        if title:
+            keys.append("title:" + title)
+        return [hashlib.sha256(k.encode()).hexdigest() for k in keys]
+
+
+@dataclass(frozen=True)
+class ParsedFeed:
+    """What a feed held: its title, its entries, and a warning if it was malformed."""
+
+    title: str | None
+    entries: list[FeedEntry]
+    warning: str | None = None
+
+
+def canonical_link(url: str) -> str:
+    """The form of a link used to spot the same recap: no fragment, no tracking parameters."""
+    parts = urlsplit(url.strip())
+    host = (parts.hostname or "").lower()
+    port = parts.port
+    if port and not ((parts.scheme == "http" and port == 80) or
+                     (parts.scheme == "https" and port == 443)):
+        host = f"{host}:{port}"
+    path = parts.path or "/"
+    if len(path) > 1:
+        path = path.rstrip("/")
+    query = sorted((k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
+                   if not k.lower().startswith(TRACKING_PARAMS))
+    return urlunsplit((parts.scheme.lower(), host, path, urlencode(query), ""))
+
+
+def title_key(title: str) -> str:
+    """A title reduced for comparison: case, accents' forms, punctuation and spacing folded."""
+    folded = unicodedata.normalize("NFKC", title).casefold()
+    return " ".join(_NON_WORD.sub(" ", folded).split())
+
+
+def _absolute_http(link: str | None, base: str) -> str | None:
+    if not link:
+        return None
+    absolute = urljoin(base, link.strip())
+    return absolute if urlsplit(absolute).scheme in {"http", "https"} else None
+
+
+def _time(entry: Any) -> datetime | None:
+    for key in ("published_parsed", "updated_parsed", "created_parsed"):
+        value = entry.get(key)
+        if value:
+            try:
+                return datetime.fromtimestamp(calendar.timegm(value), UTC)
+            except (OverflowError, ValueError, TypeError):
+                continue
+    return None
+
+
+def _keywords(entry: Any) -> tuple[str, ...]:
+    seen: dict[str, str] = {}
+    for tag in entry.get("tags") or []:
+        term = tag.get("term") or tag.get("label") or ""
+        for part in str(term).split(","):
+            display = " ".join(html_to_text(part).split())
+            if display and display.casefold() not in seen:
+                seen[display.casefold()] = display[:100]
+    return tuple(seen.values())
+
+
+def _summary(entry: Any) -> str:
+    contents = entry.get("content") or []
+    for content in contents:
+        if content.get("value"):
+            return str(content["value"])
+    return str(entry.get("summary") or entry.get("description") or "")
+
+
+LEAD_MAX_CHARS = 2000
+# Where a recap's "Read also" links start: English and Arabic forms, any case.
+READ_ALSO = re.compile(r"(?:read|see)\s+also\b\s*:?|اقرأ\s+أيضا[ًً]?\s*:?", re.IGNORECASE)
+_ANCHOR = re.compile(r"""<a\b[^>]*?\bhref\s*=\s*(["'])(.*?)\1[^>]*>(.*?)</a\s*>""",
+                     re.IGNORECASE | re.DOTALL)
+_IMG_TAG = re.compile(r"<img\b[^>]*>", re.IGNORECASE)
+_ATTR = re.compile(r"""\b([a-z-]+)\s*=\s*(["'])(.*?)\2""", re.IGNORECASE | re.DOTALL)
+MAX_RELATED = 5
+
+
+def _dimension(value: object) -> int | None:
+    text = str(value or "").strip().removesuffix("px")
+    return int(text) if text.isdigit() and 0 < int(text) < 10_000 else None
+
+
+def _image(entry: Any, raw_html: str, *, base: str, title: str) -> Image | None:
+    """The entry's first image: media:content, media:thumbnail, an image enclosure, or
+    the first <img> of its content. By URL only; tracking pixels are not images."""
+    candidates: list[tuple[str, str, object, object]] = []
+    for media in entry.get("media_content") or []:
+        kind = str(media.get("medium") or media.get("type") or "image")
+        if kind.startswith("image"):
+            candidates.append((str(media.get("url") or ""), "", media.get("width"),
+                               media.get("height")))
+    for thumb in entry.get("media_thumbnail") or []:
+        candidates.append((str(thumb.get("url") or ""), "", thumb.get("width"),
+                           thumb.get("height")))
+    for link in entry.get("links") or []:
+        if link.get("rel") == "enclosure" and str(link.get("type", "")).startswith("image/"):
+            candidates.append((str(link.get("href") or ""), "", None, None))
+    for tag in _IMG_TAG.findall(raw_html):
+        attrs = {k.lower(): html.unescape(v) for k, _, v in _ATTR.findall(tag)}
+        candidates.append((attrs.get("src", ""), attrs.get("alt", ""), attrs.get("width"),
+                           attrs.get("height")))
+    described = html_to_text(str(entry.get("media_description") or ""))
+    for url, alt, width, height in candidates:
+        absolute = _absolute_http(html.unescape(url), base)
+        w, h = _dimension(width), _dimension(height)
+        if absolute is None or (w is not None and w <= 1) or (h is not None and h <= 1):
+            continue
+        alt_text = " ".join(html_to_text(alt).split()) or described or title
+        return Image(absolute[:2000], alt_text[:300], w, h)
+    return None
+
+
+def _related(raw_html: str, *, base: str, own_link: str | None) -> tuple[tuple[str, str], ...]:
+    """The links after a "Read also" in the entry's HTML (at most MAX_RELATED)."""
+    marker = READ_ALSO.search(raw_html)
+    if marker is None:
+        return ()
+    found: dict[str, str] = {}
+    for _, href, text in _ANCHOR.findall(raw_html[marker.end():marker.end() + 4000]):
+        url = _absolute_http(html.unescape(href), base)
+        label = " ".join(html_to_text(text).split())[:300]
+        if url and label and url != own_link and url not in found:
+            found[url] = label
+        if len(found) == MAX_RELATED:
+            break
+    return tuple((label, url) for url, label in found.items())
+
+
+def _lead(entry: Any, raw_html: str) -> str:
+    """The standfirst as plain text: the feed's summary when it also gives content, else
+    the content's text; a "Read also" block is not part of it."""
+    summary = str(entry.get("summary") or "")
+    source = summary if summary and summary != raw_html else raw_html
+    marker = READ_ALSO.search(source)
+    if marker is not None:
+        source = source[:marker.start()]
+    return " ".join(html_to_text(source).split())[:LEAD_MAX_CHARS]
+
+
+def normalize_entry(entry: Any, *, base: str, summary_max_chars: int) -> FeedEntry | None:
+    """Turn one feedparser entry into a :class:`FeedEntry`; None if it has nothing to show."""
+    link = _absolute_http(entry.get("link"), base)
+    title = " ".join(html_to_text(str(entry.get("title") or "")).split())[:500]
+    raw = _summary(entry)
+    summary = summarize(raw, summary_max_chars, base_url=link or base)
+    if not title:
+        title = html_to_text(summary)[:80]
+    if not title and not link:
+        return None
+    guid = str(entry.get("id") or "").strip()[:2000] or None
+    author = " ".join(html_to_text(str(entry.get("author") or "")).split())[:300] or None
+    title = title or "(untitled)"
+    return FeedEntry(guid=guid, link=link, title=title, summary_html=summary,
+                     author=author, keywords=_keywords(entry), published_at=_time(entry),
+                     lead=_lead(entry, raw), image=_image(entry, raw, base=link or base,
+                                                          title=title),
+                     related=_related(raw, base=link or base, own_link=link))
+
+
+def parse_feed(body: bytes, *, url: str, headers: Mapping[str, str] | None = None,
+               summary_max_chars: int = 600) -> ParsedFeed:
+    """Parse feed bytes; raise :class:`FeedError` when they hold no feed at all.
+
+    Bytes go in through BytesIO: a string could be taken for a file path or URL.
+    """
+    response_headers = {k.lower(): v for k, v in (headers or {}).items()}
+    # No content-location: feedparser would then urljoin every element (half its time);
+    # the few links we keep are made absolute in normalize_entry instead.
+    response_headers.pop("content-location", None)
+    import feedparser  # here: a collect whose feeds all answer 304 parses nothing
+    parsed = feedparser.parse(io.BytesIO(body), response_headers=response_headers,
+                              sanitize_html=False, resolve_relative_uris=False)
+    problem = parsed.get("bozo_exception") if parsed.get("bozo") else None
+    if not parsed.entries and not parsed.get("version"):
+        reason = f"not a feed ({problem})" if problem else "not a feed"
+        raise FeedError(url, reason)
+    entries = []
+    seen: set[str] = set()
+    for raw in parsed.entries:
+        entry = normalize_entry(raw, base=url, summary_max_chars=summary_max_chars)
+        if entry is None:
+            continue
+        keys = entry.dedupe_keys()
+        if seen.intersection(keys):
+            continue  # the same recap twice in one feed
+        seen.update(keys)
+        entries.append(entry)
+    title = html_to_text(str(parsed.feed.get("title") or "")) or None
+    warning = f"malformed feed, kept {len(entries)} entries: {problem}" if problem else None
+    return ParsedFeed(title=title, entries=entries, warning=warning)

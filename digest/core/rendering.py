@@ -1,0 +1,305 @@
+"""Render an issue into the HTML and text of one email. Pure: data in, strings out.
+
+The HTML is rendered and its CSS inlined once per issue. Values that differ per
+recipient (unsubscribe URL, name) stand in it as placeholder tokens of
+``[A-Za-z0-9_-]`` only — premailer percent-encodes anything else inside an href —
+and are filled in afterwards by :meth:`RenderedIssue.personalize`.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import re
+import textwrap
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
+from urllib.parse import quote
+
+from digest.core.feeds import READ_ALSO, Image
+from digest.core.grouping import Section, keyword_key, summary_line
+from digest.core.sanitize import cut_text, html_to_text, sanitize_html
+
+if TYPE_CHECKING:
+    import jinja2
+
+log = logging.getLogger(__name__)
+
+PLACEHOLDER_PREFIX = "__DIGEST_"
+# Each per-recipient value has a token for HTML (escaped) and one for text (raw).
+PLACEHOLDERS = {
+    "unsubscribe_url": ("__DIGEST_UNSUBSCRIBE_URL__", "__DIGEST_UNSUBSCRIBE_URL_TEXT__"),
+    "preferences_url": ("__DIGEST_PREFERENCES_URL__", "__DIGEST_PREFERENCES_URL_TEXT__"),
+    "name": ("__DIGEST_NAME__", "__DIGEST_NAME_TEXT__"),
+}
+_UNSUBSCRIBE_HTML, _UNSUBSCRIBE_TEXT = PLACEHOLDERS["unsubscribe_url"]
+_PREFERENCES_HTML, _PREFERENCES_TEXT = PLACEHOLDERS["preferences_url"]
+_NAME_HTML, _NAME_TEXT = PLACEHOLDERS["name"]
+# Every placeholder token, in the order of Recipient.parts().
+TOKENS = (_UNSUBSCRIBE_HTML, _UNSUBSCRIBE_TEXT, _PREFERENCES_HTML, _PREFERENCES_TEXT,
+          _NAME_HTML, _NAME_TEXT)
+_TOKEN = re.compile(r"(__DIGEST_[A-Z_]+?__)")
+GMAIL_CLIP_BYTES = 102_000
+
+
+def template_dir() -> Path:
+    """Where the templates are: inside the installed package, or in the checkout."""
+    package = Path(__file__).resolve().parent.parent  # digest/
+    for candidate in (package / "templates", package.parent / "templates"):
+        if (candidate / "email").is_dir():
+            return candidate
+    raise FileNotFoundError("templates folder not found beside the digest package")
+
+
+@dataclass(frozen=True)
+class Sender:
+    """Who sends the digest, as the footer shows it."""
+
+    name: str
+    email: str
+    postal_address: str
+
+
+@dataclass(frozen=True)
+class IssueContent:
+    """Everything an issue's email shows, before rendering."""
+
+    list_name: str
+    list_title: str
+    number: int
+    subject: str
+    date: datetime
+    sections: Sequence[Section]
+    sender: Sender
+    view_url: str
+    intro: str = ""
+    language: str = "en"
+    logo: Image | None = None
+    # What each entry shows besides its title (ENTRY_PARTS), in the template's order.
+    parts: tuple[str, ...] = ("image", "lead", "read_also", "keywords")
+    lead_max_chars: int = 300
+    keyword_url: str = ""  # the archive's keyword pages: this + the keyword's key
+
+    def keyword_link(self, keyword: str) -> str:
+        """The archive page of the recaps under a keyword."""
+        return self.keyword_url + quote(keyword_key(keyword), safe="")
+
+    @property
+    def entry_count(self) -> int:
+        """Entries in the issue."""
+        return sum(len(s.entries) for s in self.sections)
+
+    @property
+    def preheader(self) -> str:
+        """The line inboxes show beside the subject."""
+        return summary_line(self.sections)
+
+
+class Recipient(NamedTuple):
+    """Per-recipient values filled into a rendered issue (a named tuple: a send makes one
+    per reader)."""
+
+    unsubscribe_url: str
+    preferences_url: str
+    name: str = ""
+
+    def values(self) -> dict[str, str]:
+        """Placeholder token → value, escaped for the part it goes into."""
+        return dict(zip(TOKENS, self.parts(), strict=True))
+
+    def parts(self) -> tuple[str, str, str, str, str, str]:
+        """The values of :data:`TOKENS`, in their order."""
+        unsubscribe, preferences = self.unsubscribe_url, self.preferences_url
+        greeting = self.name.strip() or "there"
+        if _SPECIAL(unsubscribe + preferences + greeting) is None:  # links made of tokens
+            return unsubscribe, unsubscribe, preferences, preferences, greeting, greeting
+        escape = html.escape
+        return (escape(unsubscribe), unsubscribe, escape(preferences), preferences,
+                escape(greeting), greeting)
+
+
+# What html.escape changes; a recipient's values seldom hold any (links never do).
+_SPECIAL = re.compile("[&<>\"']").search
+
+
+class _Filler:
+    """A string split once at its placeholders, then joined with values per recipient."""
+
+    def __init__(self, template: str) -> None:
+        self.parts = _TOKEN.split(template)
+
+    def fill(self, values: Mapping[str, str]) -> str:
+        parts = self.parts.copy()
+        for i in range(1, len(parts), 2):
+            parts[i] = values.get(parts[i], parts[i])
+        return "".join(parts)
+
+
+@dataclass(frozen=True)
+class RenderedIssue:
+    """An issue's subject, inlined HTML and text, with placeholders for each recipient."""
+
+    subject: str
+    html: str
+    text: str
+    preheader: str
+    warnings: tuple[str, ...] = field(default=())
+
+    @cached_property
+    def _fillers(self) -> tuple[_Filler, _Filler]:
+        return _Filler(self.html), _Filler(self.text)
+
+    def personalize(self, recipient: Recipient) -> tuple[str, str]:
+        """The HTML and text one recipient gets."""
+        values = recipient.values()
+        html_filler, text_filler = self._fillers
+        return html_filler.fill(values), text_filler.fill(values)
+
+    @property
+    def html_bytes(self) -> int:
+        """Size of the HTML part as sent, in bytes."""
+        return len(self.html.encode("utf-8"))
+
+
+def neutralize(text: str) -> str:
+    """Break any placeholder-looking text from a feed, so it is never filled in."""
+    return text.replace(PLACEHOLDER_PREFIX, "__DIGEST\u200b_")
+
+
+def _wrap(text: str, width: int = 72, indent: str = "", subsequent: str | None = None) -> str:
+    """Wrap at ``width`` without breaking words (a URL stays whole, however long)."""
+    return "\n".join(textwrap.fill(p, width=width, initial_indent=indent,
+                                   subsequent_indent=indent if subsequent is None
+                                   else subsequent, break_long_words=False,
+                                   break_on_hyphens=False)
+                     for p in text.split("\n") if p.strip())
+
+
+TEXT_WIDTH = 78  # the plain-text part's longest line, URLs aside
+COLUMN = 536     # the email's content column in pixels (600 less 2 × 32 of padding)
+_SENTENCE_END = re.compile(r"[.!?؟。](?:[\"'”’»)]*)(?=\s)")
+_VAGUE = re.compile(r"<a\b([^>]*)>\s*(click here|here|read more|more|link|this)\s*</a>",
+                    re.IGNORECASE)
+_IMG_TAG = re.compile(r"<img\b[^>]*>", re.IGNORECASE)
+
+
+def sentence_cut(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` characters at the end of a sentence (at a word,
+    with "…", when no sentence ends in the first third)."""
+    if len(text) <= limit:
+        return text
+    ends = [m.end() for m in _SENTENCE_END.finditer(text[:limit + 1]) if m.end() <= limit]
+    if ends and ends[-1] >= limit // 3:
+        return text[:ends[-1]]
+    return cut_text(text, limit)
+
+
+def fitted(image: Image, width: int = COLUMN) -> tuple[int, int] | None:
+    """An image's width and height scaled to fit ``width``; None when its size is
+    unknown (an email needs both, so such an image is left out)."""
+    if not image.width or not image.height:
+        return None
+    shown = min(width, image.width)
+    return shown, max(1, round(image.height * shown / image.width))
+
+
+def email_summary(fragment: str, title: str) -> str:
+    """Sanitized feed HTML as the email shows it: no images (the entry's image is shown
+    on its own, with its size), no "Read also" block (the entry lists those links on its
+    own), and no link whose whole text is "click here"."""
+    marker = READ_ALSO.search(fragment)
+    if marker is not None:
+        fragment = sanitize_html(fragment[:marker.start()])  # closes what the cut left open
+    fragment = _IMG_TAG.sub("", fragment)
+    return _VAGUE.sub(lambda m: f"<a{m[1]}>{html.escape(title)}</a>", fragment).strip()
+
+
+class TextLinks:
+    """The numbered link references of one entry in the plain-text part."""
+
+    def __init__(self) -> None:
+        self.urls: list[str] = []
+
+    def ref(self, url: str) -> str:
+        """The marker of ``url`` ("[3]"), numbering it on first use."""
+        if url not in self.urls:
+            self.urls.append(url)
+        return f"[{self.urls.index(url) + 1}]"
+
+    def block(self, indent: str = "  ") -> str:
+        """The references, one per line, for the end of the entry."""
+        return "\n".join(f"{indent}[{i}] {url}" for i, url in enumerate(self.urls, 1))
+
+
+def underline(title: str, char: str = "=") -> str:
+    """A heading and its underline, as long as the heading."""
+    return f"{title}\n{char * min(len(title), TEXT_WIDTH)}"
+
+
+def long_date(value: datetime) -> str:
+    """A date as the digest writes it: "23 November 2026"."""
+    return f"{value.day} {value:%B %Y}"
+
+
+class Renderer:
+    """Jinja2 templates plus one reused premailer instance."""
+
+    def __init__(self, templates: Path | None = None, *,
+                 size_warning: int = 100_000) -> None:
+        # Imported here: the commands that render nothing (most of them) start without
+        # Jinja2 and premailer, which cost a tenth of a second to load.
+        import jinja2
+        import premailer
+        self.env: jinja2.Environment = jinja2.Environment(
+            loader=jinja2.FileSystemLoader(str(templates or template_dir())),
+            autoescape=jinja2.select_autoescape(["html"], default_for_string=True),
+            undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+            extensions=["jinja2.ext.do"])
+        self.env.filters.update(wrap=_wrap, plain=html_to_text, longdate=long_date,
+                                neutral=neutralize, sentences=sentence_cut,
+                                email_summary=email_summary, underline=underline)
+        self.env.globals.update(fitted=fitted, TextLinks=TextLinks, COLUMN=COLUMN,
+                                TEXT_WIDTH=TEXT_WIDTH)
+        self.env.globals["ph"] = {k: v[0] for k, v in PLACEHOLDERS.items()}
+        self.env.globals["ph_text"] = {k: v[1] for k, v in PLACEHOLDERS.items()}
+        self.size_warning = size_warning
+        # strip_important=False: the @media rules must keep their !important to beat the
+        # inlined styles on a phone.
+        self._premailer = premailer.Premailer(
+            base_url=None, allow_network=False, disable_validation=True,
+            cssutils_logging_level=logging.CRITICAL, keep_style_tags=False,
+            strip_important=False, remove_classes=False,
+            # Feed HTML reaches us without style attributes (the sanitizer drops them), so
+            # there are no floated images to align, and our CSS never says "unset".
+            align_floating_images=False, remove_unset_properties=False)
+        self._lock = threading.Lock()  # premailer keeps state while it transforms
+
+    def inline(self, markup: str) -> str:
+        """Inline a document's CSS (media queries stay in a style block)."""
+        with self._lock:
+            result: str = self._premailer.transform(markup, pretty_print=False)
+        return result
+
+    def render_issue(self, content: IssueContent) -> RenderedIssue:
+        """Render the issue's email once; personalize afterwards per recipient."""
+        context = {"issue": content, "sections": content.sections,
+                   "preheader": content.preheader, "sender": content.sender}
+        markup = self.env.get_template("email/issue.html").render(context)
+        inlined = self.inline(markup)
+        text = self.env.get_template("email/issue.txt").render(context)
+        text = re.sub(r"\n{3,}", "\n\n", text).strip() + "\n"
+        warnings = []
+        size = len(inlined.encode("utf-8"))
+        if size > self.size_warning:
+            warnings.append(
+                f"the HTML is {size / 1000:.0f} KB; Gmail clips messages near "
+                f"{GMAIL_CLIP_BYTES // 1000} KB and hides the rest (unsubscribe link included)")
+        for warning in warnings:
+            log.warning("issue %s #%s: %s", content.list_name, content.number, warning)
+        return RenderedIssue(content.subject, inlined, text, content.preheader,
+                             tuple(warnings))

@@ -1,0 +1,19 @@
+"""The `digest` command: the top-level group, and the one place its commands are
+registered (each command module defines its commands and imports nothing of the others).
+"""
+
+from __future__ import annotations
+
+from digest.edges.cli import run_commands, service_commands
+from digest.edges.cli.base import cli
+
+for _command in (*run_commands.COMMANDS, *service_commands.COMMANDS):
+    cli.add_command(_command)
+
+
+def main() -> None:
+    """Entry point of the console script."""
+    cli(prog_name="digest")
+
+
+__all__ = ["cli", "main"]

@@ -1,0 +1,826 @@
+"""The commands of the pipeline and the audience: config, db, feeds, collect, preview,
+send, status, issues, lists, subscribers, demo. Each parses its options, calls one
+function, prints; each imports what it uses when it runs, so that start-up stays cheap.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+from rich.table import Table
+
+from digest.edges.cli.base import _interactive, boundary, err, out, progress_bar, state
+from digest.errors import InvalidInputError
+from digest.settings import describe
+
+if TYPE_CHECKING:
+    from digest.services.building import Draft
+    from digest.services.collect import CollectReport
+    from digest.services.context import Context
+    from digest.services.delivery import SendReport
+
+
+# --- settings and database ----------------------------------------------------------
+
+@click.command("config")
+@click.option("--describe", "with_help", is_flag=True, help="Show each setting's help too.")
+@click.option("--markdown", is_flag=True, help="Print every setting as a Markdown table.")
+@boundary
+def config_cmd(with_help: bool, markdown: bool) -> None:
+    """Print the effective settings (secrets masked) and where each came from."""
+    from digest.settings import declared, markdown_table
+    if markdown:
+        click.echo(markdown_table(), nl=False)
+        return
+    loaded = state().loaded
+    table = Table("setting", "value", "from", *(["help"] if with_help else []))
+    helps = {info.name: info.help for info in declared()}
+    for name, value, source in describe(loaded):
+        table.add_row(name, value, source, *([helps[name]] if with_help else []))
+    out.print(table)
+    if loaded.config_path is None:
+        out.print("No digest.toml found; using defaults and DIGEST_* variables.")
+
+
+@click.group()
+def db() -> None:
+    """Manage the database."""
+
+
+@db.command("upgrade")
+@boundary
+def db_upgrade() -> None:
+    """Apply pending migrations (done automatically on first use too)."""
+    from digest.services.db import make_engine, upgrade
+    engine = make_engine(state().loaded.settings.database_url)
+    try:
+        upgrade(engine)
+    finally:
+        engine.dispose()
+    out.print(f"Database {engine.url.render_as_string()} is up to date.")
+
+
+@db.command("backup")
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--overwrite", is_flag=True, help="Replace PATH if it exists.")
+@boundary
+def db_backup(path: Path, overwrite: bool) -> None:
+    """Copy the database to PATH, consistently, while the service runs (SQLite).
+
+    On PostgreSQL, prints the pg_dump command to use instead and exits with status 1.
+    """
+    from digest.services.backup import backup
+    from digest.services.db import make_engine
+    engine = make_engine(state().loaded.settings.database_url)
+    try:
+        size = backup(engine, path, overwrite=overwrite)
+    finally:
+        engine.dispose()
+    out.print(f"Backed up {engine.url.render_as_string()} to {path} ({size / 1e6:,.1f} MB); "
+              "the copy passed SQLite's integrity check.")
+
+
+@db.command("check")
+@boundary
+def db_check() -> None:
+    """Check the database's integrity and schema; exit 1 on any problem."""
+    from digest.services.backup import check
+    from digest.services.db import make_engine
+    engine = make_engine(state().loaded.settings.database_url)
+    try:
+        report = check(engine)
+    finally:
+        engine.dispose()
+    if report.ok:
+        out.print(f"{engine.url.render_as_string()}: schema {report.revision}, every table "
+                  "present" + (", integrity ok." if engine.dialect.name == "sqlite" else "."))
+        return
+    for problem in report.problems:
+        err.print(f"[red]problem:[/red] {problem}", markup=True)
+    sys.exit(1)
+
+
+# --- feeds ---------------------------------------------------------------------------
+
+@click.group()
+def feeds() -> None:
+    """Add, list and remove feeds."""
+
+
+@feeds.command("add")
+@click.argument("url")
+@click.option("--name", help="A short name shown in emails and lists.")
+@boundary
+def feeds_add(url: str, name: str | None) -> None:
+    """Add a feed by URL."""
+    from digest.services.collect import add_feed
+    feed = add_feed(state().ctx.db, url, name)
+    out.print(f"Added feed {feed.name} ({feed.url}).")
+
+
+@feeds.command("list")
+@boundary
+def feeds_list() -> None:
+    """List feeds with their last fetch, status and entry count."""
+    from digest.services.collect import list_feeds
+    rows = list_feeds(state().ctx.db)
+    if not rows:
+        out.print("No feeds yet. Add one with `digest feeds add URL`.")
+        return
+    table = Table("id", "name", "url", "last fetch (UTC)", "status", "entries")
+    for f in rows:
+        status = f.last_status or "never fetched"
+        if f.last_error:
+            status += f": {f.last_error}"
+        table.add_row(str(f.id), f.name, f.url,
+                      f.last_fetched_at.strftime("%Y-%m-%d %H:%M") if f.last_fetched_at
+                      else "-", status, str(f.entry_count))
+    out.print(table)
+
+
+@feeds.command("remove")
+@click.argument("feed")
+@boundary
+def feeds_remove(feed: str) -> None:
+    """Remove a feed (by id, URL or name); its collected entries stay."""
+    from digest.services.collect import remove_feed
+    removed = remove_feed(state().ctx.db, feed)
+    out.print(f"Removed feed {removed.name} ({removed.url}).")
+
+
+def print_collect(report: CollectReport) -> None:
+    """Summarize a collection, naming every failed feed and why."""
+    ok = sum(1 for f in report.feeds if f.status == "ok")
+    unchanged = sum(1 for f in report.feeds if f.status == "not_modified")
+    err.print(f"Collected {len(report.feeds)} feeds: {report.new} new entries "
+              f"({ok} read, {unchanged} unchanged, {len(report.failed)} failed).")
+    for f in report.feeds:
+        if f.status == "error":
+            err.print(f"  [red]failed[/red] {f.url}: {f.error}")
+        elif f.warning:
+            err.print(f"  [yellow]warning[/yellow] {f.url}: {f.warning}")
+
+
+def _collect_with_progress(ctx: Context) -> CollectReport:
+    from digest.services.collect import collect
+    with progress_bar("Fetching feeds", enabled=_interactive()) as update:
+        total = [0]
+        done = [0]
+
+        def started(n: int) -> None:
+            total[0] = n
+            update(0, n)
+
+        def fetched(_result: object) -> None:
+            done[0] += 1
+            update(done[0], total[0])
+
+        return collect(ctx.db, ctx.settings, on_start=started, on_fetched=fetched)
+
+
+@contextmanager
+def metrics_file(path: Path | None) -> Iterator[None]:
+    """Write this run's metrics to ``path`` at the end (node_exporter's textfile
+    collector), also when the run fails; helper processes' counts are added in."""
+    if path is None:
+        yield
+        return
+    import os
+    import shutil
+    import tempfile
+    own = None
+    # prometheus_client picks one-process or shared mode when first imported; in a fresh
+    # process (the CLI's case) the helpers of --jobs share a folder with this one.
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR") and "prometheus_client" not in sys.modules:
+        own = tempfile.mkdtemp(prefix="digest-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = own
+    try:
+        yield
+    finally:
+        from digest.services.metrics import write_textfile
+        try:
+            write_textfile(path)
+        except OSError as e:
+            err.print(f"[red]could not write --metrics-file {path}:[/red] {e}")
+        if own is not None:
+            shutil.rmtree(own, ignore_errors=True)
+            del os.environ["PROMETHEUS_MULTIPROC_DIR"]
+
+
+METRICS_FILE = click.option(
+    "--metrics-file", "metrics_file_path", type=click.Path(dir_okay=False, path_type=Path),
+    help="At the end, write this run's metrics here in Prometheus text format (for "
+         "node_exporter's textfile collector), also when it fails.")
+
+
+@click.command("collect")
+@METRICS_FILE
+@boundary
+def collect_cmd(metrics_file_path: Path | None) -> None:
+    """Fetch every feed and store new entries."""
+    with metrics_file(metrics_file_path):
+        report = _collect_with_progress(state().ctx)
+        print_collect(report)
+
+
+# --- issues --------------------------------------------------------------------------
+
+@click.command("preview")
+@click.option("--list", "list_name", required=True, help="The list whose next issue to show.")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path),
+              default=Path("preview.html"), show_default=True, help="Where to write the HTML.")
+@click.option("--text", "text_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the plain-text part here.")
+@click.option("--check-links", is_flag=True,
+              help="Also check every link of the issue; exit 1 when one is broken.")
+@boundary
+def preview_cmd(list_name: str, out_path: Path, text_path: Path | None,
+                check_links: bool) -> None:
+    """Write the next issue as it would be sent, without sending or changing anything."""
+    from digest.services.building import draft_issue
+    ctx = state().ctx
+    draft = draft_issue(ctx, list_name)
+    if draft is None:
+        out.print(f"Nothing new for list {list_name!r}: no issue to preview.")
+        return
+    write_preview(ctx, draft, out_path, text_path)
+    if check_links and not _links_ok(ctx, draft):
+        sys.exit(1)
+
+
+def _links_ok(ctx: Context, draft: Draft) -> bool:
+    """Check the draft's links (our own pages aside); print what is wrong; True if none
+    is broken."""
+    from digest.services.linkcheck import check_links, links_in
+    own = ctx.settings.base_url.rstrip("/") + "/"
+    urls = links_in(draft.rendered.html, skip_prefixes=(own,))
+    with err.status(f"Checking {len(urls)} links…"):
+        results = check_links(urls)
+    broken = [r for r in results if r.broken]
+    other = [r for r in results if r.state in ("redirect", "unchecked")]
+    if broken or other:
+        table = Table("link", "state", "detail")
+        for r in broken + other:
+            table.add_row(r.url, {"broken": "[red]broken[/red]", "redirect": "redirects",
+                                  "unchecked": "not checked"}[r.state], r.detail)
+        out.print(table)
+    out.print(f"Links: {len(results)} checked, {len(broken)} broken, "
+              f"{sum(r.state == 'redirect' for r in results)} redirecting.")
+    return not broken
+
+
+def write_preview(ctx: Context, draft: Draft, out_path: Path, text_path: Path | None) -> None:
+    """Write a draft's HTML (and text) with a sample recipient's values filled in."""
+    from digest.services.building import write_preview_files
+    write_preview_files(ctx, draft, out_path, text_path)
+    out.print(f"Issue {draft.number} of {draft.list_name}: {draft.rendered.subject!r}, "
+              f"{sum(len(s.entries) for s in draft.sections)} entries in "
+              f"{len(draft.sections)} sections, HTML {draft.rendered.html_bytes / 1000:.1f} KB.")
+    out.print(f"Wrote {out_path}" + (f" and {text_path}" if text_path else "") + ".")
+    for warning in draft.rendered.warnings:
+        err.print(f"[yellow]warning:[/yellow] {warning}")
+
+
+def print_send(report: SendReport) -> None:
+    """The final summary of a send, naming failures."""
+    c = report.counts
+    err.print(f"Issue {report.number} of {report.list_name} ({report.subject!r}): "
+              f"{c['accepted']} accepted, {c['failed']} failed, {c['uncertain']} uncertain, "
+              f"{c['skipped']} skipped" + (f", {c['pending']} pending" if c["pending"] else "")
+              + f"; {report.sent_now} sent by this run.")
+    for email, reason in report.failures[:20]:
+        err.print(f"  [red]{email}[/red]: {reason}")
+    if len(report.failures) > 20:
+        err.print(f"  … and more: `digest issues show {report.issue_id}`")
+    if c["uncertain"]:
+        err.print("Uncertain messages may or may not have gone out; resend them with "
+                  "`digest send --list " + report.list_name + " --resend-uncertain`.")
+
+
+@contextmanager
+def _stop_on_sigterm(stop: threading.Event) -> Iterator[None]:
+    """While inside, SIGTERM sets ``stop`` (a send then stops at its next batch boundary,
+    and the next send resumes it) instead of killing the process mid-batch."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@click.command("send")
+@click.option("--list", "list_name", required=True, help="The list to send to.")
+@click.option("--no-collect", is_flag=True, help="Do not fetch feeds first.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--resend-uncertain", is_flag=True,
+              help="Send again to recipients whose delivery is uncertain.")
+@click.option("--sandbox", is_flag=True,
+              help="SendGrid sandbox mode: requests are validated, nothing is delivered.")
+@click.option("--worker", is_flag=True,
+              help="Only help send the issue of this list that is being sent (several "
+                   "workers on PostgreSQL share its batches); never collect or build one.")
+@click.option("--wait-for-issue", type=click.FloatRange(0), default=0.0, metavar="SECONDS",
+              help="With --worker: wait up to SECONDS for an issue of the list to start "
+                   "being sent.")
+@click.option("--jobs", "-j", type=click.IntRange(1, 32), default=1, show_default=True,
+              help="Processes that send together (this one plus JOBS-1 workers).")
+@METRICS_FILE
+@boundary
+def send_cmd(list_name: str, no_collect: bool, yes: bool, resend_uncertain: bool,
+             sandbox: bool, worker: bool, wait_for_issue: float, jobs: int,
+             metrics_file_path: Path | None) -> None:
+    """Collect, build the next issue of a list and send it to its active subscribers.
+
+    Running it again never sends an issue twice to anyone; an interrupted send resumes.
+    Exits with status 1 when any delivery failed or is uncertain.
+    """
+    with metrics_file(metrics_file_path):
+        _send(list_name, no_collect, yes, resend_uncertain, sandbox, worker, wait_for_issue,
+              jobs)
+
+
+def _send(list_name: str, no_collect: bool, yes: bool, resend_uncertain: bool,
+          sandbox: bool, worker: bool, wait_for_issue: float, jobs: int) -> None:
+    from digest.services.pipeline import RunEvents, RunRequest, run_list
+    ctx = state().ctx
+    interactive = _interactive()
+
+    helpers: list[subprocess.Popen[bytes]] = []
+    sending = [False]  # whether an issue started going out
+    stop = threading.Event()
+
+    def start_helpers() -> None:
+        if helpers or jobs == 1 or worker or sandbox:
+            return
+        st = state()
+        argv = [sys.executable, "-m", "digest"]
+        if st.config_path:
+            argv += ["--config", st.config_path]
+        for item in st.overrides:
+            argv += ["--set", item]
+        argv += ["send", "--list", list_name, "--worker", "--yes", "--wait-for-issue", "300"]
+        for _ in range(jobs - 1):
+            helpers.append(subprocess.Popen(argv, stdin=subprocess.DEVNULL,
+                                            stdout=subprocess.DEVNULL,
+                                            stderr=subprocess.PIPE))
+
+    def confirm(draft: Draft, audience: int) -> bool:
+        people = f"{audience} subscriber" + ("" if audience == 1 else "s")
+        go = yes or not interactive or click.confirm(
+            f"Send issue {draft.number} {draft.rendered.subject!r} "
+            f"({sum(len(s.entries) for s in draft.sections)} entries) to {people} of "
+            f"{list_name}?", err=True)
+        if go:
+            start_helpers()  # they start up while the issue and its deliveries are recorded
+        return go
+
+    collected: CollectReport | None = None
+    if not no_collect and not worker:
+        collected = _collect_with_progress(ctx)
+        print_collect(collected)
+    with progress_bar(f"Sending {list_name}", enabled=interactive) as update, \
+            _stop_on_sigterm(stop):
+
+        class Events(RunEvents):
+            """The terminal's part: ask, draw the bar, start helpers, stop on SIGTERM."""
+
+            def confirm(self, draft: Draft, audience: int) -> bool:
+                return confirm(draft, audience)
+
+            def issue_started(self, issue_id: int) -> None:
+                sending[0] = True
+                start_helpers()
+
+            def progress(self, done: int, total: int) -> None:
+                update(done, total)
+
+            def should_stop(self) -> bool:
+                return stop.is_set()
+
+        request = RunRequest(list_name, collect_first=False, resend_uncertain=resend_uncertain,
+                             sandbox=sandbox, join_only=worker, wait_for_issue=wait_for_issue)
+        try:
+            result = run_list(ctx, request, Events())
+        finally:
+            for helper in helpers:
+                # This process returns once no batch is left and none is held, so a
+                # helper still running is idle: waiting for an issue to join (perhaps
+                # one already sent before it started), or told to stop with us.
+                helper.terminate()
+                _, problem = helper.communicate()
+                if helper.returncode not in (0, -signal.SIGTERM) and sending[0]:
+                    err.print(f"[yellow]a worker exited with status {helper.returncode}:"
+                              f"[/yellow] {problem.decode(errors='replace').strip()[-500:]}")
+    for warning in result.warnings:
+        err.print(f"[yellow]warning:[/yellow] {warning}")
+    if result.declined:
+        err.print("Not sent.")
+        return
+    if result.send is None:
+        err.print(f"No issue of {list_name!r} is being sent; nothing to do." if worker else
+                  f"Nothing new for list {list_name!r} since its last issue; nothing sent.")
+        return
+    if result.resumed:
+        err.print(f"Resumed issue {result.send.number}, whose send had been interrupted.")
+    print_send(result.send)
+    if result.send.stopped:
+        err.print(f"Stopped before the end; `digest send --list {list_name}` resumes it.")
+    if not result.send.ok or result.send.stopped:
+        sys.exit(1)
+
+
+@click.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print it as one JSON object.")
+@boundary
+def status_cmd(as_json: bool) -> None:
+    """The service at a glance: database, feeds, schedules, lists, and what needs a person.
+
+    Exits with status 1 when something needs a person (uncertain deliveries, a feed
+    failing for 3 days or more, an issue held for approval, a stopped send).
+    """
+    from digest.services.status import gather
+    status = gather(state().ctx)
+    if as_json:
+        import json
+        click.echo(json.dumps(status.as_json(), ensure_ascii=False, indent=2))
+        sys.exit(0 if status.healthy else 1)
+
+    def when(value: datetime | None) -> str:
+        return f"{value:%Y-%m-%d %H:%M}" if value else "-"
+
+    head = "[green]at head[/green]" if status.schema_at_head else "[red]behind[/red]"
+    out.print(f"[bold]Database[/bold] {status.database} ({status.backend}), schema "
+              f"{status.schema} {head}")
+    feeds_table = Table("feed", "last success (UTC)", "failures in a row", "last error",
+                        "entries this week", title="Feeds", title_justify="left")
+    for f in status.feeds:
+        feeds_table.add_row(f"{f.name}\n{f.url}", when(f.last_success),
+                            f"[red]{f.failures}[/red] since {when(f.failing_since)}"
+                            if f.failures else "0", f.last_error or "", str(f.entries_this_week))
+    out.print(feeds_table)
+    if status.schedules:
+        sched = Table("schedule", "list", "next fire", "last slot", "last outcome",
+                      title="Schedules", title_justify="left")
+        for s in status.schedules:
+            sched.add_row(s.name, s.list, "paused" if s.paused else
+                          (f"{s.next_fire:%a %Y-%m-%d %H:%M %Z}" if s.next_fire else "-"),
+                          (s.last_slot or "-").replace("T", " "),
+                          (s.last_outcome or "never ran")
+                          + (f": {s.last_message}" if s.last_message else ""))
+        out.print(sched)
+    lists_table = Table("list", "active", "unconfirmed", "last issue", "status", "when (UTC)",
+                        "accepted", "failed", "uncertain", title="Lists", title_justify="left")
+    for li in status.lists:
+        lists_table.add_row(li.name, str(li.active), str(li.unconfirmed),
+                            str(li.last_issue or "-"), li.last_issue_status or "-",
+                            when(li.last_issue_at), str(li.accepted), str(li.failed),
+                            f"[red]{li.uncertain}[/red]" if li.uncertain else "0")
+    out.print(lists_table)
+    out.print(f"Suppressions added this week: {status.suppressions_this_week}")
+    if status.healthy:
+        out.print("[green]Nothing needs a person.[/green]")
+        return
+    out.print("[bold red]Needs a person:[/bold red]")
+    for item in status.needs_attention:
+        out.print(f"  • {item}", markup=False)
+    sys.exit(1)
+
+
+@click.group("issues")
+def issues_group() -> None:
+    """Look at issues that were sent."""
+
+
+@issues_group.command("list")
+@click.option("--list", "list_name", help="Only this list.")
+@boundary
+def issues_list(list_name: str | None) -> None:
+    """List issues with their delivery counts."""
+    from digest.services.reports import issue_rows
+    table = Table("id", "list", "no.", "subject", "status", "created (UTC)", "accepted",
+                  "failed", "uncertain")
+    for row in issue_rows(state().ctx, list_name):
+        table.add_row(*row)
+    out.print(table)
+
+
+@issues_group.command("show")
+@click.argument("issue_id", type=int)
+@boundary
+def issues_show(issue_id: int) -> None:
+    """Show one issue: sections, delivery counts and failures."""
+    from digest.services.reports import describe_issue
+    for line in describe_issue(state().ctx, issue_id):
+        out.print(line, markup=False)
+
+
+# --- lists and subscribers -------------------------------------------------------------
+
+@click.group("lists")
+def lists_group() -> None:
+    """Create and look at mailing lists."""
+
+
+@lists_group.command("create")
+@click.argument("name")
+@click.option("--title", help="The title shown in emails (default: from the name).")
+@click.option("--when-nothing-matches", type=click.Choice(["skip", "full"]), default="skip",
+              show_default=True,
+              help="For readers whose keywords have nothing new: no email, or the full issue.")
+@click.option("--language", default="en", show_default=True,
+              help="Language of its emails (<html lang>), e.g. en, ar, fr.")
+@boundary
+def lists_create(name: str, title: str | None, when_nothing_matches: str,
+                 language: str) -> None:
+    """Create a list (`digest lists edit` sets its logo and what entries show)."""
+    from subscribers.lists import create_list, edit_list
+    created = create_list(state().ctx.db, name, title,
+                          when_nothing_matches=when_nothing_matches)
+    if language != "en":
+        edit_list(state().ctx.db, name, language=language)
+    out.print(f"Created list {created.name} ({created.title}).")
+
+
+@lists_group.command("edit")
+@click.argument("name")
+@click.option("--title", help="A new title.")
+@click.option("--when-nothing-matches", type=click.Choice(["skip", "full"]),
+              help="For readers whose keywords have nothing new: no email, or the full issue.")
+@click.option("--language", help="Language of its emails (<html lang>), e.g. en, ar, fr.")
+@click.option("--logo", "logo_url", metavar="URL",
+              help='Masthead logo (a wide PNG or JPEG, by URL); "" removes it.')
+@click.option("--logo-alt", help="The logo's text for screen readers (default: the title).")
+@click.option("--logo-width", type=click.IntRange(1, 5000),
+              help="The logo's width in pixels (default: read from the image).")
+@click.option("--logo-height", type=click.IntRange(1, 5000),
+              help="The logo's height in pixels (default: read from the image).")
+@click.option("--entry-parts", metavar="PARTS",
+              help="What each entry shows besides its title, in order, comma-separated: "
+                   "image, lead, summary, read_also, keywords.")
+@click.option("--lead-length", "lead_max_chars", type=int,
+              help="Longest lead, in characters; it is cut at the end of a sentence.")
+@boundary
+def lists_edit(name: str, title: str | None, when_nothing_matches: str | None,
+               language: str | None, logo_url: str | None, logo_alt: str | None,
+               logo_width: int | None, logo_height: int | None, entry_parts: str | None,
+               lead_max_chars: int | None) -> None:
+    """Change a list's title, what readers with unmatched keywords get, or how its emails
+    look."""
+    from subscribers.lists import edit_list
+    size = (logo_width, logo_height) if logo_width and logo_height else None
+    if logo_url and size is None:
+        from digest.services.fetch import image_sizes
+        size = image_sizes([logo_url], timeout=state().loaded.settings.fetch_timeout
+                           ).get(logo_url)
+        if size is None:
+            raise InvalidInputError(f"could not read the size of the logo {logo_url}",
+                                    hint="give it with --logo-width and --logo-height")
+    edited = edit_list(state().ctx.db, name, title=title,
+                       when_nothing_matches=when_nothing_matches, language=language,
+                       logo_url=logo_url, logo_alt=logo_alt, logo_size=size,
+                       entry_parts=entry_parts, lead_max_chars=lead_max_chars)
+    out.print(f"List {edited.name}: {edited.title}; when nothing matches a reader's keywords: "
+              f"{edited.when_nothing_matches}; language {edited.language}; entries show "
+              f"{edited.entry_parts.replace(',', ', ') or 'their title only'} (lead up to "
+              f"{edited.lead_max_chars} characters)"
+              + (f"; logo {edited.logo_url} ({edited.logo_width}×{edited.logo_height}, "
+                 f"alt {edited.logo_alt!r})" if edited.logo_url else "") + ".", markup=False)
+
+
+@lists_group.command("list")
+@boundary
+def lists_list() -> None:
+    """List the lists with subscriber counts by status."""
+    from subscribers.lists import summarize_lists
+    from subscribers.models import STATUSES
+    table = Table("name", "title", *STATUSES)
+    for summary in summarize_lists(state().ctx.db):
+        table.add_row(summary.name, summary.title, *(str(summary.counts[s]) for s in STATUSES))
+    out.print(table)
+
+
+@lists_group.command("show")
+@click.argument("name")
+@boundary
+def lists_show(name: str) -> None:
+    """Show a list: subscribers by status and its latest issues."""
+    from digest.services.reports import issue_rows
+    from subscribers.lists import get_list, summarize_lists
+    with state().ctx.db.session() as session:
+        get_list(session, name)  # a clear error when there is no such list
+    [summary] = [s for s in summarize_lists(state().ctx.db) if s.name == name]
+    out.print(f"{summary.name}: {summary.title}", markup=False)
+    out.print(f"When nothing matches a reader's keywords: {summary.when_nothing_matches}")
+    with state().ctx.db.session() as session:
+        look = get_list(session, name)
+        out.print(f"Emails: language {look.language}; entries show "
+                  f"{look.entry_parts.replace(',', ', ') or 'their title only'} (lead up to "
+                  f"{look.lead_max_chars} characters); "
+                  + (f"logo {look.logo_url} ({look.logo_width}×{look.logo_height})"
+                     if look.logo_url else "no logo"), markup=False)
+    out.print("Subscribers: " + ", ".join(f"{k} {v}" for k, v in summary.counts.items()))
+    rows = issue_rows(state().ctx, name, limit=5)
+    if not rows:
+        out.print("No issues yet.")
+    for row in rows:
+        out.print(f"Issue {row[2]} ({row[4]}, {row[5]} UTC): {row[3]} — {row[6]} accepted, "
+                  f"{row[7]} failed, {row[8]} uncertain", markup=False)
+
+
+@lists_group.command("delete")
+@click.argument("name")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@boundary
+def lists_delete(name: str, yes: bool) -> None:
+    """Delete a list with its subscriptions and issues."""
+    from subscribers.lists import delete_list
+    if not yes and _interactive():
+        click.confirm(f"Delete list {name} with its subscriptions and issues?", abort=True,
+                      err=True)
+    delete_list(state().ctx.db, name)
+    out.print(f"Deleted list {name}.")
+
+
+@click.group("subscribers")
+def subscribers_group() -> None:
+    """Add, list and remove subscribers."""
+
+
+@subscribers_group.command("add")
+@click.argument("email")
+@click.option("--list", "list_name", required=True)
+@click.option("--name", default="", help="The subscriber's name, for the greeting.")
+@click.option("--keywords", default="", help="Only these sections (;-separated).")
+@click.option("--confirm", "double_opt_in", is_flag=True,
+              help="Double opt-in: email a confirmation link; pending until it is clicked.")
+@boundary
+def subscribers_add(email: str, list_name: str, name: str, keywords: str,
+                    double_opt_in: bool) -> None:
+    """Subscribe an address to a list (active at once, or pending with --confirm)."""
+    from subscribers.subscriptions import add_subscriber
+    wanted = [k.strip() for k in keywords.split(";") if k.strip()]
+    if double_opt_in:
+        from subscribers.optin import request_subscription
+        sent = request_subscription(state().ctx, list_name, email, name=name,
+                                    keywords=wanted, source="cli")
+        out.print({
+            "sent": f"Sent a confirmation link to {sent.email}; pending until it is clicked.",
+            "already": f"{sent.email} is already subscribed to {list_name}.",
+            "throttled": f"A confirmation went to {sent.email} minutes ago; not sent again.",
+            "refused": f"{sent.email} bounced, complained or was forgotten; not subscribed.",
+        }[sent.outcome])
+        if sent.outcome == "refused":
+            sys.exit(1)
+        return
+    result = add_subscriber(state().ctx.db, list_name, email, name=name, keywords=wanted)
+    messages = {
+        "added": f"Subscribed {result.email} to {list_name}.",
+        "updated": f"Updated {result.email} on {list_name}.",
+        "unchanged": f"{result.email} is already subscribed to {list_name}.",
+        "suppressed": f"{result.email} left {list_name} or is suppressed; not re-subscribed.",
+    }
+    out.print(messages[result.outcome])
+    if result.outcome == "suppressed":
+        sys.exit(1)
+
+
+@subscribers_group.command("list")
+@click.option("--list", "list_name", required=True)
+@click.option("--status", help="Only this status (active, unsubscribed, …).")
+@boundary
+def subscribers_list(list_name: str, status: str | None) -> None:
+    """List a list's subscribers."""
+    from subscribers.subscriptions import list_subscriptions
+    rows = list_subscriptions(state().ctx.db, list_name, status)
+    table = Table("email", "name", "status", "keywords", "since (UTC)")
+    for r in rows:
+        table.add_row(r.email, r.name, r.status, "; ".join(r.keywords) or "all",
+                      r.created_at.strftime("%Y-%m-%d"))
+    out.print(table)
+    out.print(f"{len(rows)} subscribers.")
+
+
+@subscribers_group.command("show")
+@click.argument("email")
+@boundary
+def subscribers_show(email: str) -> None:
+    """Show one subscriber and every list they are on."""
+    from subscribers.subscriptions import show_subscriber
+    person = show_subscriber(state().ctx.db, email)
+    out.print(f"{person.email}" + (f" ({person.name})" if person.name else "")
+              + f", known since {person.created_at:%Y-%m-%d}", markup=False)
+    for sub in person.subscriptions:
+        out.print(f"  {sub.list_name}: {sub.status}, topics: "
+                  f"{'; '.join(sub.keywords) or 'all'}, source {sub.source}, since "
+                  f"{sub.created_at:%Y-%m-%d}", markup=False)
+
+
+@subscribers_group.command("remove")
+@click.argument("email")
+@click.option("--list", "list_name", required=True)
+@boundary
+def subscribers_remove(email: str, list_name: str) -> None:
+    """Unsubscribe an address (kept as unsubscribed, so no import revives it)."""
+    from subscribers.subscriptions import remove_subscriber
+    changed = remove_subscriber(state().ctx.db, list_name, email)
+    out.print(f"Unsubscribed {email} from {list_name}." if changed
+              else f"{email} was already unsubscribed from {list_name}.")
+
+
+@subscribers_group.command("forget")
+@click.argument("email")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@boundary
+def subscribers_forget(email: str, yes: bool) -> None:
+    """Erase a person's data; only a hash stays, so they are never mailed again."""
+    from subscribers.subscriptions import forget_subscriber
+    if not yes and _interactive():
+        click.confirm(f"Erase {email} from every list?", abort=True, err=True)
+    existed = forget_subscriber(state().ctx.db, email)
+    out.print(f"Forgot {email}." if existed else
+              f"{email} was not known; it is now suppressed all the same.")
+
+
+@subscribers_group.command("import")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--list", "list_name", required=True)
+@boundary
+def subscribers_import(path: Path, list_name: str) -> None:
+    """Import a CSV (header: email, and optionally name, keywords separated by ;).
+
+    Rejected rows are listed with their line numbers and written to FILE.rejects.csv.
+    Addresses that left the list or were forgotten are never re-activated.
+    """
+    from subscribers.imports import import_csv
+    with progress_bar(f"Importing {path.name}", enabled=_interactive()) as update:
+        report = import_csv(state().ctx.db, list_name, path,
+                            on_progress=lambda rows: update(rows, rows))
+    out.print(f"{report.rows} rows: {report.added} added, {report.updated} updated, "
+              f"{report.unchanged} unchanged, {len(report.rejected)} rejected, "
+              f"{report.suppressed} suppressed (left the list or forgotten; not re-added).")
+    for line, reason in report.rejected[:50]:
+        out.print(f"  line {line}: {reason}", markup=False)
+    if len(report.rejected) > 50:
+        out.print(f"  … {len(report.rejected) - 50} more")
+    if report.rejects_path:
+        out.print(f"Rejected rows are in {report.rejects_path}.", markup=False)
+
+
+@subscribers_group.command("export")
+@click.option("--list", "list_name", required=True)
+@click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write here instead of standard output.")
+@click.option("--status", default="active", show_default=True,
+              help="Only subscriptions of this status, or 'all'.")
+@boundary
+def subscribers_export(list_name: str, out_path: Path | None, status: str) -> None:
+    """Export a list's subscribers as CSV, in the format import reads."""
+    from subscribers.imports import export_csv
+    wanted = None if status == "all" else status
+    if out_path is None:
+        export_csv(state().ctx.db, list_name, sys.stdout, status=wanted)
+        return
+    with open(out_path, "w", encoding="utf-8", newline="") as handle:
+        count = export_csv(state().ctx.db, list_name, handle, status=wanted)
+    err.print(f"Wrote {count} subscribers to {out_path}.")
+
+
+# --- demo ------------------------------------------------------------------------------
+
+@click.command("demo")
+@click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("."), show_default=True, help="Where to write demo.db, outbox/, "
+              "preview.html.")
+@boundary
+def demo_cmd(directory: Path) -> None:
+    """Run the whole job offline on bundled sample feeds, into a fresh SQLite file."""
+    from digest.edges.demo import run_demo
+    run_demo(directory, console=err, interactive=_interactive(), progress=progress_bar)
+
+
+# Registered with the top-level group by digest.edges.cli.
+COMMANDS = [
+    config_cmd,
+    db,
+    feeds,
+    collect_cmd,
+    preview_cmd,
+    send_cmd,
+    status_cmd,
+    issues_group,
+    lists_group,
+    subscribers_group,
+    demo_cmd,
+]

@@ -1,0 +1,56 @@
+"""What every page handler shares: the context, templates, limits and page helpers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jinja2
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+from starlette.templating import Jinja2Templates
+
+from digest.core.rendering import template_dir
+from digest.edges.web.security import RateLimiter, current_editor
+from digest.services.context import Context
+from subscribers.events import load_key
+
+
+class WebApp:
+    """The long-lived state of one web app."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(template_dir())),
+                                 autoescape=True, undefined=jinja2.StrictUndefined,
+                                 trim_blocks=True, lstrip_blocks=True)
+        self.templates = Jinja2Templates(env=env)
+        s = ctx.settings
+        self.subscribe_limit = RateLimiter(ctx.db, "subscribe", s.subscribe_per_ip_per_hour,
+                                           3600)
+        self.login_limit = RateLimiter(ctx.db, "sign-in", s.login_attempts_per_15_minutes,
+                                       900)
+        self.webhook_key = (load_key(s.sendgrid_webhook_public_key)
+                            if s.sendgrid_webhook_public_key else None)
+
+    def page(self, request: Request, name: str, values: dict[str, Any] | None = None,
+             status: int = 200) -> Response:
+        """A page from templates/web, with the signed-in editor (if any) known to it."""
+        context = {"editor": current_editor(request), **(values or {})}
+        return self.templates.TemplateResponse(request, name, context, status_code=status)
+
+    def forbidden(self, request: Request) -> Response:
+        """The answer to a form without this session's CSRF token."""
+        return self.page(request, "web/message.html", {
+            "title": "This form expired",
+            "text": "Go back, reload the page and try again."}, status=403)
+
+    def not_found(self, request: Request) -> Response:
+        """A 404 page."""
+        return self.page(request, "web/message.html", {
+            "title": "Not found", "text": "There is no page here."}, status=404)
+
+
+def plain_error(status: int, text: str) -> Response:
+    """A minimal HTML error page (for errors outside any template)."""
+    return HTMLResponse(f"<!DOCTYPE html><title>{status}</title><p>{text}</p>",
+                        status_code=status)

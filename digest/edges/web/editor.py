@@ -1,0 +1,246 @@
+"""Editor pages: sign in, dashboard, preview, edit, approve, send a test, send now."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import quote
+
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+
+from digest.edges.web.base import WebApp
+from digest.edges.web.security import (
+    client_address,
+    csrf_ok,
+    csrf_token,
+    current_editor,
+    editor_only,
+)
+from digest.errors import DigestError
+from digest.services import metrics
+from digest.services.dashboard import dashboard
+from digest.services.editing import approve, preview, save_edit, segments, send_test
+from digest.services.editors import audit, audit_log, authenticate
+from digest.services.pipeline import RunRequest, run_list
+from digest.services.recording import audience_size
+from subscribers.lists import get_list
+
+log = logging.getLogger(__name__)
+
+
+
+def _safe_next(target: str) -> str:
+    """Only local paths: a sign-in link must not send editors elsewhere."""
+    return target if target.startswith("/") and not target.startswith("//") else "/editor"
+
+
+def _ints(form: FormData, name: str) -> list[int]:
+    return [int(str(v)) for v in form.getlist(name) if str(v).isdigit()]
+
+
+def routes(web: WebApp) -> list[tuple[str, Callable[..., Any], list[str]]]:
+    """(path, endpoint, methods) of the editor pages."""
+    ctx = web.ctx
+
+    async def login(request: Request) -> Response:
+        next_path = _safe_next(request.query_params.get("next", "/editor"))
+        if request.method in ("GET", "HEAD"):
+            return web.page(request, "web/login.html", {
+                "csrf": csrf_token(request), "error": "", "next": next_path, "name": ""})
+        form = await request.form()
+        if not csrf_ok(request, form.get("csrf")):
+            return web.forbidden(request)
+        name, password = str(form.get("name", "")), str(form.get("password", ""))
+        keys = (f"ip:{client_address(request)}", f"name:{name.casefold()}")
+        if any([await run_in_threadpool(web.login_limit.blocked, k) for k in keys]):
+            log.warning("sign-in refused (too many attempts) for %r from %s", name,
+                        client_address(request))
+            metrics.SIGN_IN_FAILURES.labels("rate_limited").inc()
+            return web.page(request, "web/login.html", {
+                "csrf": csrf_token(request), "next": next_path, "name": name,
+                "error": "Too many attempts. Wait 15 minutes and try again."}, status=429)
+        if not await run_in_threadpool(authenticate, ctx.db, name, password):
+            for key in keys:
+                await run_in_threadpool(web.login_limit.hit, key)
+            log.info("failed sign-in for %r from %s", name, client_address(request))
+            metrics.SIGN_IN_FAILURES.labels("password").inc()
+            return web.page(request, "web/login.html", {
+                "csrf": csrf_token(request), "next": next_path, "name": name,
+                "error": "That name and password do not match."}, status=401)
+        # A new session on sign-in: nothing from before carries over.
+        request.session.clear()
+        request.session["editor"] = name
+        csrf_token(request)
+        await run_in_threadpool(audit, ctx.db, name, "sign in", f"from {client_address(request)}")
+        return RedirectResponse(_safe_next(str(form.get("next", next_path))), status_code=303)
+
+    async def logout(request: Request) -> Response:
+        form = await request.form()
+        if not csrf_ok(request, form.get("csrf")):
+            return web.forbidden(request)
+        request.session.clear()
+        return RedirectResponse("/login", status_code=303)
+
+    @editor_only
+    async def home(request: Request) -> Response:
+        board = await run_in_threadpool(dashboard, ctx)
+        return web.page(request, "web/dashboard.html", {
+            "board": board, "csrf": csrf_token(request),
+            "notice": request.query_params.get("notice", "")})
+
+    def list_name_of(request: Request) -> str:
+        return str(request.path_params["name"])
+
+    @editor_only
+    async def issue_page(request: Request) -> Response:
+        name = list_name_of(request)
+        segment = request.query_params.get("segment", "")
+
+        def gather() -> dict[str, Any]:
+            with ctx.db.session() as session:
+                mailing_list = get_list(session, name)
+                list_id, title = mailing_list.id, mailing_list.title
+            shown = preview(ctx, name, segment)
+            checked = None
+            if shown is not None and request.query_params.get("check_links"):
+                from digest.services.linkcheck import check_links
+                own = ctx.settings.base_url.rstrip("/") + "/"
+                checked = {r.url: r for r in check_links(
+                    [u for u in shown.links if not u.startswith(own)])}
+            return {"list_name": name, "list_title": title, "shown": shown,
+                    "segment": segment, "segments": segments(ctx, name),
+                    "audience": audience_size(ctx, list_id), "checked": checked}
+
+        try:
+            values = await run_in_threadpool(gather)
+        except DigestError as e:
+            return web.page(request, "web/message.html", {"title": "Cannot show this issue",
+                                                          "text": e.message}, status=404)
+        return web.page(request, "web/issue.html", {
+            **values, "csrf": csrf_token(request),
+            "notice": request.query_params.get("notice", ""),
+            "segment_q": quote(segment)})
+
+    @editor_only
+    async def issue_email(request: Request) -> Response:
+        name = list_name_of(request)
+        part = request.query_params.get("part", "html")
+        shown = await run_in_threadpool(preview, ctx, name,
+                                        request.query_params.get("segment", ""))
+        if shown is None:
+            return Response("Nothing new for the next issue.", media_type="text/plain")
+        if part == "text":
+            return Response(shown.text, media_type="text/plain; charset=utf-8")
+        # The email runs no script and loads nothing from here.
+        return Response(shown.html, media_type="text/html; charset=utf-8", headers={
+            "Content-Security-Policy": "default-src 'none'; img-src * data:; "
+                                       "style-src 'unsafe-inline'; frame-ancestors 'self'; "
+                                       "sandbox allow-popups allow-popups-to-escape-sandbox"})
+
+    def back(name: str, notice: str, segment: str = "") -> Response:
+        url = f"/editor/lists/{quote(name)}?notice={quote(notice)}"
+        if segment:
+            url += f"&segment={quote(segment)}"
+        return RedirectResponse(url, status_code=303)
+
+    async def checked_form(request: Request) -> FormData | None:
+        form = await request.form()
+        return form if csrf_ok(request, form.get("csrf")) else None
+
+    @editor_only
+    async def edit(request: Request) -> Response:
+        form = await checked_form(request)
+        if form is None:
+            return web.forbidden(request)
+        name, editor = list_name_of(request), current_editor(request) or ""
+        moves = {}
+        for key, value in form.multi_items():
+            if key.startswith("move-") and key[5:].isdigit() and str(value):
+                moves[int(key[5:])] = str(value)
+        # Position i shows the section chosen in the i-th select (first choice wins).
+        order = list(dict.fromkeys(str(v) for v in form.getlist("order")))
+        changed = await run_in_threadpool(lambda: save_edit(
+            ctx, name, editor, subject=str(form.get("subject", "")),
+            intro=str(form.get("intro", "")), dropped=_ints(form, "drop"), moves=moves,
+            section_order=order if form.get("reorder") == "yes" else None))
+        return back(name, "Saved: " + "; ".join(changed) if changed else "No changes.",
+                    str(form.get("segment", "")))
+
+    @editor_only
+    async def test(request: Request) -> Response:
+        form = await checked_form(request)
+        if form is None:
+            return web.forbidden(request)
+        name, editor = list_name_of(request), current_editor(request) or ""
+        segment = str(form.get("segment", ""))
+        try:
+            to = await run_in_threadpool(lambda: send_test(
+                ctx, name, str(form.get("address", "")), editor, segment=segment))
+        except DigestError as e:
+            return back(name, f"Test not sent: {e.message}", segment)
+        return back(name, f"Test sent to {to}.", segment)
+
+    @editor_only
+    async def approve_issue(request: Request) -> Response:
+        form = await checked_form(request)
+        if form is None:
+            return web.forbidden(request)
+        name = list_name_of(request)
+        number = await run_in_threadpool(approve, ctx, name, current_editor(request) or "")
+        return back(name, f"Issue {number} approved.")
+
+    @editor_only
+    async def send_now(request: Request) -> Response:
+        form = await checked_form(request)
+        if form is None:
+            return web.forbidden(request)
+        name, editor = list_name_of(request), current_editor(request) or ""
+
+        def start() -> str:
+            with ctx.db.session() as session:
+                list_id = get_list(session, name).id
+            audience = audience_size(ctx, list_id)
+            if str(form.get("confirm_list", "")) != name or \
+                    str(form.get("audience", "")) != str(audience):
+                return (f"Not sent: confirm sending to {name} ({audience} active "
+                        "subscribers) again; the numbers changed.")
+            audit(ctx.db, editor, "send now", f"to {audience} subscribers", list_id)
+            # What was previewed is what goes out: no collecting first.
+            threading.Thread(target=_send, args=(name,), daemon=False,
+                             name=f"send-{name}").start()
+            return f"Sending to {audience} subscribers of {name} started."
+
+        def _send(list_name: str) -> None:
+            try:
+                result = run_list(ctx, RunRequest(list_name, collect_first=False))
+                log.info("send now of %s: %s", list_name,
+                         result.send.counts if result.send else "nothing new")
+            except Exception:
+                log.exception("send now of %s failed", list_name)
+
+        notice = await run_in_threadpool(start)
+        return RedirectResponse(f"/editor?notice={quote(notice)}", status_code=303)
+
+    @editor_only
+    async def audit_page(request: Request) -> Response:
+        entries = await run_in_threadpool(audit_log, ctx.db)
+        return web.page(request, "web/audit.html", {"entries": entries,
+                                                    "csrf": csrf_token(request)})
+
+    return [
+        ("/login", login, ["GET", "POST"]),
+        ("/logout", logout, ["POST"]),
+        ("/editor", home, ["GET"]),
+        ("/editor/audit", audit_page, ["GET"]),
+        ("/editor/lists/{name}", issue_page, ["GET"]),
+        ("/editor/lists/{name}/email", issue_email, ["GET"]),
+        ("/editor/lists/{name}/edit", edit, ["POST"]),
+        ("/editor/lists/{name}/test", test, ["POST"]),
+        ("/editor/lists/{name}/approve", approve_issue, ["POST"]),
+        ("/editor/lists/{name}/send", send_now, ["POST"]),
+    ]

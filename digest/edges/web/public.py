@@ -1,0 +1,308 @@
+"""Public pages: unsubscribe, preferences, subscribe and confirm, the archive, webhooks.
+
+None of these needs a login: the unsubscribe and preferences pages act on the
+subscription their signed token names, and the webhook proves itself by signature.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+
+from digest.core.grouping import canonical_keys, keyword_key
+from digest.core.rendering import Recipient, RenderedIssue
+from digest.edges.web.base import WebApp
+from digest.edges.web.security import client_address, csrf_ok, csrf_token
+from digest.errors import DeliveryError, InvalidInputError, NotFoundError
+from digest.services.building import keyword_config
+from digest.services.models import Entry, Issue, IssueEntry
+from subscribers.events import WebhookRefused, apply_events, verify
+from subscribers.lists import get_list
+from subscribers.models import MailingList
+from subscribers.optin import confirm_subscription, request_subscription
+from subscribers.preferences import (
+    keyword_choices,
+    leave_every_list,
+    one_click_unsubscribe,
+    preferences,
+    save_preferences,
+)
+from subscribers.tokens import InvalidToken
+
+log = logging.getLogger(__name__)
+ONE_CLICK = "List-Unsubscribe=One-Click"
+
+
+
+def routes(web: WebApp) -> list[tuple[str, Callable[..., Any], list[str]]]:
+    """(path, endpoint, methods) of the public pages."""
+    ctx = web.ctx
+
+    def bad_link(request: Request, error: InvalidToken) -> Response:
+        return web.page(request, "web/message.html", {
+            "title": "This link does not work",
+            "text": f"{error.message}. Nothing was changed. If you copied the link, check "
+                    "that it is complete."}, status=400)
+
+    async def unsubscribe_page(request: Request) -> Response:
+        token = request.path_params["token"]
+        try:
+            subscription_id = ctx.tokens.read("unsubscribe", token)
+        except InvalidToken as e:
+            return bad_link(request, e)
+        if request.method in ("GET", "HEAD"):
+            # Link scanners fetch with GET: it only shows the button.
+            try:
+                view = await run_in_threadpool(preferences, ctx.db, subscription_id)
+            except InvalidToken as e:
+                return bad_link(request, e)
+            return web.page(request, "web/unsubscribe.html", {
+                "view": view, "token": token,
+                "preferences_token": ctx.tokens.make("preferences", subscription_id)})
+        # RFC 8058: the body is List-Unsubscribe=One-Click; no cookie, no login, no
+        # redirect. The confirm button posts the same. The token is the authority.
+        form = await request.form()
+        if form.get("List-Unsubscribe") != "One-Click":
+            return web.page(request, "web/message.html", {
+                "title": "Nothing was changed",
+                "text": "This request did not ask to unsubscribe (List-Unsubscribe="
+                        "One-Click missing)."}, status=400)
+        try:
+            left = await run_in_threadpool(one_click_unsubscribe, ctx.db, subscription_id)
+        except InvalidToken as e:
+            return bad_link(request, e)
+        log.info("subscription %s unsubscribed by link", subscription_id)
+        return web.page(request, "web/message.html", {
+            "title": "You are unsubscribed",
+            "text": f"You will get no more emails from {left.list_title}."
+                    if left.changed else f"You were already off {left.list_title}."})
+
+    async def preferences_page(request: Request) -> Response:
+        token = request.path_params["token"]
+        try:
+            subscription_id = ctx.tokens.read("preferences", token)
+        except InvalidToken as e:
+            return bad_link(request, e)
+        saved = ""
+        if request.method not in ("GET", "HEAD"):
+            form = await request.form()
+            if not csrf_ok(request, form.get("csrf")):
+                return web.forbidden(request)
+            try:
+                if form.get("action") == "leave_all":
+                    n = await run_in_threadpool(leave_every_list, ctx.db, subscription_id)
+                    return web.page(request, "web/message.html", {
+                        "title": "You left every list",
+                        "text": f"Unsubscribed from {n} list{'s' if n != 1 else ''}. "
+                                "You will get no more emails from us."})
+                status = await run_in_threadpool(
+                    lambda: save_preferences(
+                        ctx.db, subscription_id,
+                        keywords=[str(k) for k in form.getlist("keywords")],
+                        paused=form.get("paused") == "on"))
+            except InvalidToken as e:
+                return bad_link(request, e)
+            saved = "Saved. " + ("Your emails are paused." if status == "paused"
+                                 else "You will get the sections you chose.")
+        try:
+            view = await run_in_threadpool(preferences, ctx.db, subscription_id,
+                                           ctx.settings.keyword_order)
+        except InvalidToken as e:
+            return bad_link(request, e)
+        return web.page(request, "web/preferences.html", {
+            "view": view, "saved": saved, "csrf": csrf_token(request),
+            "unsubscribe_token": ctx.tokens.make("unsubscribe", subscription_id)})
+
+    async def subscribe_page(request: Request) -> Response:
+        lists = await run_in_threadpool(_public_lists, web)
+        choices = await run_in_threadpool(keyword_choices, ctx.db,
+                                          ctx.settings.keyword_order)
+        values = {"lists": lists, "choices": choices, "error": "", "email": "", "name": "",
+                  "chosen": request.query_params.get("list", "")}
+        if request.method in ("GET", "HEAD"):
+            return web.page(request, "web/subscribe.html",
+                            {**values, "csrf": csrf_token(request)})
+        form = await request.form()
+        if not csrf_ok(request, form.get("csrf")):
+            return web.forbidden(request)
+        done = web.page(request, "web/message.html", {
+            "title": "Check your inbox",
+            "text": "If the address can receive our emails, a message with a confirmation "
+                    "link is on its way. Click it to start your subscription."})
+        if form.get("website"):  # the honeypot: people never see it, bots fill it in
+            log.info("subscribe form: honeypot filled from %s", client_address(request))
+            return done
+        if not await run_in_threadpool(web.subscribe_limit.hit, client_address(request)):
+            return web.page(request, "web/message.html", {
+                "title": "Too many requests",
+                "text": "Please try again in an hour."}, status=429)
+        email, list_name = str(form.get("email", "")), str(form.get("list", ""))
+        keywords = [str(k) for k in form.getlist("keywords") if str(k).strip()]
+        try:
+            await run_in_threadpool(lambda: request_subscription(
+                ctx, list_name, email, name=str(form.get("name", "")), keywords=keywords,
+                source="form"))
+        except (InvalidInputError, NotFoundError) as e:
+            return web.page(request, "web/subscribe.html", {
+                **values, "error": e.message, "email": email,
+                "name": str(form.get("name", "")), "chosen": list_name,
+                "csrf": csrf_token(request)}, status=400)
+        except DeliveryError as e:
+            log.error("confirmation email not sent: %s", e)
+            return web.page(request, "web/message.html", {
+                "title": "We could not send the confirmation",
+                "text": "Please try again in a few minutes."}, status=503)
+        return done
+
+    async def confirm_page(request: Request) -> Response:
+        token = request.path_params["token"]
+        if request.method in ("GET", "HEAD"):
+            # A scanner's GET must not confirm for the reader: show the button.
+            return web.page(request, "web/confirm.html", {"token": token})
+        try:
+            confirmed = await run_in_threadpool(confirm_subscription, ctx, token)
+        except InvalidToken as e:
+            return bad_link(request, e)
+        return web.page(request, "web/message.html", {
+            "title": "Subscription confirmed",
+            "text": f"You are on {confirmed.list_title}. The next issue comes to your inbox."
+            if not confirmed.already else f"You were already on {confirmed.list_title}."})
+
+    async def archive_index(request: Request) -> Response:
+        lists = await run_in_threadpool(_public_lists, web)
+        return web.page(request, "web/archive_index.html", {"lists": lists})
+
+    async def archive_list(request: Request) -> Response:
+        name = request.path_params["list"]
+        found = await run_in_threadpool(_archive_issues, web, name)
+        if found is None:
+            return web.not_found(request)
+        title, issues = found
+        return web.page(request, "web/archive_list.html",
+                        {"list_name": name, "list_title": title, "issues": issues})
+
+    async def archive_issue(request: Request) -> Response:
+        html = await run_in_threadpool(_archived_html, web, request.path_params["list"],
+                                       request.path_params["number"])
+        if html is None:
+            return web.not_found(request)
+        return Response(html, media_type="text/html; charset=utf-8", headers={
+            "Content-Security-Policy": "default-src 'none'; img-src * data:; "
+                                       "style-src 'unsafe-inline'; frame-ancestors 'self'"})
+
+    async def archive_keyword(request: Request) -> Response:
+        found = await run_in_threadpool(_keyword_recaps, web, request.path_params["list"],
+                                        request.path_params["keyword"])
+        if found is None:
+            return web.not_found(request)
+        return web.page(request, "web/archive_keyword.html", found)
+
+    async def sendgrid_webhook(request: Request) -> Response:
+        body = await request.body()
+        if web.webhook_key is not None:
+            try:
+                verify(web.webhook_key, request.headers, body,
+                       max_age=ctx.settings.webhook_max_age_seconds)
+            except WebhookRefused as e:
+                log.warning("SendGrid webhook refused from %s: %s", client_address(request), e)
+                return JSONResponse({"error": e.message}, status_code=e.status)
+        try:
+            events = json.loads(body)
+        except ValueError:
+            return JSONResponse({"error": "the body is not JSON"}, status_code=400)
+        if not isinstance(events, list):
+            return JSONResponse({"error": "expected a JSON array of events"},
+                                status_code=400)
+        counts = await run_in_threadpool(apply_events, ctx.db, events)
+        return JSONResponse({"applied": dict(counts)})
+
+    async def home(request: Request) -> Response:
+        return RedirectResponse("/archive", status_code=303)
+
+    return [
+        ("/", home, ["GET"]),
+        ("/u/{token}", unsubscribe_page, ["GET", "POST"]),
+        ("/p/{token}", preferences_page, ["GET", "POST"]),
+        ("/subscribe", subscribe_page, ["GET", "POST"]),
+        ("/confirm/{token}", confirm_page, ["GET", "POST"]),
+        ("/archive", archive_index, ["GET"]),
+        ("/archive/{list}", archive_list, ["GET"]),
+        ("/archive/{list}/{number:int}", archive_issue, ["GET"]),
+        ("/archive/{list}/k/{keyword}", archive_keyword, ["GET"]),
+        ("/webhooks/sendgrid", sendgrid_webhook, ["POST"]),
+    ]
+
+
+def _public_lists(web: WebApp) -> list[tuple[str, str]]:
+    with web.ctx.db.session() as session:
+        return [(m.name, m.title) for m in
+                session.scalars(select(MailingList).order_by(MailingList.name))]
+
+
+def _archive_issues(web: WebApp, name: str) -> tuple[str, list[Issue]] | None:
+    with web.ctx.db.session() as session:
+        try:
+            mailing_list = get_list(session, name)
+        except NotFoundError:
+            return None
+        issues = list(session.scalars(
+            select(Issue).where(Issue.list_id == mailing_list.id, Issue.status == "sent")
+            .order_by(Issue.number.desc())))
+        session.expunge_all()
+        return mailing_list.title, issues
+
+
+def _keyword_recaps(web: WebApp, name: str, keyword: str) -> dict[str, Any] | None:
+    """The recaps of a list's sent issues under a keyword (its aliases included), newest
+    first, for /archive/LIST/k/KEYWORD."""
+    config = keyword_config(web.ctx)
+    [wanted] = canonical_keys([keyword], config) or {keyword_key(keyword)}
+    with web.ctx.db.session() as session:
+        try:
+            mailing_list = get_list(session, name)
+        except NotFoundError:
+            return None
+        rows = session.execute(
+            select(Entry, IssueEntry.section, Issue.number)
+            .join(IssueEntry, IssueEntry.entry_id == Entry.id)
+            .join(Issue, Issue.id == IssueEntry.issue_id)
+            .where(Issue.list_id == mailing_list.id, Issue.status == "sent")
+            .order_by(Entry.dated_at.desc(), Entry.id)).all()
+        recaps, shown, seen = [], keyword, set()
+        for entry, section, number in rows:
+            keys = canonical_keys(entry.keywords or [], config)
+            if entry.id in seen or (section != wanted and wanted not in keys):
+                continue
+            seen.add(entry.id)
+            shown = next((k for k in entry.keywords or []
+                          if canonical_keys([k], config) == {wanted}), shown)
+            recaps.append({"title": entry.title, "link": entry.link, "date": entry.dated_at,
+                           "lead": entry.lead, "number": number})
+        return {"list_name": name, "list_title": mailing_list.title, "keyword": shown,
+                "recaps": recaps}
+
+
+def _archived_html(web: WebApp, name: str, number: int) -> str | None:
+    """A sent issue as the archive shows it: the full issue, with no personal links."""
+    ctx = web.ctx
+    with ctx.db.session() as session:
+        try:
+            mailing_list = get_list(session, name)
+        except NotFoundError:
+            return None
+        issue = session.scalars(select(Issue).where(
+            Issue.list_id == mailing_list.id, Issue.number == number,
+            Issue.status == "sent")).first()
+        if issue is None:
+            return None
+        rendered = RenderedIssue(issue.subject, issue.html, issue.text, "")
+    subscribe = ctx.url(f"subscribe?list={name}")
+    html, _ = rendered.personalize(Recipient(subscribe, subscribe, "reader"))
+    return html

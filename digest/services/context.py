@@ -1,0 +1,50 @@
+"""What one run of the tool works with: settings, the database, a renderer, tokens."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import TYPE_CHECKING
+
+from digest.services.db import Database, instance_secret, open_database
+from digest.services.tables import load_all_models
+from digest.settings import Settings
+
+if TYPE_CHECKING:
+    from digest.core.rendering import Renderer
+    from subscribers.tokens import Tokens
+
+
+@dataclass
+class Context:
+    """Settings plus the long-lived objects made from them, built once per process."""
+
+    settings: Settings
+    db: Database = field(repr=False)
+
+    @classmethod
+    def open(cls, settings: Settings) -> Context:
+        """Open the database (migrating it) for these settings."""
+        load_all_models()
+        return cls(settings, open_database(settings.database_url))
+
+    @cached_property
+    def renderer(self) -> Renderer:
+        """The one renderer (and premailer instance) of this process."""
+        from digest.core.rendering import Renderer
+        return Renderer(size_warning=self.settings.html_size_warning)
+
+    @cached_property
+    def tokens(self) -> Tokens:
+        """Token signer; the configured key first, else the instance's generated one."""
+        from subscribers.tokens import Tokens
+        current = self.settings.secret_key or instance_secret(self.db)
+        return Tokens([current, *self.settings.old_secret_keys])
+
+    def url(self, path: str) -> str:
+        """An absolute public URL for a path of the web app."""
+        return self.settings.base_url.rstrip("/") + "/" + path.lstrip("/")
+
+    def close(self) -> None:
+        """Release the database connections."""
+        self.db.dispose()

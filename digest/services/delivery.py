@@ -1,0 +1,639 @@
+"""Deliver a recorded issue: one delivery record per subscriber, exactly once.
+
+Every delivery goes from pending to accepted, failed, uncertain or skipped (someone who
+left after the issue was built). Deliveries go out in send batches that move pending →
+claimed → sending → done; each step is committed before the next network call, so a
+process stopped at any moment resumes without sending twice: recipients of the batch in
+flight at the stop are checked with the transport where it can tell, and otherwise
+reported uncertain — never silently resent. docs/architecture.md has the whole design.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import secrets
+import socket
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from functools import cache, cached_property
+
+from prometheus_client import Histogram
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Select,
+    Update,
+    and_,
+    bindparam,
+    func,
+    select,
+    update,
+)
+from sqlalchemy.orm import Session
+from sqlalchemy.sql.dml import ReturningUpdate
+from sqlalchemy.sql.elements import BindParameter
+
+from digest.core.messages import domain_of, format_sender
+from digest.core.rendering import Recipient, RenderedIssue
+from digest.errors import DeliveryError
+from digest.services import metrics
+from digest.services.context import Context
+from digest.services.db import among, utcnow
+from digest.services.models import Delivery, Issue, IssueVariant, SendBatch
+from digest.services.recording import add_batches, get_issue
+from digest.services.transports import batch_size
+from digest.services.transports.base import (
+    ACCEPTED,
+    FAILED,
+    UNCERTAIN,
+    Outcome,
+    OutgoingIssue,
+    OutgoingRecipient,
+    Transport,
+)
+from subscribers.models import MailingList, Subscriber, Subscription
+
+log = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[int, int], None]
+
+
+@dataclass
+class SendReport:
+    """Counts of one issue's deliveries after a send, with the failures named."""
+
+    issue_id: int
+    list_name: str
+    number: int
+    subject: str
+    counts: Counter[str] = field(default_factory=Counter)
+    sent_now: int = 0
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    finished: bool = False
+    stopped: bool = False
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing failed and nothing is uncertain."""
+        return not self.counts[FAILED] and not self.counts[UNCERTAIN]
+
+
+def outgoing_issue(mailing_list: MailingList, issue: Issue, ctx: Context, *,
+                   sandbox: bool = False) -> OutgoingIssue:
+    """The shared part of every message of an issue, from its record."""
+    s = ctx.settings
+    domain = domain_of(s.from_email)
+    return OutgoingIssue(
+        issue_id=issue.id, list_id=mailing_list.id, list_name=mailing_list.name,
+        list_title=mailing_list.title, number=issue.number,
+        rendered=RenderedIssue(issue.subject, issue.html, issue.text, ""),
+        sender=format_sender(s.from_name, s.from_email), sender_email=s.from_email,
+        sender_name=s.from_name,
+        reply_to=s.reply_to or None,
+        headers={"List-Id": f"{mailing_list.title} <{mailing_list.name}.{domain}>",
+                 "Precedence": "bulk", "Auto-Submitted": "auto-generated"},
+        sandbox=sandbox)
+
+
+ONE_CLICK = "List-Unsubscribe=One-Click"
+
+
+class RecipientMaker:
+    """Makes an issue's recipients: their signed links, RFC 8058 headers and Message-ID.
+
+    What every recipient shares (base URLs, the Message-ID's form) is worked out once;
+    a send makes one recipient per reader.
+    """
+
+    def __init__(self, ctx: Context, issue: OutgoingIssue) -> None:
+        self._unsubscribe_token = ctx.tokens.maker("unsubscribe")
+        self._preferences_token = ctx.tokens.maker("preferences")
+        self._unsubscribe = ctx.url("u/")
+        self._preferences = ctx.url("p/")
+        self._message_id = (f"<digest.{issue.list_name}.{issue.number}.%d@"
+                            f"{domain_of(issue.sender_email)}>")
+
+    def __call__(self, delivery_id: int, subscriber_id: int, subscription_id: int,
+                 email: str, name: str) -> OutgoingRecipient:
+        unsubscribe = self._unsubscribe + self._unsubscribe_token(subscription_id)
+        values = Recipient(unsubscribe,
+                           self._preferences + self._preferences_token(subscription_id),
+                           name)
+        return OutgoingRecipient(
+            delivery_id, subscriber_id, email, name, values,
+            {"List-Unsubscribe": f"<{unsubscribe}>", "List-Unsubscribe-Post": ONE_CLICK},
+            self._message_id % delivery_id)
+
+
+def _ids(postgres: bool, ids: Sequence[int] | None = None) -> ColumnElement[bool]:
+    """``deliveries.id`` among ``ids`` (given now, or as the parameter "ids" when the
+    statement runs)."""
+    return among(Delivery.id, postgres, ids, "ids")
+
+
+Row = tuple[int, int, int, str, str, str, int | None]
+
+
+def _of_issue(issue_id: int | BindParameter[int]) -> ColumnElement[bool]:
+    """Deliveries of an issue, for queries that also give an id range.
+
+    Written so that no index can serve it: otherwise SQLite walks every delivery of the
+    issue through the (issue_id, subscriber_id) index to find a thousand of them by id.
+    """
+    return Delivery.issue_id + 0 == issue_id
+
+
+def _pending_between(issue_id: int | BindParameter[int], first_id: int | BindParameter[int],
+                     last_id: int | BindParameter[int]) -> ColumnElement[bool]:
+    """Pending deliveries of an issue among the ids ``first_id``…``last_id``."""
+    return and_(Delivery.id.between(first_id, last_id), _of_issue(issue_id),
+                Delivery.status == "pending")
+
+
+# The statements a batch runs are built once (on first use), with bound parameters:
+# building one anew costs SQLAlchemy ~130 µs, running a built one ~15 µs, and a batch
+# runs about ten.
+
+@cache
+def _pending_rows_query() -> Select[int, int, int, str, str, str, int | None]:
+    return (select(Delivery.id, Delivery.subscriber_id, Delivery.subscription_id,
+                   Subscriber.email, Subscriber.name, Subscription.status,
+                   Delivery.variant_id)
+            .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
+            .join(Subscription, Subscription.id == Delivery.subscription_id)
+            .where(_pending_between(bindparam("issue_id"), bindparam("first_id"),
+                                    bindparam("last_id")))
+            .order_by(Delivery.id))
+
+
+def _pending_rows(conn: Connection, issue_id: int, first_id: int, last_id: int) -> list[Row]:
+    """Pending deliveries of a batch: (delivery, subscriber, subscription, email, name,
+    subscription status, variant)."""
+    return conn.execute(_pending_rows_query(), {  # type: ignore[return-value]  # tuples
+        "issue_id": issue_id, "first_id": first_id, "last_id": last_id}).all()
+
+
+@cache
+def _outcome_update(postgres: bool) -> Update:
+    """UPDATE of the deliveries ``ids`` with one outcome (see :func:`_ids`)."""
+    return update(Delivery).where(_ids(postgres)).values(
+        status=bindparam("new_status"), message_id=bindparam("new_message_id"),
+        error=bindparam("new_error"), updated_at=bindparam("at"),
+        attempts=Delivery.attempts + 1)
+
+
+def _set_status(ctx: Context, conn: Connection, ids: Sequence[int], status: str, *,
+                now: datetime, error: str | None = None, only_from: str | None = None,
+                count_attempt: bool = False) -> None:
+    """Move deliveries to ``status``; ``only_from`` makes it conditional on the current one."""
+    values: dict[str, object] = {"status": status, "updated_at": now}
+    if error is not None:
+        values["error"] = error[:2000]
+    if count_attempt:
+        values["attempts"] = Delivery.attempts + 1
+    _update_deliveries(ctx, conn, ids, values, only_from=only_from)
+
+
+def _thousands(ids: Sequence[int]) -> Iterator[Sequence[int]]:
+    """``ids`` a thousand at a time, as one statement's list of ids takes them."""
+    for start in range(0, len(ids), 1000):
+        yield ids[start:start + 1000]
+
+
+def _update_deliveries(ctx: Context, conn: Connection, ids: Sequence[int],
+                       values: dict[str, object], *, only_from: str | None = None) -> None:
+    """Write ``values`` onto the deliveries ``ids``, a thousand a statement; ``only_from``
+    keeps to those still in that status."""
+    for chunk in _thousands(ids):
+        query = update(Delivery).where(_ids(ctx.db.is_postgres, chunk)).values(**values)
+        if only_from is not None:
+            query = query.where(Delivery.status == only_from)
+        conn.execute(query)
+
+
+# Claimer ids of the sends running in this process (a web request and the scheduler may
+# both send): a claim by this pid whose id is not here belongs to a send that ended.
+_LIVE_CLAIMERS: set[str] = set()
+
+
+def worker_identity() -> str:
+    """This process as a claimer of deliveries: host, pid and a nonce."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+def claimer_gone(claimed_by: str | None, lease_until: datetime | None,
+                 now: datetime) -> bool:
+    """Whether a claim is abandoned: its lease ran out, or its process on this host died."""
+    if claimed_by is None or lease_until is None or lease_until < now:
+        return True
+    host, _, rest = claimed_by.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False  # another machine's worker: trust its lease
+    if int(pid_text) == os.getpid():
+        return claimed_by not in _LIVE_CLAIMERS
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A batch this process claimed: its id and the delivery ids it covers."""
+
+    batch_id: int
+    first_id: int
+    last_id: int
+
+
+@cache
+def _batch_move(holder: bool) -> ReturningUpdate[int]:
+    query = (update(SendBatch)
+             .where(SendBatch.id == bindparam("batch_id"),
+                    SendBatch.status == bindparam("from_status"))
+             .values(status=bindparam("to_status"), updated_at=bindparam("at"),
+                     claimed_by=bindparam("claimer"), lease_until=bindparam("lease")))
+    if holder:
+        query = query.where(SendBatch.claimed_by == bindparam("holder"))
+    return query.returning(SendBatch.id)
+
+
+def _move_batch(conn: Connection, batch_id: int, status: str, now: datetime, *,
+                only_from: str, holder: str | None = None, lease: datetime | None = None,
+                claimer: str | None = None) -> bool:
+    """Move one batch between states; False if it was not in the expected state (taken)."""
+    return conn.execute(_batch_move(holder is not None), {
+        "batch_id": batch_id, "from_status": only_from, "to_status": status, "at": now,
+        "claimer": claimer, "lease": lease, "holder": holder}).first() is not None
+
+
+def settle_abandoned(ctx: Context, issue: OutgoingIssue, transport: Transport,
+                     now: datetime, me: str) -> tuple[int, int]:
+    """Settle batches held by a sender that died: (confirmed, uncertain) deliveries.
+
+    Claimed but never handed over: the batch goes back to pending. Being handed over: its
+    deliveries are accepted where the transport can prove they went out, otherwise
+    uncertain — never silently resent.
+    """
+    with ctx.db.session() as session:
+        held = session.execute(
+            select(SendBatch.id, SendBatch.status, SendBatch.claimed_by,
+                   SendBatch.lease_until, SendBatch.first_id, SendBatch.last_id)
+            .where(SendBatch.issue_id == issue.issue_id,
+                   SendBatch.status.in_(("claimed", "sending")))).all()
+    confirmed_total = uncertain_total = 0
+    make = RecipientMaker(ctx, issue)
+    for batch_id, status, by, lease, first_id, last_id in held:
+        if by == me or not claimer_gone(by, lease, now):
+            continue
+        if status == "claimed":
+            with ctx.db.engine.begin() as conn:
+                _move_batch(conn, batch_id, "pending", now, only_from="claimed", holder=by)
+            continue
+        with ctx.db.engine.begin() as conn:
+            rows = _pending_rows(conn, issue.issue_id, first_id, last_id)
+        recipients = [make(d, sub, subn, email, name) for d, sub, subn, email, name, _, _
+                      in rows]
+        confirmed = transport.already_sent(issue, recipients)
+        unsure = [r.delivery_id for r in recipients if r.delivery_id not in confirmed]
+        with ctx.db.engine.begin() as conn:
+            _set_status(ctx, conn, sorted(confirmed), ACCEPTED, now=now, only_from="pending",
+                        count_attempt=True)
+            _set_status(ctx, conn, unsure, UNCERTAIN, now=now, only_from="pending",
+                        count_attempt=True,
+                        error="the send stopped while this message was being handed over")
+            _move_batch(conn, batch_id, "done", now, only_from="sending", holder=by)
+        confirmed_total += len(confirmed)
+        uncertain_total += len(unsure)
+    if uncertain_total:
+        log.warning("issue %s: %d deliveries were in flight when a send stopped; marked "
+                    "uncertain (resend with --resend-uncertain)", issue.issue_id,
+                    uncertain_total)
+    return confirmed_total, uncertain_total
+
+
+def claim_batch(ctx: Context, conn: Connection, issue_id: int, me: str,
+                now: datetime) -> Claim | None:
+    """Claim the next pending batch of an issue for this process, under a lease.
+
+    On PostgreSQL the candidate is locked with FOR UPDATE SKIP LOCKED, so workers on
+    several machines take different batches; SQLite runs one writer at a time anyway.
+    """
+    lease = now + timedelta(seconds=ctx.settings.send_lease_seconds)
+    row = conn.execute(_claim(ctx.db.is_postgres), {
+        "of_issue": issue_id, "me": me, "lease": lease, "at": now}).first()
+    return Claim(*row) if row else None
+
+
+@cache
+def _claim(postgres: bool) -> ReturningUpdate[int, int, int]:
+    candidate = (select(SendBatch.id)
+                 .where(SendBatch.issue_id == bindparam("of_issue"),
+                        SendBatch.status == "pending")
+                 .order_by(SendBatch.id).limit(1))
+    claim = update(SendBatch).values(status="claimed", claimed_by=bindparam("me"),
+                                     lease_until=bindparam("lease"),
+                                     updated_at=bindparam("at"))
+    if postgres:
+        # A CTE is evaluated once; an IN (subquery … LIMIT) may be re-scanned.
+        picked = candidate.with_for_update(skip_locked=True).cte("picked")
+        claim = claim.where(SendBatch.id == picked.c.id)
+    else:
+        claim = claim.where(SendBatch.id.in_(candidate.scalar_subquery()))
+    return claim.where(SendBatch.status == "pending").returning(
+        SendBatch.id, SendBatch.first_id, SendBatch.last_id)
+
+
+def _held(issue_id: int) -> Select[int]:
+    return select(func.count()).select_from(SendBatch).where(
+        SendBatch.issue_id == issue_id, SendBatch.status.in_(("claimed", "sending")))
+
+
+def _by_status(session: Session, issue_id: int) -> Counter[str]:
+    return Counter(dict(session.execute(
+        select(Delivery.status, func.count()).where(Delivery.issue_id == issue_id)
+        .group_by(Delivery.status)).all()))
+
+
+def batches_held(ctx: Context, issue_id: int) -> int:
+    """Batches of an issue that some sender holds (claimed or being handed over)."""
+    with ctx.db.session() as session:
+        return session.scalar(_held(issue_id)) or 0
+
+
+def counts(ctx: Context, issue_id: int) -> Counter[str]:
+    """Deliveries of an issue by status, counted now."""
+    with ctx.db.session() as session:
+        return _by_status(session, issue_id)
+
+
+def pending_in_held_batches(ctx: Context, issue_id: int) -> int:
+    """Pending deliveries of an issue's batches that are not done.
+
+    Every pending delivery lies in such a batch, so this is the issue's pending count,
+    read from the few batches still out rather than from every delivery of the issue.
+    """
+    with ctx.db.session() as session:
+        ranges = session.execute(select(SendBatch.first_id, SendBatch.last_id).where(
+            SendBatch.issue_id == issue_id, SendBatch.status != "done")).all()
+        return sum(session.scalar(
+            select(func.count()).select_from(Delivery)
+            .where(_pending_between(issue_id, first, last))) or 0 for first, last in ranges)
+
+
+def failures(ctx: Context, issue_id: int, limit: int = 50, *,
+             tally: Counter[str] | None = None) -> list[tuple[str, str]]:
+    """(address, reason) of failed and uncertain deliveries of an issue.
+
+    Given the issue's ``tally``, an issue with none looks at no delivery.
+    """
+    if tally is not None and not tally[FAILED] and not tally[UNCERTAIN]:
+        return []
+    with ctx.db.session() as session:
+        return [(email, f"{status}: {error or ''}".strip(": ")) for email, status, error in
+                session.execute(
+                    select(Subscriber.email, Delivery.status, Delivery.error)
+                    .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
+                    .where(Delivery.issue_id == issue_id,
+                           Delivery.status.in_((FAILED, UNCERTAIN)))
+                    .order_by(Delivery.id).limit(limit))]
+
+
+def deliver(ctx: Context, issue_id: int, transport: Transport, *,
+            resend_uncertain: bool = False, sandbox: bool = False,
+            on_progress: ProgressCallback | None = None,
+            should_stop: Callable[[], bool] | None = None,
+            now: Callable[[], datetime] = utcnow,
+            sleep: Callable[[float], None] = time.sleep) -> SendReport:
+    """Send an issue's pending deliveries in claimed batches; resumable at any point.
+
+    Several processes may run this for the same issue at once (``digest send --worker``):
+    each claims its own batches and waits at the end for the others' to settle.
+    """
+    with ctx.db.session() as session:
+        issue_row, mailing_list = get_issue(session, issue_id)
+        issue = outgoing_issue(mailing_list, issue_row, ctx, sandbox=sandbox)
+    report = SendReport(issue_id, issue.list_name, issue.number, issue.rendered.subject)
+    me = worker_identity()
+    _LIVE_CLAIMERS.add(me)
+    # Each batch's thousands of short-lived objects keep pushing the garbage collector
+    # into full collections, which walk every object of the process (the ORM's caches,
+    # every module). Frozen, the objects that exist now are left out of those walks until
+    # the send ends: 11.0 s → 9.4 s for 300,000 recipients.
+    gc.freeze()
+    started, outcome = time.perf_counter(), "failed"
+    try:
+        _deliver(ctx, issue, report, transport, me, resend_uncertain=resend_uncertain,
+                 on_progress=on_progress, should_stop=should_stop, now=now, sleep=sleep)
+        # Told to stop only once the issue was done (a helper let go at the end): not a
+        # stopped send.
+        stopped = report.stopped and not report.finished
+        outcome = "stopped" if stopped else "ok" if report.ok else "failed"
+        return report
+    finally:
+        gc.unfreeze()
+        _LIVE_CLAIMERS.discard(me)
+        metrics.SEND_SECONDS.labels(issue.list_name).observe(time.perf_counter() - started)
+        metrics.SENDS.labels(issue.list_name, outcome).inc()
+        if outcome == "ok":
+            metrics.LAST_SUCCESS.labels("send").set(time.time())
+
+
+@dataclass
+class _Run:
+    """This process's part in sending one issue."""
+
+    ctx: Context
+    issue: OutgoingIssue
+    transport: Transport
+    me: str
+    now: Callable[[], datetime]
+    make: RecipientMaker
+    # One connection for the whole send, a transaction per step: checking one out of the
+    # pool for each step (with its liveness ping) cost a tenth of a sender's time.
+    conn: Connection
+    variants: dict[int, RenderedIssue] = field(default_factory=dict)  # segments' renderings
+
+    @cached_property
+    def batch_seconds(self) -> Histogram:
+        return metrics.BATCH_SECONDS.labels(self.transport.name)
+
+    @contextmanager
+    def step(self) -> Iterator[Connection]:
+        """One committed step of the send."""
+        with self.conn.begin():
+            yield self.conn
+
+
+def _deliver(ctx: Context, issue: OutgoingIssue, report: SendReport, transport: Transport,
+             me: str, *, resend_uncertain: bool, on_progress: ProgressCallback | None,
+             should_stop: Callable[[], bool] | None, now: Callable[[], datetime],
+             sleep: Callable[[float], None]) -> SendReport:
+    issue_id = issue.issue_id
+    with transport, ctx.db.engine.connect() as conn:
+        run = _Run(ctx, issue, transport, me, now, RecipientMaker(ctx, issue), conn)
+        settle_abandoned(ctx, issue, transport, now(), me)
+        if resend_uncertain:
+            with ctx.db.session() as session:
+                moved = session.scalars(update(Delivery).where(
+                    Delivery.issue_id == issue_id, Delivery.status == UNCERTAIN)
+                    .values(status="pending", error=None, updated_at=now())
+                    .execution_options(synchronize_session=False)
+                    .returning(Delivery.id)).first()
+                if moved is not None:
+                    add_batches(session, issue_id, batch_size(ctx.settings), now())
+        tally = counts(ctx, issue_id)
+        total = sum(tally.values())
+        done = total - tally["pending"]
+        waiting = 0.02  # seconds before looking again at batches other senders hold
+        while True:
+            if should_stop is not None and should_stop():
+                report.stopped = True
+                break
+            if on_progress:
+                on_progress(done, total)
+            with run.step():
+                claim = claim_batch(ctx, conn, issue_id, me, now())
+                rows = (_pending_rows(conn, issue_id, claim.first_id, claim.last_id)
+                        if claim else [])
+            if claim is None:
+                if not batches_held(ctx, issue_id):
+                    break
+                # Other senders hold the rest: wait for them, or for their leases to end.
+                # A batch takes them ~15 ms: look again soon, then less and less often
+                # (a fixed second made `--jobs 2` slower than one process on 100,000).
+                sleep(waiting)
+                waiting = min(waiting * 2, 1.0)
+                settle_abandoned(ctx, issue, transport, now(), me)
+                done = total - pending_in_held_batches(ctx, issue_id)
+                continue
+            waiting = 0.02
+            report.sent_now += _send_claimed(run, claim, rows)
+            done += len(rows)
+
+    report.counts, report.finished = _close_run(ctx, issue_id, now())
+    report.failures = failures(ctx, issue_id, tally=report.counts)
+    if on_progress:
+        on_progress(total - report.counts["pending"], total)
+    return report
+
+
+def _close_run(ctx: Context, issue_id: int, now: datetime) -> tuple[Counter[str], bool]:
+    """Count the issue's deliveries onto its record, and mark it sent if nothing is left.
+
+    Return (counts, finished).
+    """
+    with ctx.db.session() as session:
+        # The issue row's write lock comes first, so senders that end together write in
+        # turn, each counting everything the others committed before it.
+        session.execute(update(Issue).where(Issue.id == issue_id)
+                        .values(counts=Issue.counts)
+                        .execution_options(synchronize_session=False))
+        tally = _by_status(session, issue_id)
+        held = session.scalar(_held(issue_id))
+        finished = not tally["pending"] and not held
+        session.execute(update(Issue).where(Issue.id == issue_id).values(counts=dict(tally))
+                        .execution_options(synchronize_session=False))
+        if finished:
+            session.execute(update(Issue).where(Issue.id == issue_id,
+                                                Issue.status == "sending")
+                            .values(status="sent", sent_at=now)
+                            .execution_options(synchronize_session=False))
+    return tally, finished
+
+
+def _send_claimed(run: _Run, claim: Claim, rows: list[Row]) -> int:
+    """Hand one claimed batch (its pending ``rows``) to the transport and record each
+    outcome. Return how many were accepted."""
+    ctx, now = run.ctx, run.now
+    left = [r[0] for r in rows if r[5] != "active"]
+    # Keyword segments get their own rendering; a batch rarely spans more than one.
+    groups: dict[int | None, list[OutgoingRecipient]] = {}
+    for d, sub, subn, email, name, status, variant in rows:
+        if status == "active":
+            groups.setdefault(variant, []).append(run.make(d, sub, subn, email, name))
+    # Committed before the hand-over: after a crash this batch reads "maybe sent". If the
+    # claim was taken over meanwhile (our lease ran out), someone else sends it.
+    lease = now() + timedelta(seconds=ctx.settings.send_lease_seconds)
+    with run.step() as conn:
+        _set_status(ctx, conn, left, "skipped", now=now(), only_from="pending",
+                    error="no longer subscribed when the batch was sent")
+        if not _move_batch(conn, claim.batch_id, "sending", now(), only_from="claimed",
+                           holder=run.me, claimer=run.me, lease=lease):
+            return 0
+    accepted = 0
+    last = len(groups) - 1
+    if left:
+        metrics.RECIPIENTS.labels(run.issue.list_name, "skipped").inc(len(left))
+    for i, (variant, recipients) in enumerate(groups.items()):
+        handed = time.perf_counter()
+        try:
+            outcomes = run.transport.send_batch(
+                variant_issue(ctx, run.issue, variant, run.variants), recipients)
+        except DeliveryError:
+            # The transport knows nothing of this group went out (earlier groups are
+            # recorded): the batch's pending rest can be tried again later.
+            with run.step() as conn:
+                _move_batch(conn, claim.batch_id, "pending", now(), only_from="sending",
+                            holder=run.me)
+            raise
+        with run.step() as conn:
+            _record(ctx, conn, outcomes, now())
+            if i == last:  # the outcomes and the batch's end in one transaction
+                _move_batch(conn, claim.batch_id, "done", now(), only_from="sending",
+                            holder=run.me)
+        run.batch_seconds.observe(time.perf_counter() - handed)
+        by_outcome = Counter(o.status for o in outcomes)
+        for status, n in by_outcome.items():
+            metrics.RECIPIENTS.labels(run.issue.list_name, status).inc(n)
+        accepted += by_outcome[ACCEPTED]
+    if not groups:
+        with run.step() as conn:
+            _move_batch(conn, claim.batch_id, "done", now(), only_from="sending",
+                        holder=run.me)
+    return accepted
+
+
+def variant_issue(ctx: Context, issue: OutgoingIssue, variant_id: int | None,
+                  cache: dict[int, RenderedIssue]) -> OutgoingIssue:
+    """The issue as one keyword segment gets it (the full issue for None)."""
+    if variant_id is None:
+        return issue
+    rendered = cache.get(variant_id)
+    if rendered is None:
+        with ctx.db.session() as session:
+            row = session.get(IssueVariant, variant_id)
+            if row is None:
+                raise DeliveryError(f"issue {issue.issue_id} lost its segment {variant_id}")
+            rendered = RenderedIssue(row.subject, row.html, row.text, "")
+        cache[variant_id] = rendered
+    return replace(issue, rendered=rendered)
+
+
+def _record(ctx: Context, conn: Connection, outcomes: Sequence[Outcome],
+            now: datetime) -> None:
+    """Write each outcome onto its delivery record.
+
+    Outcomes that say the same (a SendGrid batch shares one status and X-Message-Id) go
+    in one UPDATE each.
+    """
+    groups: dict[tuple[str, str | None, str | None], list[int]] = {}
+    for o in outcomes:
+        key = (o.status, o.message_id, o.error[:2000] if o.error else None)
+        groups.setdefault(key, []).append(o.delivery_id)
+    statement = _outcome_update(ctx.db.is_postgres)
+    for (status, message_id, error), ids in groups.items():
+        for chunk in _thousands(ids):
+            conn.execute(statement, {"ids": chunk, "new_status": status,
+                                     "new_message_id": message_id, "new_error": error,
+                                     "at": now})

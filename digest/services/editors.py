@@ -1,0 +1,123 @@
+"""Editor accounts (scrypt-hashed passwords) and the audit log of what they changed."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select
+
+from digest.errors import InvalidInputError
+from digest.services.db import Database, utcnow
+from digest.services.models import AuditEntry, Editor
+
+# scrypt, as OWASP recommends it: N=2^15, r=8, p=1 (32 MiB, ~50 ms here).
+_N, _R, _P = 2 ** 15, 8, 1
+_NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,100}$")
+# A hash to compare against when the name is unknown, so timing tells nothing.
+_DUMMY: str | None = None
+
+
+def hash_password(password: str) -> str:
+    """``scrypt$N$r$p$salt$hash`` with a random 16-byte salt."""
+    salt = secrets.token_bytes(16)
+    digest = hashlib.scrypt(password.encode("utf-8"), salt=salt, n=_N, r=_R, p=_P,
+                            maxmem=64 * 1024 * 1024, dklen=32)
+    return "$".join(["scrypt", str(_N), str(_R), str(_P),
+                     base64.b64encode(salt).decode(), base64.b64encode(digest).decode()])
+
+
+def check_password(password: str, stored: str) -> bool:
+    """Whether ``password`` matches a stored hash (constant-time comparison)."""
+    try:
+        scheme, n, r, p, salt, digest = stored.split("$")
+        if scheme != "scrypt":
+            return False
+        computed = hashlib.scrypt(password.encode("utf-8"), salt=base64.b64decode(salt),
+                                  n=int(n), r=int(r), p=int(p), maxmem=64 * 1024 * 1024,
+                                  dklen=32)
+    except ValueError:
+        return False
+    return hmac.compare_digest(computed, base64.b64decode(digest))
+
+
+def add_editor(db: Database, name: str, password: str) -> None:
+    """Create an editor account, or set a new password for an existing one."""
+    if not _NAME.match(name):
+        raise InvalidInputError(f"editor name {name!r} may hold letters, digits and . _ @ - "
+                                "(up to 100)")
+    if len(password) < 10:
+        raise InvalidInputError("the password must have at least 10 characters")
+    hashed = hash_password(password)
+    with db.session() as session:
+        editor = session.scalars(select(Editor).where(Editor.name == name)).first()
+        if editor is None:
+            session.add(Editor(name=name, password_hash=hashed))
+        else:
+            editor.password_hash = hashed
+
+
+def authenticate(db: Database, name: str, password: str) -> bool:
+    """Whether the name and password belong to an editor (records the sign-in)."""
+    global _DUMMY
+    with db.session() as session:
+        editor = session.scalars(select(Editor).where(Editor.name == name)).first()
+        if editor is None:
+            _DUMMY = _DUMMY or hash_password(secrets.token_hex(8))
+            check_password(password, _DUMMY)
+            return False
+        if not check_password(password, editor.password_hash):
+            return False
+        editor.last_login_at = utcnow()
+        return True
+
+
+def list_editors(db: Database) -> list[tuple[str, datetime | None]]:
+    """Every editor's name and last sign-in."""
+    with db.session() as session:
+        return [(e.name, e.last_login_at)
+                for e in session.scalars(select(Editor).order_by(Editor.name))]
+
+
+def remove_editor(db: Database, name: str) -> bool:
+    """Delete an editor account; True if there was one."""
+    with db.session() as session:
+        editor = session.scalars(select(Editor).where(Editor.name == name)).first()
+        if editor is None:
+            return False
+        session.delete(editor)
+        return True
+
+
+@dataclass(frozen=True)
+class AuditView:
+    """One line of the audit log."""
+
+    at: datetime
+    actor: str
+    action: str
+    list_name: str | None
+    detail: str
+
+
+def audit(db: Database, actor: str, action: str, detail: str = "",
+          list_id: int | None = None) -> None:
+    """Record that ``actor`` did ``action``."""
+    with db.session() as session:
+        session.add(AuditEntry(actor=actor, action=action, detail=detail[:4000],
+                               list_id=list_id, at=utcnow()))
+
+
+def audit_log(db: Database, limit: int = 200) -> list[AuditView]:
+    """The latest changes, newest first."""
+    from subscribers.models import MailingList
+    with db.session() as session:
+        return [AuditView(a.at, a.actor, a.action, name, a.detail) for a, name in
+                session.execute(select(AuditEntry, MailingList.name)
+                                .outerjoin(MailingList, MailingList.id == AuditEntry.list_id)
+                                .order_by(AuditEntry.id.desc()).limit(limit))]

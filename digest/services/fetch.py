@@ -1,0 +1,190 @@
+"""Fetch feeds over HTTP: concurrent, bounded in time and size, conditional."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import httpx
+
+from digest import __version__
+
+T = TypeVar("T")
+USER_AGENT = f"recap-digest/{__version__} (+https://github.com/recap-digest/recap-digest)"
+
+
+@dataclass(frozen=True)
+class FetchRequest:
+    """One feed to fetch, with the validators of the last good answer."""
+
+    url: str
+    etag: str | None = None
+    last_modified: str | None = None
+
+
+@dataclass(frozen=True)
+class FetchResult:
+    """What fetching one feed gave: a body, "not modified", or an error reason."""
+
+    url: str
+    status: str  # ok, not_modified, error
+    body: bytes = b""
+    final_url: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    etag: str | None = None
+    last_modified: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class FetchLimits:
+    """Bounds on one fetch."""
+
+    timeout: float = 20.0
+    max_bytes: int = 10_000_000
+    max_redirects: int = 5
+    concurrency: int = 10
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _fetch_one(client: httpx.AsyncClient, request: FetchRequest,
+                     limits: FetchLimits) -> FetchResult:
+    headers = {}
+    if request.etag:
+        headers["If-None-Match"] = request.etag
+    if request.last_modified:
+        headers["If-Modified-Since"] = request.last_modified
+
+    async def run() -> FetchResult:
+        async with client.stream("GET", request.url, headers=headers) as response:
+            if response.status_code == 304:
+                return FetchResult(request.url, "not_modified", etag=request.etag,
+                                   last_modified=request.last_modified)
+            if response.status_code >= 400:
+                return FetchResult(request.url, "error",
+                                   error=f"HTTP {response.status_code} "
+                                         f"{response.reason_phrase}".strip())
+            declared = response.headers.get("content-length")
+            if declared and declared.isdigit() and int(declared) > limits.max_bytes:
+                raise _TooLarge
+            chunks = []
+            size = 0
+            async for chunk in response.aiter_bytes():
+                size += len(chunk)
+                if size > limits.max_bytes:
+                    raise _TooLarge
+                chunks.append(chunk)
+            return FetchResult(
+                request.url, "ok", body=b"".join(chunks), final_url=str(response.url),
+                headers=dict(response.headers), etag=response.headers.get("etag"),
+                last_modified=response.headers.get("last-modified"))
+
+    try:
+        # httpx's timeouts bound each read; a server dripping bytes needs an overall bound.
+        return await asyncio.wait_for(run(), timeout=limits.timeout)
+    except (TimeoutError, httpx.TimeoutException):
+        return FetchResult(request.url, "error",
+                           error=f"timed out after {limits.timeout:g} s")
+    except _TooLarge:
+        return FetchResult(request.url, "error",
+                           error=f"larger than {limits.max_bytes} bytes")
+    except httpx.TooManyRedirects:
+        return FetchResult(request.url, "error",
+                           error=f"more than {limits.max_redirects} redirects (a loop?)")
+    except httpx.InvalidURL as e:
+        return FetchResult(request.url, "error", error=f"invalid URL: {e}")
+    except httpx.HTTPError as e:
+        return FetchResult(request.url, "error",
+                           error=f"{type(e).__name__}: {e}" if str(e) else type(e).__name__)
+
+
+async def fetch_all_async(requests: Sequence[FetchRequest], limits: FetchLimits,
+                          on_done: Callable[[FetchResult], None] | None = None
+                          ) -> list[FetchResult]:
+    """Fetch every feed concurrently; results come back in the order asked."""
+    semaphore = asyncio.Semaphore(max(1, limits.concurrency))
+    timeout = httpx.Timeout(limits.timeout)
+    async with httpx.AsyncClient(
+            follow_redirects=True, max_redirects=limits.max_redirects, timeout=timeout,
+            headers={"User-Agent": USER_AGENT,
+                     "Accept": "application/atom+xml, application/rss+xml, "
+                               "application/xml;q=0.9, text/xml;q=0.9, */*;q=0.1"},
+            limits=httpx.Limits(max_connections=max(1, limits.concurrency))) as client:
+
+        async def guarded(request: FetchRequest) -> FetchResult:
+            async with semaphore:
+                result = await _fetch_one(client, request, limits)
+            if on_done is not None:
+                on_done(result)
+            return result
+
+        return list(await asyncio.gather(*(guarded(r) for r in requests)))
+
+
+def fetch_all(requests: Sequence[FetchRequest], limits: FetchLimits,
+              on_done: Callable[[FetchResult], None] | None = None) -> list[FetchResult]:
+    """Fetch every feed concurrently from synchronous code.
+
+    Under a running event loop (the web app, a test driver) the fetch gets a loop of its
+    own in a worker thread, since a loop cannot be started inside another.
+    """
+    return run_async(fetch_all_async(requests, limits, on_done))
+
+
+def run_async(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine to the end from blocking code: here, or on a worker thread when
+    this thread already runs an event loop (a loop cannot be started inside another)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
+
+
+async def _image_size(client: httpx.AsyncClient, url: str) -> tuple[int, int] | None:
+    from digest.core.imagesize import FIRST_BYTES, image_size
+    head = bytearray()
+    try:
+        async with client.stream("GET", url, headers={
+                "Range": f"bytes=0-{FIRST_BYTES - 1}"}) as response:
+            if response.status_code not in (200, 206):
+                return None
+            async for chunk in response.aiter_bytes():
+                head += chunk
+                if len(head) >= FIRST_BYTES:
+                    break
+    except httpx.HTTPError:
+        return None
+    return image_size(bytes(head))
+
+
+def image_sizes(urls: Sequence[str], *, timeout: float = 5.0,
+                concurrency: int = 8) -> dict[str, tuple[int, int]]:
+    """The pixel sizes of images by URL, from their first bytes; unknown ones left out.
+    Each image within ``timeout`` seconds, all of them within four times that."""
+
+    async def run() -> dict[str, tuple[int, int]]:
+        gate = asyncio.Semaphore(concurrency)
+        async with httpx.AsyncClient(timeout=timeout, follow_redirects=True,
+                                     headers={"User-Agent": USER_AGENT}) as client:
+            async def one(url: str) -> tuple[str, tuple[int, int] | None]:
+                async with gate:
+                    try:
+                        return url, await asyncio.wait_for(_image_size(client, url),
+                                                           timeout)
+                    except TimeoutError:
+                        return url, None
+            tasks = [asyncio.create_task(one(u)) for u in urls]
+            done, pending = await asyncio.wait(tasks, timeout=timeout * 4)
+            for task in pending:
+                task.cancel()
+            return {url: size for url, size in (t.result() for t in done) if size}
+
+    return run_async(run()) if urls else {}

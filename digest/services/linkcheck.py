@@ -1,0 +1,122 @@
+"""Check the links of an issue before it goes out: broken, redirecting, or fine.
+
+Each link gets a HEAD request (no redirects followed, so a redirect is seen as one); a
+server that refuses HEAD (405, 501, or a dropped connection) gets a GET of which only the
+first bytes are read. Links are checked concurrently, each within ``timeout`` seconds and
+all of them within ``deadline``; whatever is left when the deadline passes is reported as
+"not checked", never waited for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from urllib.parse import urljoin, urlsplit
+
+import httpx
+
+from digest.services.fetch import USER_AGENT, run_async
+
+HREF = re.compile(r"""<a\b[^>]*?\bhref\s*=\s*(["'])(.*?)\1""", re.IGNORECASE | re.DOTALL)
+MAX_REDIRECTS = 5
+
+
+@dataclass(frozen=True)
+class LinkResult:
+    """What one link answered."""
+
+    url: str
+    state: str              # ok, redirect, broken, unchecked
+    status: int | None = None
+    detail: str = ""        # the reason, or where a redirect ends
+    final_url: str | None = None
+
+    @property
+    def broken(self) -> bool:
+        return self.state == "broken"
+
+
+def links_in(html: str, *, skip_prefixes: Iterable[str] = ()) -> list[str]:
+    """The distinct http(s) links of an HTML document, in order of first appearance."""
+    import html as html_module
+    skip = tuple(skip_prefixes)
+    seen: dict[str, None] = {}
+    for _, raw in HREF.findall(html):
+        url = html_module.unescape(raw).strip()
+        if urlsplit(url).scheme in ("http", "https") and not (skip and url.startswith(skip)):
+            seen.setdefault(url, None)
+    return list(seen)
+
+
+async def _follow(client: httpx.AsyncClient, url: str) -> tuple[str, int]:
+    """Where a redirect chain ends (following GETs up to MAX_REDIRECTS) and its status."""
+    current = url
+    for _ in range(MAX_REDIRECTS):
+        async with client.stream("GET", current) as response:
+            if response.is_redirect and "location" in response.headers:
+                current = urljoin(current, response.headers["location"])
+                continue
+            return current, response.status_code
+    return current, 310
+
+
+async def _check_one(client: httpx.AsyncClient, url: str) -> LinkResult:
+    try:
+        try:
+            response = await client.head(url)
+            status = response.status_code
+            if status in (405, 501) or status == 403:
+                raise httpx.RemoteProtocolError("HEAD refused")
+        except (httpx.RemoteProtocolError, httpx.ReadError):
+            async with client.stream("GET", url) as streamed:
+                async for _ in streamed.aiter_bytes():
+                    break  # the first bytes are enough
+                response, status = streamed, streamed.status_code
+    except httpx.TimeoutException:
+        return LinkResult(url, "broken", detail="no answer in time")
+    except httpx.HTTPError as e:
+        return LinkResult(url, "broken", detail=f"{type(e).__name__}: {e}"[:300])
+    if response.is_redirect and "location" in response.headers:
+        target = urljoin(url, response.headers["location"])
+        try:
+            final, final_status = await _follow(client, target)
+        except httpx.HTTPError as e:
+            return LinkResult(url, "broken", status, f"redirects to {target}, which fails: "
+                              f"{type(e).__name__}", target)
+        if final_status >= 400:
+            return LinkResult(url, "broken", status,
+                              f"redirects to {final}, which answers {final_status}", final)
+        return LinkResult(url, "redirect", status, f"redirects to {final}", final)
+    if status >= 400:
+        return LinkResult(url, "broken", status, f"HTTP {status} {response.reason_phrase}")
+    return LinkResult(url, "ok", status)
+
+
+async def check_links_async(urls: list[str], *, timeout: float = 8.0,
+                            deadline: float = 20.0, concurrency: int = 8) -> list[LinkResult]:
+    """Check ``urls``; results in the same order."""
+    gate = asyncio.Semaphore(concurrency)
+    limits = httpx.Timeout(timeout)
+    async with httpx.AsyncClient(timeout=limits, follow_redirects=False,
+                                 headers={"User-Agent": USER_AGENT}) as client:
+        async def bounded(url: str) -> LinkResult:
+            async with gate:
+                try:
+                    return await asyncio.wait_for(_check_one(client, url), timeout + 1)
+                except TimeoutError:
+                    return LinkResult(url, "broken", detail="no answer in time")
+
+        tasks = [asyncio.create_task(bounded(u)) for u in urls]
+        done, pending = await asyncio.wait(tasks, timeout=deadline) if tasks else (set(), set())
+        for task in pending:
+            task.cancel()
+        return [t.result() if t in done else
+                LinkResult(u, "unchecked", detail=f"not checked within {deadline:.0f} s")
+                for u, t in zip(urls, tasks, strict=True)]
+
+
+def check_links(urls: list[str], **options: float) -> list[LinkResult]:
+    """Blocking form of :func:`check_links_async` (runs its own event loop)."""
+    return run_async(check_links_async(urls, **options))  # type: ignore[arg-type]

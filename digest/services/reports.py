@@ -1,0 +1,58 @@
+"""Read-only views of issues and their deliveries, for the CLI and the web app."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import load_only
+
+from digest.services.context import Context
+from digest.services.delivery import counts, failures
+from digest.services.models import Issue
+from digest.services.recording import get_issue
+from subscribers.lists import get_list
+from subscribers.models import MailingList
+
+
+def issue_rows(ctx: Context, list_name: str | None = None,
+               limit: int | None = None) -> list[tuple[str, ...]]:
+    """One row per issue (the newest ``limit``), newest first, with delivery counts."""
+    with ctx.db.session() as session:
+        query = (select(Issue, MailingList.name).join(MailingList,
+                                                      MailingList.id == Issue.list_id)
+                 .options(load_only(Issue.id, Issue.number, Issue.subject, Issue.status,
+                                    Issue.created_at, Issue.counts))
+                 .order_by(Issue.id.desc()).limit(limit))
+        if list_name:
+            query = query.where(Issue.list_id == get_list(session, list_name).id)
+        issues = session.execute(query).all()
+    rows: list[tuple[str, ...]] = []
+    for issue, name in issues:
+        # Counted at the end of each send run; an issue being sent is counted now.
+        t = counts(ctx, issue.id) if issue.status == "sending" or issue.counts is None \
+            else issue.counts
+        rows.append((str(issue.id), name, str(issue.number), issue.subject, issue.status,
+                     issue.created_at.strftime("%Y-%m-%d %H:%M"), str(t.get("accepted", 0)),
+                     str(t.get("failed", 0)), str(t.get("uncertain", 0))))
+    return rows
+
+
+def describe_issue(ctx: Context, issue_id: int) -> list[str]:
+    """Lines describing one issue: what it held and how its delivery went."""
+    with ctx.db.session() as session:
+        issue, mailing_list = get_issue(session, issue_id)
+    tally = counts(ctx, issue_id)
+    lines = [
+        f"Issue {issue.id}: {mailing_list.name} no. {issue.number}",
+        f"Subject: {issue.subject}",
+        f"Status: {issue.status}; created {issue.created_at:%Y-%m-%d %H:%M} UTC"
+        + (f"; sent {issue.sent_at:%Y-%m-%d %H:%M} UTC" if issue.sent_at else ""),
+        f"Window: {issue.window_start:%Y-%m-%d %H:%M} to {issue.window_end:%Y-%m-%d %H:%M} UTC",
+        "Sections: " + ", ".join(f"{s['title']} ({s['count']})" for s in issue.sections),
+        "Deliveries: " + ", ".join(f"{k} {v}" for k, v in sorted(tally.items()))
+        + f" (total {sum(tally.values())})",
+    ]
+    problems = failures(ctx, issue_id, tally=tally)
+    if problems:
+        lines.append("Failed or uncertain:")
+        lines.extend(f"  {email}: {reason}" for email, reason in problems)
+    return lines

@@ -1,0 +1,183 @@
+"""`digest status`: the state of the whole service on one screen, and what needs a person.
+
+Everything here is read-only and cheap: one query per table, and per list only its last
+issue's deliveries are counted (from the counts stored at the end of its last send when
+it is finished).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select
+
+from digest.services.context import Context
+from digest.services.db import HEAD_REVISION, schema_revision, utcnow
+from digest.services.models import Delivery, Entry, Feed, Issue, SendBatch
+from schedules.models import ScheduleRun
+from schedules.service import list_schedules
+from subscribers.models import MailingList, Subscription, Suppression
+
+FEED_FAILING_DAYS = 3
+WEEK = timedelta(days=7)
+
+
+@dataclass
+class FeedHealth:
+    name: str
+    url: str
+    last_success: datetime | None
+    last_error: str | None
+    failures: int
+    failing_since: datetime | None
+    entries_this_week: int
+
+
+@dataclass
+class ScheduleHealth:
+    name: str
+    list: str
+    paused: bool
+    next_fire: datetime | None
+    last_slot: str | None
+    last_outcome: str | None
+    last_message: str
+
+
+@dataclass
+class ListHealth:
+    name: str
+    active: int
+    unconfirmed: int
+    last_issue: int | None
+    last_issue_status: str | None
+    last_issue_at: datetime | None
+    accepted: int = 0
+    failed: int = 0
+    uncertain: int = 0
+    pending: int = 0
+
+
+@dataclass
+class Status:
+    database: str
+    backend: str
+    schema: str | None
+    schema_at_head: bool
+    feeds: list[FeedHealth] = field(default_factory=list)
+    schedules: list[ScheduleHealth] = field(default_factory=list)
+    lists: list[ListHealth] = field(default_factory=list)
+    suppressions_this_week: int = 0
+    needs_attention: list[str] = field(default_factory=list)
+
+    @property
+    def healthy(self) -> bool:
+        return not self.needs_attention
+
+    def as_json(self) -> dict[str, Any]:
+        def plain(value: Any) -> Any:
+            if isinstance(value, datetime):
+                return value.isoformat()
+            if isinstance(value, dict):
+                return {k: plain(v) for k, v in value.items()}
+            if isinstance(value, list):
+                return [plain(v) for v in value]
+            return value
+        return {**plain(asdict(self)), "healthy": self.healthy}
+
+
+def gather(ctx: Context, now: datetime | None = None) -> Status:
+    """The state of the service as `digest status` shows it."""
+    now = now or utcnow()
+    revision = schema_revision(ctx.db.engine)
+    status = Status(ctx.db.engine.url.render_as_string(hide_password=True),
+                    ctx.db.engine.dialect.name, revision, revision == HEAD_REVISION)
+    attention = status.needs_attention
+    if not status.schema_at_head:
+        attention.append(f"the schema is at {revision}, not {HEAD_REVISION}: run "
+                         "`digest db upgrade`")
+    with ctx.db.session() as session:
+        week_ago = now - WEEK
+        per_feed = dict(session.execute(
+            select(Entry.feed_id, func.count()).where(Entry.first_seen_at >= week_ago)
+            .group_by(Entry.feed_id)).all())
+        for feed in session.scalars(select(Feed).order_by(Feed.id)):
+            feed_health = FeedHealth(feed.name, feed.url, feed.last_ok_at,
+                                feed.last_error if feed.last_status == "error" else None,
+                                feed.failures or 0, feed.failing_since,
+                                per_feed.get(feed.id, 0))
+            status.feeds.append(feed_health)
+            if feed.failing_since and now - feed.failing_since >= timedelta(
+                    days=FEED_FAILING_DAYS):
+                attention.append(
+                    f"feed {feed.url} has failed for {(now - feed.failing_since).days} days "
+                    f"({feed_health.failures} fetches in a row): {feed.last_error}")
+
+        last_runs: dict[int, ScheduleRun] = {}
+        for past in session.scalars(select(ScheduleRun).order_by(ScheduleRun.started_at)):
+            last_runs[past.schedule_id] = past
+        waiting_ids = set(session.scalars(select(ScheduleRun.schedule_id)
+                                          .where(ScheduleRun.status == "waiting")))
+
+        lists = session.scalars(select(MailingList).order_by(MailingList.name)).all()
+        by_status: dict[int, Counter[str]] = {}
+        for list_id, sub_status, n in session.execute(
+                select(Subscription.list_id, Subscription.status, func.count())
+                .group_by(Subscription.list_id, Subscription.status)):
+            by_status.setdefault(list_id, Counter())[sub_status] = n
+        last_issue_ids = select(func.max(Issue.id)).where(
+            Issue.status != "sandbox").group_by(Issue.list_id)
+        last_issues = {i.list_id: i for i in session.scalars(
+            select(Issue).where(Issue.id.in_(last_issue_ids)))}
+        for mailing_list in lists:
+            subs = by_status.get(mailing_list.id, Counter())
+            issue = last_issues.get(mailing_list.id)
+            health = ListHealth(mailing_list.name, subs["active"], subs["pending"],
+                                issue.number if issue else None,
+                                issue.status if issue else None,
+                                (issue.sent_at or issue.created_at) if issue else None)
+            if issue is not None:
+                tally = Counter(issue.counts or {}) if issue.status == "sent" else Counter(
+                    dict(session.execute(select(Delivery.status, func.count())
+                                         .where(Delivery.issue_id == issue.id)
+                                         .group_by(Delivery.status)).all()))
+                health.accepted, health.failed = tally["accepted"], tally["failed"]
+                health.uncertain, health.pending = tally["uncertain"], tally["pending"]
+                if health.uncertain:
+                    attention.append(
+                        f"issue {issue.number} of {mailing_list.name}: {health.uncertain} "
+                        "deliveries are uncertain; check SendGrid's activity, then `digest "
+                        f"send --list {mailing_list.name} --resend-uncertain` if needed")
+                if issue.status == "sending" and not _held(session, issue.id, now):
+                    attention.append(
+                        f"issue {issue.number} of {mailing_list.name} stopped while sending "
+                        f"({health.pending} not sent yet): `digest send --list "
+                        f"{mailing_list.name}` resumes it")
+            status.lists.append(health)
+        status.suppressions_this_week = session.scalar(
+            select(func.count()).select_from(Suppression)
+            .where(Suppression.created_at >= week_ago)) or 0
+
+    for view in list_schedules(ctx.db, now=now, count=1):
+        run = last_runs.get(view.id)
+        status.schedules.append(ScheduleHealth(
+            view.name, view.list_name, view.paused,
+            view.next_fires[0] if view.next_fires else None,
+            run.slot_key if run else None, run.status if run else None,
+            run.message if run else ""))
+        if view.id in waiting_ids:
+            attention.append(f"schedule {view.name}: an issue of {view.list_name} is held "
+                             "for approval (editor's issue page, or `digest send`)")
+        elif run is not None and run.status == "failed":
+            attention.append(f"schedule {view.name}: its last run failed: {run.message}")
+    return status
+
+
+def _held(session: Any, issue_id: int, now: datetime) -> bool:
+    """Whether some sender is working on the issue now (a batch leased and not expired)."""
+    return bool(session.scalar(select(func.count()).select_from(SendBatch).where(
+        SendBatch.issue_id == issue_id, SendBatch.status.in_(("claimed", "sending")),
+        SendBatch.lease_until > now)))
