@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from urllib.parse import quote
 
 from digest.core.feeds import READ_ALSO, Image
-from digest.core.grouping import Section, keyword_key, summary_line
+from digest.core.grouping import Placed, Section, keyword_key, summary_line
 from digest.core.sanitize import cut_text, html_to_text, sanitize_html
 
 if TYPE_CHECKING:
@@ -84,6 +84,20 @@ class IssueContent:
     parts: tuple[str, ...] = ("image", "lead", "read_also", "keywords")
     lead_max_chars: int = 300
     keyword_url: str = ""  # the archive's keyword pages: this + the keyword's key
+    top_story: int | None = None  # the entry an editor pinned: shown first, larger
+
+    def top_placed(self) -> Placed | None:
+        """The pinned entry, if it is in this issue (or this segment's version of it)."""
+        if self.top_story is None:
+            return None
+        return next((p for s in self.sections for p in s.entries
+                     if p.item.id == self.top_story), None)
+
+    def shown(self, section: Section) -> tuple[Placed, ...]:
+        """A section's entries as listed under it: the top story is shown above instead."""
+        if self.top_placed() is None:
+            return section.entries
+        return tuple(p for p in section.entries if p.item.id != self.top_story)
 
     def keyword_link(self, keyword: str) -> str:
         """The archive page of the recaps under a keyword."""

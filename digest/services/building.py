@@ -76,13 +76,23 @@ class EditView:
     section_order: tuple[str, ...] = ()
     approved_by: str | None = None
     approved_at: datetime | None = None
+    entry_order: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    overrides: Mapping[int, Mapping[str, str]] = field(default_factory=dict)
+    pinned: int | None = None
+    hidden_images: frozenset[int] = frozenset()
+    version: int = 0
+    updated_by: str | None = None
 
     @classmethod
     def of(cls, row: IssueEdit) -> EditView:
         """From its stored row."""
         return cls(row.subject, row.intro, frozenset(row.dropped),
                    {int(k): v for k, v in row.moves.items()}, tuple(row.section_order),
-                   row.approved_by, row.approved_at)
+                   row.approved_by, row.approved_at,
+                   {k: tuple(v) for k, v in (row.entry_order or {}).items()},
+                   {int(k): dict(v) for k, v in (row.overrides or {}).items()},
+                   row.pinned, frozenset(row.hidden_images or ()), row.version or 0,
+                   row.updated_by)
 
 
 @dataclass(frozen=True)
@@ -128,7 +138,8 @@ def draft_issue(ctx: Context, list_name: str, *, now: datetime | None = None,
         date=now, sections=sections, intro=intro,
         sender=Sender(s.from_name, s.from_email, s.postal_address),
         view_url=ctx.url(archive_path(list_name, number)),
-        keyword_url=ctx.url(f"archive/{list_name}/k/"), **look)
+        keyword_url=ctx.url(f"archive/{list_name}/k/"),
+        top_story=edit.pinned if edit is not None else None, **look)
     rendered = ctx.renderer.render_issue(content)
     return Draft(list_id, list_name, list_title, number, items, sections, content, rendered,
                  since, now, edit, nothing_matches)
@@ -182,11 +193,14 @@ def keyword_config(ctx: Context) -> KeywordConfig:
 
 
 def apply_edit(sections: list[Section], edit: EditView | None) -> list[Section]:
-    """An editor's moves and section order applied to grouped sections."""
-    if edit is None or not (edit.moves or edit.section_order):
+    """An editor's changes applied to grouped sections: entries moved between sections,
+    sections and entries reordered, titles and leads rewritten, images hidden."""
+    if edit is None or not (edit.moves or edit.section_order or edit.entry_order
+                            or edit.overrides or edit.hidden_images):
         return sections
     titles = {s.key: s.title for s in sections}
-    entries: dict[str, list[Placed]] = {s.key: list(s.entries) for s in sections}
+    entries: dict[str, list[Placed]] = {s.key: [_shaped(p, edit) for p in s.entries]
+                                        for s in sections}
     for entry_id, target in edit.moves.items():
         if target not in entries:
             continue  # moved to a section this issue (or segment) does not have
@@ -196,10 +210,28 @@ def apply_edit(sections: list[Section], edit: EditView | None) -> list[Section]:
                 placed.remove(found)
                 entries[target].append(found)
                 break
+    for key, ids in edit.entry_order.items():
+        if key in entries:
+            rank = {entry_id: i for i, entry_id in enumerate(ids)}
+            # sorted() is stable: entries the editor's order does not name keep theirs.
+            entries[key].sort(key=lambda p: rank.get(p.item.id, len(rank)))
     order = {key: i for i, key in enumerate(edit.section_order)}
     keys = sorted(entries, key=lambda k: (order.get(k, len(order)),
                                           [s.key for s in sections].index(k)))
     return [Section(k, titles[k], tuple(entries[k])) for k in keys if entries[k]]
+
+
+def _shaped(placed: Placed, edit: EditView) -> Placed:
+    """One entry with the editor's title and lead (already made plain text when saved)
+    and its image hidden if asked."""
+    override = edit.overrides.get(placed.item.id, {})
+    hidden = placed.item.id in edit.hidden_images
+    if not override and not hidden:
+        return placed
+    item = replace(placed.item, title=override.get("title") or placed.item.title,
+                   lead=override.get("lead") or placed.item.lead,
+                   image=None if hidden else placed.item.image)
+    return replace(placed, item=item)
 
 
 def make_subject(template: str, *, list_title: str, date: datetime,

@@ -11,18 +11,21 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import func, select
+from sqlalchemy.orm.exc import StaleDataError
 
-from digest.core.grouping import Section, canonical_keys
+from digest.core.grouping import Section, canonical_keys, group
 from digest.core.messages import address_for_header, compose, format_sender
 from digest.core.rendering import GMAIL_CLIP_BYTES, Recipient, RenderedIssue
+from digest.core.sanitize import html_to_text
 from digest.errors import DigestError
 from digest.services.building import Draft, draft_issue, keyword_config, render_variant
 from digest.services.context import Context
 from digest.services.db import utcnow
 from digest.services.editors import audit
-from digest.services.models import Issue, IssueEdit
+from digest.services.models import Entry, Issue, IssueEdit
 from digest.services.transports import Transport, make_transport
 from subscribers.addresses import normalize_address
 from subscribers.lists import get_list
@@ -110,44 +113,206 @@ def _edit_row(ctx: Context, list_name: str) -> tuple[int, int]:
     return list_id, number
 
 
-def save_edit(ctx: Context, list_name: str, editor: str, *, subject: str | None = None,
+class StaleEdit(DigestError):
+    """A save made from a version of the issue's edits that another save has replaced."""
+
+    def __init__(self, by: str | None, version: int) -> None:
+        super().__init__(f"{by or 'another editor'} changed this issue meanwhile (now at "
+                         f"version {version}); your change was not saved",
+                         hint="reload the page to see their change, then make yours again")
+        self.by, self.version = by, version
+
+
+UNDO_DEPTH = 50
+_STATE = ("subject", "intro", "dropped", "moves", "section_order", "entry_order",
+          "overrides", "pinned", "hidden_images")
+_EDITOR_TEXT = {"title": 500, "lead": 2000}
+
+
+def editor_text(value: str, field: str) -> str:
+    """An editor's title or lead, made exactly what a feed's becomes: plain text, spaces
+    folded, as long as a feed's may be (it is escaped again when rendered)."""
+    return " ".join(html_to_text(value).split())[:_EDITOR_TEXT[field]]
+
+
+def save_edit(ctx: Context, list_name: str, editor: str, *,
+              expected_version: int | None = None, subject: str | None = None,
               intro: str | None = None, dropped: Sequence[int] | None = None,
               moves: Mapping[int, str] | None = None,
-              section_order: Sequence[str] | None = None) -> list[str]:
+              section_order: Sequence[str] | None = None,
+              entry_order: Mapping[str, Sequence[int]] | None = None,
+              overrides: Mapping[int, Mapping[str, str]] | None = None,
+              pinned: int | bool | None = False,
+              hidden_images: Sequence[int] | None = None) -> list[str]:
     """Store changes to the next issue; return what changed (for the audit log).
 
-    A change withdraws an earlier approval: what is sent is what was approved.
+    A change withdraws an earlier approval: what is sent is what was approved. With
+    ``expected_version`` (what the editor's page showed), a save made after someone
+    else's is refused with :class:`StaleEdit`, naming them. ``pinned=None`` unpins;
+    False (the default) leaves it as it is.
     """
     list_id, number = _edit_row(ctx, list_name)
     changed: list[str] = []
-    with ctx.db.session() as session:
-        row = session.scalars(select(IssueEdit).where(IssueEdit.list_id == list_id,
-                                                      IssueEdit.number == number)).one()
-        if subject is not None and subject.strip() != row.subject:
-            row.subject = " ".join(subject.split())[:250]
-            changed.append(f"subject → {row.subject!r}" if row.subject else "subject reset")
-        if intro is not None and intro.strip() != row.intro:
-            row.intro = intro.strip()[:2000]
-            changed.append("intro edited" if row.intro else "intro removed")
-        if dropped is not None and sorted(set(dropped)) != sorted(row.dropped):
-            row.dropped = sorted(set(dropped))
-            changed.append(f"dropped entries {row.dropped}")
-        if moves is not None:
-            wanted = {str(k): v for k, v in moves.items() if v}
-            if wanted != row.moves:
-                row.moves = wanted
-                changed.append(f"moved entries {wanted}")
-        if section_order is not None and list(section_order) != row.section_order:
-            row.section_order = list(section_order)
-            changed.append(f"section order {row.section_order}")
-        if changed:
-            if row.approved_at is not None:
-                changed.append("approval withdrawn")
-            row.approved_by, row.approved_at = None, None
-            row.updated_by, row.updated_at = editor, utcnow()
+    try:
+        with ctx.db.session() as session:
+            row = session.scalars(select(IssueEdit).where(IssueEdit.list_id == list_id,
+                                                          IssueEdit.number == number)).one()
+            if expected_version is not None and row.version != expected_version:
+                raise StaleEdit(row.updated_by, row.version)
+            before = _state(row)
+            changed = _change(row, subject=subject, intro=intro, dropped=dropped,
+                              moves=moves, section_order=section_order,
+                              entry_order=entry_order, overrides=overrides, pinned=pinned,
+                              hidden_images=hidden_images)
+            if changed:
+                row.history = [*(row.history or [])[-(UNDO_DEPTH - 1):], before]
+                if row.approved_at is not None:
+                    changed.append("approval withdrawn")
+                row.approved_by, row.approved_at = None, None
+                row.updated_by, row.updated_at = editor, utcnow()
+    except StaleDataError:  # another save won the race between our read and our write
+        with ctx.db.session() as session:
+            row = session.scalars(select(IssueEdit).where(IssueEdit.list_id == list_id,
+                                                          IssueEdit.number == number)).one()
+            raise StaleEdit(row.updated_by, row.version) from None
     if changed:
         audit(ctx.db, editor, "edit", f"issue {number}: " + "; ".join(changed), list_id)
     return changed
+
+
+def _state(row: IssueEdit) -> dict[str, Any]:
+    return {name: getattr(row, name) for name in _STATE}
+
+
+def _change(row: IssueEdit, *, subject: str | None, intro: str | None,
+            dropped: Sequence[int] | None, moves: Mapping[int, str] | None,
+            section_order: Sequence[str] | None,
+            entry_order: Mapping[str, Sequence[int]] | None,
+            overrides: Mapping[int, Mapping[str, str]] | None, pinned: int | bool | None,
+            hidden_images: Sequence[int] | None) -> list[str]:
+    changed: list[str] = []
+    if subject is not None and subject.strip() != row.subject:
+        row.subject = " ".join(subject.split())[:250]
+        changed.append(f"subject → {row.subject!r}" if row.subject else "subject reset")
+    if intro is not None and intro.strip() != row.intro:
+        row.intro = intro.strip()[:2000]
+        changed.append("intro edited" if row.intro else "intro removed")
+    if dropped is not None and sorted(set(dropped)) != sorted(row.dropped):
+        row.dropped = sorted(set(dropped))
+        changed.append(f"dropped entries {row.dropped}")
+    if moves is not None:
+        wanted = {str(k): v for k, v in moves.items() if v}
+        if wanted != row.moves:
+            row.moves = wanted
+            changed.append(f"moved entries {wanted}")
+    if section_order is not None and list(section_order) != row.section_order:
+        row.section_order = list(section_order)
+        changed.append(f"section order {row.section_order}")
+    if entry_order is not None:
+        wanted_order = {k: [int(i) for i in v] for k, v in entry_order.items() if v}
+        if wanted_order != (row.entry_order or {}):
+            row.entry_order = wanted_order
+            changed.append("entries reordered")
+    if overrides is not None:
+        wanted_text = {str(k): {f: editor_text(t, f) for f, t in v.items()
+                                if f in _EDITOR_TEXT and t and t.strip()}
+                       for k, v in overrides.items()}
+        wanted_text = {k: v for k, v in wanted_text.items() if v}
+        if wanted_text != (row.overrides or {}):
+            edited = sorted(set(wanted_text) ^ set(row.overrides or {}) | {
+                k for k in wanted_text if wanted_text[k] != (row.overrides or {}).get(k)})
+            row.overrides = wanted_text
+            changed.append(f"title or lead of entries {', '.join(edited)} edited")
+    if pinned is not False and pinned != row.pinned:
+        row.pinned = pinned if isinstance(pinned, int) and pinned is not True else None
+        changed.append(f"top story: entry {row.pinned}" if row.pinned else "top story unpinned")
+    if hidden_images is not None and sorted(set(hidden_images)) != sorted(
+            row.hidden_images or []):
+        row.hidden_images = sorted(set(hidden_images))
+        changed.append(f"images hidden for entries {row.hidden_images}")
+    return changed
+
+
+def undo_last(ctx: Context, list_name: str, editor: str, *,
+              expected_version: int | None = None) -> bool:
+    """Put the next issue's edits back as they were before the latest change; False when
+    there is nothing to undo."""
+    list_id, number = _edit_row(ctx, list_name)
+    try:
+        with ctx.db.session() as session:
+            row = session.scalars(select(IssueEdit).where(IssueEdit.list_id == list_id,
+                                                          IssueEdit.number == number)).one()
+            if expected_version is not None and row.version != expected_version:
+                raise StaleEdit(row.updated_by, row.version)
+            if not row.history:
+                return False
+            *rest, previous = row.history
+            for name in _STATE:
+                setattr(row, name, previous.get(name, getattr(row, name)))
+            row.history = rest
+            row.approved_by, row.approved_at = None, None
+            row.updated_by, row.updated_at = editor, utcnow()
+    except StaleDataError:
+        with ctx.db.session() as session:
+            row = session.scalars(select(IssueEdit).where(IssueEdit.list_id == list_id,
+                                                          IssueEdit.number == number)).one()
+            raise StaleEdit(row.updated_by, row.version) from None
+    audit(ctx.db, editor, "undo", f"issue {number}: last change undone", list_id)
+    return True
+
+
+def edit_version(ctx: Context, list_name: str) -> tuple[int, str | None]:
+    """The version of the next issue's edits and who saved it last."""
+    list_id, number = _edit_row(ctx, list_name)
+    with ctx.db.session() as session:
+        row = session.scalars(select(IssueEdit).where(IssueEdit.list_id == list_id,
+                                                      IssueEdit.number == number)).one()
+        return row.version, row.updated_by
+
+
+def edit_diff(ctx: Context, list_name: str) -> list[str]:
+    """What the editors changed against the feeds' issue, one line a change."""
+    draft = draft_issue(ctx, list_name)
+    if draft is None or draft.edit is None:
+        return []
+    edit = draft.edit
+    items = {i.id: i for i in draft.items}
+    with ctx.db.session() as session:
+        list_id = get_list(session, list_name).id
+        dropped_titles = dict(session.execute(
+            select(Entry.id, Entry.title).where(Entry.id.in_(edit.dropped))).all())
+    original = {p.item.id: s.key for s in group(draft.items, keyword_config(ctx))
+                for p in s.entries}
+    titles = {s.key: s.title for s in draft.sections}
+    lines = []
+    if edit.subject:
+        lines.append(f"Subject: {edit.subject!r}")
+    if edit.intro:
+        lines.append("Intro written by an editor")
+    for entry_id in sorted(edit.dropped):
+        lines.append(f"Dropped: {dropped_titles.get(entry_id, entry_id)}")
+    for entry_id, target in sorted(edit.moves.items()):
+        if entry_id in items and original.get(entry_id) != target:
+            lines.append(f"Moved: {items[entry_id].title} → {titles.get(target, target)}")
+    for entry_id, fields in sorted(edit.overrides.items()):
+        if entry_id in items:
+            for field, text in fields.items():
+                feed = getattr(items[entry_id], field) or "(none)"
+                lines.append(f"{field.capitalize()} of {items[entry_id].title!r}: "
+                             f"{feed!r} → {text!r}")
+    if edit.pinned in items:
+        lines.append(f"Top story: {items[edit.pinned].title}")
+    for entry_id in sorted(edit.hidden_images):
+        if entry_id in items:
+            lines.append(f"Image hidden: {items[entry_id].title}")
+    if edit.section_order:
+        lines.append("Sections reordered: " + ", ".join(
+            titles.get(k, k) for k in edit.section_order if k in titles))
+    if edit.entry_order:
+        lines.append("Entries reordered in: " + ", ".join(
+            titles.get(k, k) for k in edit.entry_order if k in titles))
+    del list_id
+    return lines
 
 
 def approve(ctx: Context, list_name: str, editor: str) -> int:

@@ -128,6 +128,19 @@ class IssueEdit(Base):
     dropped: Mapped[list[int]] = mapped_column(JSON, default=list)
     moves: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)  # entry id → key
     section_order: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # Section key → its entry ids in the editor's order (entries not named keep theirs).
+    entry_order: Mapped[dict[str, list[int]] | None] = mapped_column(JSON)
+    # Entry id → {"title": …, "lead": …}: what the editor wrote (the feed's text is kept).
+    overrides: Mapped[dict[str, dict[str, str]] | None] = mapped_column(JSON)
+    pinned: Mapped[int | None] = mapped_column(Integer)  # the top story's entry id
+    hidden_images: Mapped[list[int] | None] = mapped_column(JSON)
+    # The states before the latest changes, newest last (undo), at most UNDO_DEPTH.
+    history: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+    # Raised by every saved change; a save made from an older version is refused (and
+    # SQLAlchemy checks it again in the UPDATE, so two saves at once cannot both win).
+    version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+
+    __mapper_args__ = {"version_id_col": version}  # noqa: RUF012 (SQLAlchemy reads it)
     approved_by: Mapped[str | None] = mapped_column(String(100))
     approved_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     updated_by: Mapped[str | None] = mapped_column(String(100))
