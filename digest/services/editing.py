@@ -354,3 +354,62 @@ def send_test(ctx: Context, list_name: str, address: str, editor: str, *,
     audit(ctx.db, editor, "send test", f"issue {shown.draft.number} to {to}",
           shown.draft.list_id)
     return to
+
+
+def apply_change(ctx: Context, list_name: str, editor: str, change: Mapping[str, Any],
+                 version: int) -> tuple[int, list[str]]:
+    """One change from the editor's workbench, saved only if the issue's edits are still at
+    ``version``; return (the new version, what changed). Raises :class:`StaleEdit`.
+
+    Changes: ``order`` (sections top to bottom, each with its entry ids: moves between
+    sections, section order and entry order in one), ``text`` (an entry's title and
+    lead), ``revert`` (an entry back to the feed's text), ``pin`` (``entry`` or None),
+    ``image`` (``entry``, ``hidden``), ``drop`` (``entry``, ``dropped``), ``undo``.
+    """
+    op = str(change.get("op", ""))
+    if op == "undo":
+        undo_last(ctx, list_name, editor, expected_version=version)
+        return edit_version(ctx, list_name)[0], ["last change undone"]
+    draft = draft_issue(ctx, list_name)
+    if draft is None:
+        raise DigestError(f"{list_name} has nothing new: there is no issue to edit")
+    edit = draft.edit
+    entry = change.get("entry")
+    entry_id = int(entry) if isinstance(entry, int | str) and str(entry).isdigit() else None
+    known = {i.id for i in draft.items} | set(edit.dropped if edit else ())
+    needs_entry = op in ("text", "revert", "image", "drop") or (op == "pin" and entry is not None)
+    if needs_entry and entry_id not in known:
+        raise DigestError(f"entry {entry!r} is not in the next issue of {list_name}")
+    target = entry_id or 0
+    kwargs: dict[str, Any] = {}
+    overrides = {k: dict(v) for k, v in (edit.overrides if edit else {}).items()}
+    if op == "order":
+        original = {p.item.id: s.key for s in group(draft.items, keyword_config(ctx))
+                    for p in s.entries}
+        sections = [(str(s.get("key", "")), [int(i) for i in s.get("entries", [])])
+                    for s in change.get("sections", []) if isinstance(s, Mapping)]
+        kwargs["section_order"] = [key for key, _ in sections]
+        kwargs["entry_order"] = {key: ids for key, ids in sections if ids}
+        kwargs["moves"] = {i: key for key, ids in sections for i in ids
+                           if i in original and original[i] != key}
+    elif op == "text":
+        fields = {f: str(change.get(f) or "") for f in _EDITOR_TEXT}
+        overrides[target] = {f: t for f, t in fields.items() if t.strip()}
+        kwargs["overrides"] = overrides
+    elif op == "revert":
+        overrides.pop(target, None)
+        kwargs["overrides"] = overrides
+    elif op == "pin":
+        kwargs["pinned"] = entry_id
+    elif op == "image":
+        hidden = set(edit.hidden_images if edit else ())
+        (hidden.add if change.get("hidden") else hidden.discard)(target)
+        kwargs["hidden_images"] = sorted(hidden)
+    elif op == "drop":
+        dropped = set(edit.dropped if edit else ())
+        (dropped.add if change.get("dropped") else dropped.discard)(target)
+        kwargs["dropped"] = sorted(dropped)
+    else:
+        raise DigestError(f"unknown change {op!r}")
+    changed = save_edit(ctx, list_name, editor, expected_version=version, **kwargs)
+    return edit_version(ctx, list_name)[0], changed

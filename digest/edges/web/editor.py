@@ -8,10 +8,11 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
+from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
 from starlette.requests import Request
-from starlette.responses import RedirectResponse, Response
+from starlette.responses import JSONResponse, RedirectResponse, Response
 
 from digest.edges.web.base import WebApp
 from digest.edges.web.security import (
@@ -24,8 +25,19 @@ from digest.edges.web.security import (
 from digest.errors import DigestError
 from digest.services import metrics
 from digest.services.dashboard import dashboard
-from digest.services.editing import approve, preview, save_edit, segments, send_test
+from digest.services.editing import (
+    StaleEdit,
+    apply_change,
+    approve,
+    edit_diff,
+    edit_version,
+    preview,
+    save_edit,
+    segments,
+    send_test,
+)
 from digest.services.editors import audit, audit_log, authenticate
+from digest.services.models import Entry
 from digest.services.pipeline import RunRequest, run_list
 from digest.services.recording import audience_size
 from subscribers.lists import get_list
@@ -112,9 +124,18 @@ def routes(web: WebApp) -> list[tuple[str, Callable[..., Any], list[str]]]:
                 own = ctx.settings.base_url.rstrip("/") + "/"
                 checked = {r.url: r for r in check_links(
                     [u for u in shown.links if not u.startswith(own)])}
+            version, by = edit_version(ctx, name)
+            dropped: list[tuple[int, str]] = []
+            if shown is not None and shown.draft.edit and shown.draft.edit.dropped:
+                with ctx.db.session() as session:
+                    dropped = [(i, t) for i, t in session.execute(
+                        select(Entry.id, Entry.title).where(
+                            Entry.id.in_(shown.draft.edit.dropped)).order_by(Entry.id))]
             return {"list_name": name, "list_title": title, "shown": shown,
                     "segment": segment, "segments": segments(ctx, name),
-                    "audience": audience_size(ctx, list_id), "checked": checked}
+                    "audience": audience_size(ctx, list_id), "checked": checked,
+                    "version": version, "version_by": by, "dropped_entries": dropped,
+                    "diff": edit_diff(ctx, name) if shown is not None else []}
 
         try:
             values = await run_in_threadpool(gather)
@@ -170,6 +191,29 @@ def routes(web: WebApp) -> list[tuple[str, Callable[..., Any], list[str]]]:
             section_order=order if form.get("reorder") == "yes" else None))
         return back(name, "Saved: " + "; ".join(changed) if changed else "No changes.",
                     str(form.get("segment", "")))
+
+    @editor_only
+    async def change(request: Request) -> Response:
+        """One workbench change as JSON: {"version": n, "op": …}. The CSRF token comes in
+        the X-CSRF-Token header. 409 with the other editor's name for a stale version."""
+        if not csrf_ok(request, request.headers.get("x-csrf-token")):
+            return JSONResponse({"error": "This page expired: reload it."}, status_code=403)
+        try:
+            body = await request.json()
+            version = int(body["version"])
+        except (ValueError, KeyError, TypeError):
+            return JSONResponse({"error": "a change needs a JSON body with its version"},
+                                status_code=400)
+        name, editor = list_name_of(request), current_editor(request) or ""
+        try:
+            new_version, changed = await run_in_threadpool(
+                apply_change, ctx, name, editor, body, version)
+        except StaleEdit as e:
+            return JSONResponse({"error": e.message, "by": e.by, "version": e.version},
+                                status_code=409)
+        except DigestError as e:
+            return JSONResponse({"error": e.message}, status_code=400)
+        return JSONResponse({"version": new_version, "changed": changed})
 
     @editor_only
     async def test(request: Request) -> Response:
@@ -238,6 +282,7 @@ def routes(web: WebApp) -> list[tuple[str, Callable[..., Any], list[str]]]:
         ("/editor", home, ["GET"]),
         ("/editor/audit", audit_page, ["GET"]),
         ("/editor/lists/{name}", issue_page, ["GET"]),
+        ("/editor/lists/{name}/change", change, ["POST"]),
         ("/editor/lists/{name}/email", issue_email, ["GET"]),
         ("/editor/lists/{name}/edit", edit, ["POST"]),
         ("/editor/lists/{name}/test", test, ["POST"]),
