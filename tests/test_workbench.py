@@ -118,3 +118,35 @@ def test_order_overrides_pin_hidden_image_undo_and_diff(desk: Context) -> None:
     draft = draft_issue(desk, "weekly")
     assert draft is not None and ">Top story</h2>" not in draft.rendered.html
     assert edit_diff(desk, "weekly") == []
+
+
+def test_the_change_endpoint_refuses_bad_bodies_and_missing_tokens(desk: Context) -> None:
+    import re
+
+    from starlette.testclient import TestClient
+
+    from digest.edges.web.app import create_app
+    from digest.services.editors import add_editor
+    add_editor(desk.db, "amal", "a long enough password")
+    client = TestClient(create_app(desk), base_url="https://digest.example")
+    csrf = re.search(r'name="csrf" value="([^"]+)"', client.get("/login").text)
+    assert csrf
+    client.post("/login", data={"csrf": csrf[1], "name": "amal",
+                                "password": "a long enough password"})
+    page = client.get("/editor/lists/weekly").text
+    token = re.search(r'data-csrf="([^"]+)"', page)
+    version = re.search(r'data-version="(\d+)"', page)
+    assert token and version
+    url = "/editor/lists/weekly/change"
+    assert client.post(url, json={"version": 0, "op": "undo"}).status_code == 403
+    headers = {"X-CSRF-Token": token[1]}
+    assert client.post(url, json={"op": "undo"}, headers=headers).status_code == 400
+    bad = client.post(url, json={"version": 0, "op": "order",
+                                 "sections": [{"key": "syria", "entries": ["x"]}]},
+                      headers=headers)
+    assert bad.status_code == 400
+    assert client.post(url, json={"version": 0, "op": "text", "entry": 999},
+                       headers=headers).status_code == 400
+    ok = client.post(url, json={"version": int(version[1]), "op": "pin", "entry": None},
+                     headers=headers)
+    assert ok.status_code == 200

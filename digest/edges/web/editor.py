@@ -213,6 +213,9 @@ def routes(web: WebApp) -> list[tuple[str, Callable[..., Any], list[str]]]:
                                 status_code=409)
         except DigestError as e:
             return JSONResponse({"error": e.message}, status_code=400)
+        except (ValueError, TypeError, AttributeError):  # a hand-made body of the wrong shape
+            return JSONResponse({"error": "that change is not one the workbench makes"},
+                                status_code=400)
         return JSONResponse({"version": new_version, "changed": changed})
 
     @editor_only
