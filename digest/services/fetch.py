@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -13,6 +13,7 @@ import httpx
 from digest import __version__
 
 T = TypeVar("T")
+R = TypeVar("R")
 USER_AGENT = f"recap-digest/{__version__} (+https://github.com/recap-digest/recap-digest)"
 
 
@@ -165,26 +166,41 @@ async def _image_size(client: httpx.AsyncClient, url: str) -> tuple[int, int] | 
     return image_size(bytes(head))
 
 
+async def each_bounded(items: Sequence[T], work: Callable[[T], Awaitable[R]], *,
+                       concurrency: int, timeout: float, deadline: float,
+                       on_timeout: Callable[[T], R]) -> list[R | None]:
+    """``work`` on every item, ``concurrency`` at a time, each within ``timeout`` seconds
+    (else ``on_timeout(item)``) and all within ``deadline``; None for an item the deadline
+    left unfinished. Results in the items' order."""
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(item: T) -> R:
+        async with gate:
+            try:
+                return await asyncio.wait_for(work(item), timeout)
+            except TimeoutError:
+                return on_timeout(item)
+
+    tasks = [asyncio.create_task(one(item)) for item in items]
+    if not tasks:
+        return []
+    done, pending = await asyncio.wait(tasks, timeout=deadline)
+    for task in pending:
+        task.cancel()
+    return [task.result() if task in done else None for task in tasks]
+
+
 def image_sizes(urls: Sequence[str], *, timeout: float = 5.0,
                 concurrency: int = 8) -> dict[str, tuple[int, int]]:
     """The pixel sizes of images by URL, from their first bytes; unknown ones left out.
     Each image within ``timeout`` seconds, all of them within four times that."""
 
     async def run() -> dict[str, tuple[int, int]]:
-        gate = asyncio.Semaphore(concurrency)
         async with httpx.AsyncClient(timeout=timeout, follow_redirects=True,
                                      headers={"User-Agent": USER_AGENT}) as client:
-            async def one(url: str) -> tuple[str, tuple[int, int] | None]:
-                async with gate:
-                    try:
-                        return url, await asyncio.wait_for(_image_size(client, url),
-                                                           timeout)
-                    except TimeoutError:
-                        return url, None
-            tasks = [asyncio.create_task(one(u)) for u in urls]
-            done, pending = await asyncio.wait(tasks, timeout=timeout * 4)
-            for task in pending:
-                task.cancel()
-            return {url: size for url, size in (t.result() for t in done) if size}
+            sizes = await each_bounded(urls, lambda url: _image_size(client, url),
+                                       concurrency=concurrency, timeout=timeout,
+                                       deadline=timeout * 4, on_timeout=lambda url: None)
+        return {url: size for url, size in zip(urls, sizes, strict=True) if size}
 
     return run_async(run()) if urls else {}

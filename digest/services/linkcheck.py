@@ -9,7 +9,6 @@ all of them within ``deadline``; whatever is left when the deadline passes is re
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from urllib.parse import urljoin, urlsplit
 
 import httpx
 
-from digest.services.fetch import USER_AGENT, run_async
+from digest.services.fetch import USER_AGENT, each_bounded, run_async
 
 HREF = re.compile(r"""<a\b[^>]*?\bhref\s*=\s*(["'])(.*?)\1""", re.IGNORECASE | re.DOTALL)
 MAX_REDIRECTS = 5
@@ -97,24 +96,15 @@ async def _check_one(client: httpx.AsyncClient, url: str) -> LinkResult:
 async def check_links_async(urls: list[str], *, timeout: float = 8.0,
                             deadline: float = 20.0, concurrency: int = 8) -> list[LinkResult]:
     """Check ``urls``; results in the same order."""
-    gate = asyncio.Semaphore(concurrency)
-    limits = httpx.Timeout(timeout)
-    async with httpx.AsyncClient(timeout=limits, follow_redirects=False,
+    async with httpx.AsyncClient(timeout=httpx.Timeout(timeout), follow_redirects=False,
                                  headers={"User-Agent": USER_AGENT}) as client:
-        async def bounded(url: str) -> LinkResult:
-            async with gate:
-                try:
-                    return await asyncio.wait_for(_check_one(client, url), timeout + 1)
-                except TimeoutError:
-                    return LinkResult(url, "broken", detail="no answer in time")
-
-        tasks = [asyncio.create_task(bounded(u)) for u in urls]
-        done, pending = await asyncio.wait(tasks, timeout=deadline) if tasks else (set(), set())
-        for task in pending:
-            task.cancel()
-        return [t.result() if t in done else
-                LinkResult(u, "unchecked", detail=f"not checked within {deadline:.0f} s")
-                for u, t in zip(urls, tasks, strict=True)]
+        results = await each_bounded(
+            urls, lambda url: _check_one(client, url), concurrency=concurrency,
+            timeout=timeout + 1, deadline=deadline,
+            on_timeout=lambda url: LinkResult(url, "broken", detail="no answer in time"))
+    return [result or LinkResult(url, "unchecked",
+                                 detail=f"not checked within {deadline:.0f} s")
+            for url, result in zip(urls, results, strict=True)]
 
 
 def check_links(urls: list[str], **options: float) -> list[LinkResult]:
