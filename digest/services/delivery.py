@@ -35,7 +35,6 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.orm import Session
 from sqlalchemy.sql.dml import ReturningUpdate
 from sqlalchemy.sql.elements import BindParameter
 
@@ -45,7 +44,14 @@ from digest.errors import DeliveryError
 from digest.services import metrics
 from digest.services.context import Context
 from digest.services.db import among, utcnow
-from digest.services.models import Delivery, Issue, IssueVariant, SendBatch
+from digest.services.models import (
+    Delivery,
+    Issue,
+    IssueVariant,
+    SendBatch,
+    deliveries_by_status,
+    held_batches,
+)
 from digest.services.recording import add_batches, get_issue
 from digest.services.transports import batch_size
 from digest.services.transports.base import (
@@ -354,27 +360,16 @@ def _claim(postgres: bool) -> ReturningUpdate[int, int, int]:
         SendBatch.id, SendBatch.first_id, SendBatch.last_id)
 
 
-def _held(issue_id: int) -> Select[int]:
-    return select(func.count()).select_from(SendBatch).where(
-        SendBatch.issue_id == issue_id, SendBatch.status.in_(("claimed", "sending")))
-
-
-def _by_status(session: Session, issue_id: int) -> Counter[str]:
-    return Counter(dict(session.execute(
-        select(Delivery.status, func.count()).where(Delivery.issue_id == issue_id)
-        .group_by(Delivery.status)).all()))
-
-
 def batches_held(ctx: Context, issue_id: int) -> int:
     """Batches of an issue that some sender holds (claimed or being handed over)."""
     with ctx.db.session() as session:
-        return session.scalar(_held(issue_id)) or 0
+        return session.scalar(held_batches(issue_id)) or 0
 
 
 def counts(ctx: Context, issue_id: int) -> Counter[str]:
     """Deliveries of an issue by status, counted now."""
     with ctx.db.session() as session:
-        return _by_status(session, issue_id)
+        return deliveries_by_status(session, issue_id)
 
 
 def pending_in_held_batches(ctx: Context, issue_id: int) -> int:
@@ -539,8 +534,8 @@ def _close_run(ctx: Context, issue_id: int, now: datetime) -> tuple[Counter[str]
         session.execute(update(Issue).where(Issue.id == issue_id)
                         .values(counts=Issue.counts)
                         .execution_options(synchronize_session=False))
-        tally = _by_status(session, issue_id)
-        held = session.scalar(_held(issue_id))
+        tally = deliveries_by_status(session, issue_id)
+        held = session.scalar(held_batches(issue_id))
         finished = not tally["pending"] and not held
         session.execute(update(Issue).where(Issue.id == issue_id).values(counts=dict(tally))
                         .execution_options(synchronize_session=False))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import datetime
 from typing import Any
 
@@ -15,6 +16,8 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     delete,
+    func,
+    select,
 )
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
@@ -273,3 +276,16 @@ def delete_deliveries(session: Session, *, issue_ids: Select[Any] | list[int] | 
     if subscriber_ids is not None:
         session.execute(delete(Delivery).where(Delivery.subscriber_id.in_(subscriber_ids))
                         .execution_options(synchronize_session=False))
+
+
+def deliveries_by_status(session: Session, issue_id: int) -> Counter[str]:
+    """An issue's deliveries by status, counted now (a scan of that issue's rows)."""
+    return Counter(dict(session.execute(
+        select(Delivery.status, func.count()).where(Delivery.issue_id == issue_id)
+        .group_by(Delivery.status)).all()))
+
+
+def held_batches(issue_id: int) -> Select[int]:
+    """The count of an issue's batches some sender holds (claimed or being handed over)."""
+    return select(func.count()).select_from(SendBatch).where(
+        SendBatch.issue_id == issue_id, SendBatch.status.in_(("claimed", "sending")))

@@ -16,7 +16,14 @@ from sqlalchemy import func, select
 
 from digest.services.context import Context
 from digest.services.db import HEAD_REVISION, schema_revision, utcnow
-from digest.services.models import Delivery, Entry, Feed, Issue, SendBatch
+from digest.services.models import (
+    Entry,
+    Feed,
+    Issue,
+    SendBatch,
+    deliveries_by_status,
+    held_batches,
+)
 from schedules.models import ScheduleRun
 from schedules.service import list_schedules
 from subscribers.models import MailingList, Subscription, Suppression
@@ -140,10 +147,8 @@ def gather(ctx: Context, now: datetime | None = None) -> Status:
                                 issue.status if issue else None,
                                 (issue.sent_at or issue.created_at) if issue else None)
             if issue is not None:
-                tally = Counter(issue.counts or {}) if issue.status == "sent" else Counter(
-                    dict(session.execute(select(Delivery.status, func.count())
-                                         .where(Delivery.issue_id == issue.id)
-                                         .group_by(Delivery.status)).all()))
+                tally = (Counter(issue.counts or {}) if issue.status == "sent"
+                         else deliveries_by_status(session, issue.id))
                 health.accepted, health.failed = tally["accepted"], tally["failed"]
                 health.uncertain, health.pending = tally["uncertain"], tally["pending"]
                 if health.uncertain:
@@ -177,7 +182,5 @@ def gather(ctx: Context, now: datetime | None = None) -> Status:
 
 
 def _held(session: Any, issue_id: int, now: datetime) -> bool:
-    """Whether some sender is working on the issue now (a batch leased and not expired)."""
-    return bool(session.scalar(select(func.count()).select_from(SendBatch).where(
-        SendBatch.issue_id == issue_id, SendBatch.status.in_(("claimed", "sending")),
-        SendBatch.lease_until > now)))
+    """Whether some sender is working on the issue now (a batch held, its lease alive)."""
+    return bool(session.scalar(held_batches(issue_id).where(SendBatch.lease_until > now)))
