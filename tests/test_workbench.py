@@ -99,7 +99,7 @@ def test_order_overrides_pin_hidden_image_undo_and_diff(desk: Context) -> None:
     assert ">Iran</h2>" not in html  # its one entry is the top story now
     assert "img.example/a.png" not in html
     assert text.index("Top story\n---------") < text.index("Syria (2)")
-    diff = edit_diff(desk, "weekly")
+    diff = edit_diff(desk, draft_issue(desk, "weekly"))
     assert any(line.startswith("Title of ") and "Iran moves & in" in line for line in diff)
     assert "Top story: Recap 3: Iran Moves in Syria" in diff
     assert any(line.startswith("Image hidden:") for line in diff)
@@ -117,7 +117,7 @@ def test_order_overrides_pin_hidden_image_undo_and_diff(desk: Context) -> None:
         pass
     draft = draft_issue(desk, "weekly")
     assert draft is not None and ">Top story</h2>" not in draft.rendered.html
-    assert edit_diff(desk, "weekly") == []
+    assert edit_diff(desk, draft_issue(desk, "weekly")) == []
 
 
 def test_the_change_endpoint_refuses_bad_bodies_and_missing_tokens(desk: Context) -> None:

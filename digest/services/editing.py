@@ -8,12 +8,14 @@ send all come from the same code path.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
 from digest.core.grouping import Section, canonical_keys, group
@@ -21,7 +23,13 @@ from digest.core.messages import address_for_header, compose, format_sender
 from digest.core.rendering import GMAIL_CLIP_BYTES, Recipient, RenderedIssue
 from digest.core.sanitize import html_to_text
 from digest.errors import DigestError
-from digest.services.building import Draft, draft_issue, keyword_config, render_variant
+from digest.services.building import (
+    Draft,
+    EditView,
+    draft_issue,
+    keyword_config,
+    render_variant,
+)
 from digest.services.context import Context
 from digest.services.db import utcnow
 from digest.services.editors import audit
@@ -113,6 +121,12 @@ def _edit_row(ctx: Context, list_name: str) -> tuple[int, int]:
     return list_id, number
 
 
+def _edit_of(session: Session, list_id: int, number: int) -> IssueEdit:
+    """The edit row of issue ``number`` of a list (made by :func:`_edit_row`)."""
+    return session.scalars(select(IssueEdit).where(IssueEdit.list_id == list_id,
+                                                   IssueEdit.number == number)).one()
+
+
 class StaleEdit(DigestError):
     """A save made from a version of the issue's edits that another save has replaced."""
 
@@ -127,6 +141,24 @@ UNDO_DEPTH = 50
 _STATE = ("subject", "intro", "dropped", "moves", "section_order", "entry_order",
           "overrides", "pinned", "hidden_images")
 _EDITOR_TEXT = {"title": 500, "lead": 2000}
+
+
+def _check_version(row: IssueEdit, expected: int | None) -> None:
+    if expected is not None and row.version != expected:
+        raise StaleEdit(row.updated_by, row.version)
+
+
+@contextmanager
+def _versioned(ctx: Context, list_id: int, number: int) -> Iterator[Session]:
+    """A session whose commit is refused with :class:`StaleEdit` when another save
+    changed the edit row after this one read it (SQLAlchemy's version column)."""
+    try:
+        with ctx.db.session() as session:
+            yield session
+    except StaleDataError:
+        with ctx.db.session() as session:
+            row = _edit_of(session, list_id, number)
+            raise StaleEdit(row.updated_by, row.version) from None
 
 
 def editor_text(value: str, field: str) -> str:
@@ -152,29 +184,19 @@ def save_edit(ctx: Context, list_name: str, editor: str, *,
     False (the default) leaves it as it is.
     """
     list_id, number = _edit_row(ctx, list_name)
-    changed: list[str] = []
-    try:
-        with ctx.db.session() as session:
-            row = session.scalars(select(IssueEdit).where(IssueEdit.list_id == list_id,
-                                                          IssueEdit.number == number)).one()
-            if expected_version is not None and row.version != expected_version:
-                raise StaleEdit(row.updated_by, row.version)
-            before = _state(row)
-            changed = _change(row, subject=subject, intro=intro, dropped=dropped,
-                              moves=moves, section_order=section_order,
-                              entry_order=entry_order, overrides=overrides, pinned=pinned,
-                              hidden_images=hidden_images)
-            if changed:
-                row.history = [*(row.history or [])[-(UNDO_DEPTH - 1):], before]
-                if row.approved_at is not None:
-                    changed.append("approval withdrawn")
-                row.approved_by, row.approved_at = None, None
-                row.updated_by, row.updated_at = editor, utcnow()
-    except StaleDataError:  # another save won the race between our read and our write
-        with ctx.db.session() as session:
-            row = session.scalars(select(IssueEdit).where(IssueEdit.list_id == list_id,
-                                                          IssueEdit.number == number)).one()
-            raise StaleEdit(row.updated_by, row.version) from None
+    with _versioned(ctx, list_id, number) as session:
+        row = _edit_of(session, list_id, number)
+        _check_version(row, expected_version)
+        before = _state(row)
+        changed = _change(row, subject=subject, intro=intro, dropped=dropped, moves=moves,
+                          section_order=section_order, entry_order=entry_order,
+                          overrides=overrides, pinned=pinned, hidden_images=hidden_images)
+        if changed:
+            row.history = [*(row.history or [])[-(UNDO_DEPTH - 1):], before]
+            if row.approved_at is not None:
+                changed.append("approval withdrawn")
+            row.approved_by, row.approved_at = None, None
+            row.updated_by, row.updated_at = editor, utcnow()
     if changed:
         audit(ctx.db, editor, "edit", f"issue {number}: " + "; ".join(changed), list_id)
     return changed
@@ -238,25 +260,17 @@ def undo_last(ctx: Context, list_name: str, editor: str, *,
     """Put the next issue's edits back as they were before the latest change; False when
     there is nothing to undo."""
     list_id, number = _edit_row(ctx, list_name)
-    try:
-        with ctx.db.session() as session:
-            row = session.scalars(select(IssueEdit).where(IssueEdit.list_id == list_id,
-                                                          IssueEdit.number == number)).one()
-            if expected_version is not None and row.version != expected_version:
-                raise StaleEdit(row.updated_by, row.version)
-            if not row.history:
-                return False
-            *rest, previous = row.history
-            for name in _STATE:
-                setattr(row, name, previous.get(name, getattr(row, name)))
-            row.history = rest
-            row.approved_by, row.approved_at = None, None
-            row.updated_by, row.updated_at = editor, utcnow()
-    except StaleDataError:
-        with ctx.db.session() as session:
-            row = session.scalars(select(IssueEdit).where(IssueEdit.list_id == list_id,
-                                                          IssueEdit.number == number)).one()
-            raise StaleEdit(row.updated_by, row.version) from None
+    with _versioned(ctx, list_id, number) as session:
+        row = _edit_of(session, list_id, number)
+        _check_version(row, expected_version)
+        if not row.history:
+            return False
+        *rest, previous = row.history
+        for name in _STATE:
+            setattr(row, name, previous.get(name, getattr(row, name)))
+        row.history = rest
+        row.approved_by, row.approved_at = None, None
+        row.updated_by, row.updated_at = editor, utcnow()
     audit(ctx.db, editor, "undo", f"issue {number}: last change undone", list_id)
     return True
 
@@ -265,24 +279,34 @@ def edit_version(ctx: Context, list_name: str) -> tuple[int, str | None]:
     """The version of the next issue's edits and who saved it last."""
     list_id, number = _edit_row(ctx, list_name)
     with ctx.db.session() as session:
-        row = session.scalars(select(IssueEdit).where(IssueEdit.list_id == list_id,
-                                                      IssueEdit.number == number)).one()
+        row = _edit_of(session, list_id, number)
         return row.version, row.updated_by
 
 
-def edit_diff(ctx: Context, list_name: str) -> list[str]:
-    """What the editors changed against the feeds' issue, one line a change."""
-    draft = draft_issue(ctx, list_name)
+def dropped_entries(ctx: Context, edit: EditView | None) -> list[tuple[int, str]]:
+    """(id, title) of the entries an editor dropped from the next issue."""
+    if edit is None or not edit.dropped:
+        return []
+    with ctx.db.session() as session:
+        return [(i, t) for i, t in session.execute(
+            select(Entry.id, Entry.title).where(Entry.id.in_(edit.dropped))
+            .order_by(Entry.id))]
+
+
+def _feed_sections(ctx: Context, draft: Draft) -> dict[int, str]:
+    """Entry id → the section the feeds' keywords put it in (before any edit)."""
+    return {p.item.id: s.key for s in group(draft.items, keyword_config(ctx))
+            for p in s.entries}
+
+
+def edit_diff(ctx: Context, draft: Draft | None) -> list[str]:
+    """What the editors changed in a draft against the feeds' issue, one line a change."""
     if draft is None or draft.edit is None:
         return []
     edit = draft.edit
     items = {i.id: i for i in draft.items}
-    with ctx.db.session() as session:
-        list_id = get_list(session, list_name).id
-        dropped_titles = dict(session.execute(
-            select(Entry.id, Entry.title).where(Entry.id.in_(edit.dropped))).all())
-    original = {p.item.id: s.key for s in group(draft.items, keyword_config(ctx))
-                for p in s.entries}
+    dropped_titles = dict(dropped_entries(ctx, edit))
+    original = _feed_sections(ctx, draft)
     titles = {s.key: s.title for s in draft.sections}
     lines = []
     if edit.subject:
@@ -311,7 +335,6 @@ def edit_diff(ctx: Context, list_name: str) -> list[str]:
     if edit.entry_order:
         lines.append("Entries reordered in: " + ", ".join(
             titles.get(k, k) for k in edit.entry_order if k in titles))
-    del list_id
     return lines
 
 
@@ -319,8 +342,7 @@ def approve(ctx: Context, list_name: str, editor: str) -> int:
     """Approve the next issue as it now stands; return its number."""
     list_id, number = _edit_row(ctx, list_name)
     with ctx.db.session() as session:
-        row = session.scalars(select(IssueEdit).where(IssueEdit.list_id == list_id,
-                                                      IssueEdit.number == number)).one()
+        row = _edit_of(session, list_id, number)
         row.approved_by, row.approved_at = editor, utcnow()
     audit(ctx.db, editor, "approve", f"issue {number}", list_id)
     return number
@@ -384,8 +406,7 @@ def apply_change(ctx: Context, list_name: str, editor: str, change: Mapping[str,
     kwargs: dict[str, Any] = {}
     overrides = {k: dict(v) for k, v in (edit.overrides if edit else {}).items()}
     if op == "order":
-        original = {p.item.id: s.key for s in group(draft.items, keyword_config(ctx))
-                    for p in s.entries}
+        original = _feed_sections(ctx, draft)
         sections = [(str(s.get("key", "")), [int(i) for i in s.get("entries", [])])
                     for s in change.get("sections", []) if isinstance(s, Mapping)]
         kwargs["section_order"] = [key for key, _ in sections]

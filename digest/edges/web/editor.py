@@ -8,7 +8,6 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
-from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
 from starlette.requests import Request
@@ -29,6 +28,7 @@ from digest.services.editing import (
     StaleEdit,
     apply_change,
     approve,
+    dropped_entries,
     edit_diff,
     edit_version,
     preview,
@@ -37,7 +37,6 @@ from digest.services.editing import (
     send_test,
 )
 from digest.services.editors import audit, audit_log, authenticate
-from digest.services.models import Entry
 from digest.services.pipeline import RunRequest, run_list
 from digest.services.recording import audience_size
 from subscribers.lists import get_list
@@ -125,17 +124,13 @@ def routes(web: WebApp) -> list[tuple[str, Callable[..., Any], list[str]]]:
                 checked = {r.url: r for r in check_links(
                     [u for u in shown.links if not u.startswith(own)])}
             version, by = edit_version(ctx, name)
-            dropped: list[tuple[int, str]] = []
-            if shown is not None and shown.draft.edit and shown.draft.edit.dropped:
-                with ctx.db.session() as session:
-                    dropped = [(i, t) for i, t in session.execute(
-                        select(Entry.id, Entry.title).where(
-                            Entry.id.in_(shown.draft.edit.dropped)).order_by(Entry.id))]
+            draft = shown.draft if shown is not None else None
             return {"list_name": name, "list_title": title, "shown": shown,
                     "segment": segment, "segments": segments(ctx, name),
                     "audience": audience_size(ctx, list_id), "checked": checked,
-                    "version": version, "version_by": by, "dropped_entries": dropped,
-                    "diff": edit_diff(ctx, name) if shown is not None else []}
+                    "version": version, "version_by": by,
+                    "dropped_entries": dropped_entries(ctx, draft.edit if draft else None),
+                    "diff": edit_diff(ctx, draft)}
 
         try:
             values = await run_in_threadpool(gather)
