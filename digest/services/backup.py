@@ -24,7 +24,7 @@ from sqlalchemy import inspect, text
 from sqlalchemy.engine import Engine
 
 from digest.errors import ConfigError, InvalidInputError
-from digest.services.db import HEAD_REVISION, Base, schema_revision
+from digest.services.db import Base, schema_problem, schema_revision
 from digest.services.tables import load_all_models
 
 
@@ -90,10 +90,9 @@ def backup(engine: Engine, path: Path, *, overwrite: bool = False) -> int:
 def check(engine: Engine) -> CheckReport:
     """Integrity (SQLite), schema revision, and every table the code expects."""
     report = CheckReport(schema_revision(engine))
-    if report.revision != HEAD_REVISION:
-        report.problems.append(
-            f"schema at {report.revision or 'nothing'}, this version needs {HEAD_REVISION} "
-            "(`digest db upgrade`)")
+    problem = schema_problem(report.revision)
+    if problem:
+        report.problems.append(problem)
     with engine.connect() as connection:
         if engine.dialect.name == "sqlite":
             for (row,) in connection.execute(text("PRAGMA integrity_check")):

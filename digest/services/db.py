@@ -213,6 +213,14 @@ def schema_revision(engine: Engine) -> str | None:
     return found[0][0] if len(found) == 1 else None
 
 
+def schema_problem(revision: str | None) -> str | None:
+    """What is wrong with a schema at ``revision`` for this version; None at head."""
+    if revision == HEAD_REVISION:
+        return None
+    return (f"schema at {revision or 'nothing'}, this version needs {HEAD_REVISION}: run "
+            "`digest db upgrade`")
+
+
 def open_database(url: str, *, migrate: bool = True) -> Database:
     """Open a database, applying any pending migrations first (first use creates it)."""
     engine = make_engine(url)

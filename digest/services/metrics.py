@@ -13,9 +13,6 @@ never an address or a token.
 from __future__ import annotations
 
 import os
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from prometheus_client import (
@@ -62,16 +59,6 @@ SIGN_IN_FAILURES = Counter("digest_sign_in_failures", "Refused editor sign-ins, 
                            "(password, rate_limited).", ["reason"])
 LAST_SUCCESS = Gauge("digest_last_success_timestamp_seconds", "When a send or collect last "
                      "ended well (Unix time).", ["job"], multiprocess_mode="max")
-
-
-@contextmanager
-def timed(histogram: Histogram) -> Iterator[None]:
-    """Observe the duration of the block (also when it raises)."""
-    started = time.perf_counter()
-    try:
-        yield
-    finally:
-        histogram.observe(time.perf_counter() - started)
 
 
 def _registry() -> CollectorRegistry:

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from digest.services.context import Context
-from digest.services.db import HEAD_REVISION, schema_revision, utcnow
+from digest.services.db import HEAD_REVISION, schema_problem, schema_revision, utcnow
 from digest.services.models import (
     Entry,
     Feed,
@@ -103,9 +103,9 @@ def gather(ctx: Context, now: datetime | None = None) -> Status:
     status = Status(ctx.db.engine.url.render_as_string(hide_password=True),
                     ctx.db.engine.dialect.name, revision, revision == HEAD_REVISION)
     attention = status.needs_attention
-    if not status.schema_at_head:
-        attention.append(f"the schema is at {revision}, not {HEAD_REVISION}: run "
-                         "`digest db upgrade`")
+    problem = schema_problem(revision)
+    if problem:
+        attention.append(problem)
     with ctx.db.session() as session:
         week_ago = now - WEEK
         per_feed = dict(session.execute(

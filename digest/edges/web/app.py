@@ -24,7 +24,7 @@ from digest.edges.web import editor, public
 from digest.edges.web.base import WebApp
 from digest.services import metrics
 from digest.services.context import Context
-from digest.services.db import HEAD_REVISION, schema_revision
+from digest.services.db import schema_problem, schema_revision
 
 log = logging.getLogger(__name__)
 
@@ -101,10 +101,10 @@ def health_report(ctx: Context, scheduler: Callable[[], str]) -> tuple[bool, dic
         report["problem"] = f"database unreachable ({type(e).__name__})"
         return False, report
     revision = schema_revision(ctx.db.engine)
-    report.update(database="reachable", schema=revision, schema_at_head=revision == HEAD_REVISION)
-    if revision != HEAD_REVISION:
-        report["problem"] = (f"schema at {revision}, this version needs {HEAD_REVISION}: "
-                             "run `digest db upgrade`")
+    problem = schema_problem(revision)
+    report.update(database="reachable", schema=revision, schema_at_head=problem is None)
+    if problem:
+        report["problem"] = problem
         return False, report
     return True, report
 
