@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
 
-from digest.core.sanitize import html_to_text, summarize
+from digest.core.sanitize import IMG_TAG, html_to_text, summarize
 from digest.errors import FeedError
 
 TRACKING_PARAMS = ("utm_", "fbclid", "gclid", "mc_cid", "mc_eid")
@@ -132,7 +132,6 @@ LEAD_MAX_CHARS = 2000
 READ_ALSO = re.compile(r"(?:read|see)\s+also\b\s*:?|اقرأ\s+أيضا[ًً]?\s*:?", re.IGNORECASE)
 _ANCHOR = re.compile(r"""<a\b[^>]*?\bhref\s*=\s*(["'])(.*?)\1[^>]*>(.*?)</a\s*>""",
                      re.IGNORECASE | re.DOTALL)
-_IMG_TAG = re.compile(r"<img\b[^>]*>", re.IGNORECASE)
 _ATTR = re.compile(r"""\b([a-z-]+)\s*=\s*(["'])(.*?)\2""", re.IGNORECASE | re.DOTALL)
 MAX_RELATED = 5
 
@@ -157,7 +156,7 @@ def _image(entry: Any, raw_html: str, *, base: str, title: str) -> Image | None:
     for link in entry.get("links") or []:
         if link.get("rel") == "enclosure" and str(link.get("type", "")).startswith("image/"):
             candidates.append((str(link.get("href") or ""), "", None, None))
-    for tag in _IMG_TAG.findall(raw_html):
+    for tag in IMG_TAG.findall(raw_html):
         attrs = {k.lower(): html.unescape(v) for k, _, v in _ATTR.findall(tag)}
         candidates.append((attrs.get("src", ""), attrs.get("alt", ""), attrs.get("width"),
                            attrs.get("height")))

@@ -23,7 +23,7 @@ from urllib.parse import quote
 
 from digest.core.feeds import READ_ALSO, Image
 from digest.core.grouping import Placed, Section, keyword_key, summary_line
-from digest.core.sanitize import cut_text, html_to_text, sanitize_html
+from digest.core.sanitize import IMG_TAG, cut_text, html_to_text, sanitize_html
 
 if TYPE_CHECKING:
     import jinja2
@@ -222,7 +222,6 @@ COLUMN = 536     # the email's content column in pixels (600 less 2 × 32 of pad
 _SENTENCE_END = re.compile(r"[.!?؟。](?:[\"'”’»)]*)(?=\s)")
 _VAGUE = re.compile(r"<a\b([^>]*)>\s*(click here|here|read more|more|link|this)\s*</a>",
                     re.IGNORECASE)
-_IMG_TAG = re.compile(r"<img\b[^>]*>", re.IGNORECASE)
 
 
 def sentence_cut(text: str, limit: int) -> str:
@@ -252,7 +251,7 @@ def email_summary(fragment: str, title: str) -> str:
     marker = READ_ALSO.search(fragment)
     if marker is not None:
         fragment = sanitize_html(fragment[:marker.start()])  # closes what the cut left open
-    fragment = _IMG_TAG.sub("", fragment)
+    fragment = IMG_TAG.sub("", fragment)
     return _VAGUE.sub(lambda m: f"<a{m[1]}>{html.escape(title)}</a>", fragment).strip()
 
 

@@ -25,7 +25,7 @@ URL_SCHEMES = {"http", "https", "mailto"}
 DROPPED_WITH_CONTENT = {"script", "style", "iframe", "form", "object", "embed", "noscript",
                         "template", "svg", "math", "select", "textarea", "button", "title"}
 
-_IMG = re.compile(r"<img\b[^>]*>", re.IGNORECASE)
+IMG_TAG = re.compile(r"<img\b[^>]*>", re.IGNORECASE)  # an <img> tag, whole
 _DIMENSION = re.compile(r'\b(width|height)="\s*(\d+)(?:px)?\s*"', re.IGNORECASE)
 _SPACE = re.compile(r"\s+")
 VOID_TAGS = {"br", "img", "hr"}
@@ -42,7 +42,7 @@ def _drop_tracking_images(cleaned: str) -> str:
             return ""
         return match.group(0)
 
-    return _IMG.sub(keep, cleaned)
+    return IMG_TAG.sub(keep, cleaned)
 
 
 def sanitize_html(raw: str, *, base_url: str | None = None) -> str:
