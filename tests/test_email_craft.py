@@ -440,8 +440,10 @@ def test_the_editors_issue_page_marks_broken_and_redirecting_links(
     feed_server.add("/ok", Route(body=b"fine", content_type="text/html"))
     feed_server.add("/gone", Route(status=410))
     feed_server.add("/moved", Route(redirect_to="/ok"))
-    items = [dict(recap(n), link=f"{feed_server.base}/{path}")
-             for n, path in enumerate(["ok", "gone", "moved"], 1)]
+    # Two sections, so the email has in-page links (#s1, #s2) too: never checked.
+    items = [dict(recap(n, tags=[tag]), link=f"{feed_server.base}/{path}")
+             for n, (path, tag) in enumerate([("ok", "Iran"), ("gone", "Iran"),
+                                              ("moved", "Syria")], 1)]
     ctx = desk(tmp_path, feed_server, items)
     add_editor(ctx.db, "amal", "a long enough password")
     client = TestClient(create_app(ctx), base_url="https://digest.example")
@@ -453,7 +455,7 @@ def test_the_editors_issue_page_marks_broken_and_redirecting_links(
     page = client.get("/editor/lists/weekly")
     assert "Check every link" in page.text and "Broken:" not in page.text
     checked = client.get("/editor/lists/weekly?check_links=1").text
-    assert "1 broken, 1 redirecting" in checked
+    assert 'href="#s1"' in page.text and "1 broken, 1 redirecting" in checked
     assert re.search(r'class="link-broken"><strong>Broken:</strong> <a href="'
                      + re.escape(f"{feed_server.base}/gone") + r'"[^>]*>[^<]*</a> <span '
                      r'class="muted">\(HTTP 410', checked)

@@ -49,6 +49,12 @@ def links_in(html: str, *, skip_prefixes: Iterable[str] = ()) -> list[str]:
     return list(seen)
 
 
+def issue_links(html: str, base_url: str) -> list[str]:
+    """The links of an issue worth checking: http(s) ones (no in-page anchors or mailto),
+    each once, our own pages aside (unsubscribe, archive: the issue makes them)."""
+    return links_in(html, skip_prefixes=(base_url.rstrip("/") + "/",))
+
+
 async def _follow(client: httpx.AsyncClient, url: str) -> tuple[str, int]:
     """Where a redirect chain ends (following GETs up to MAX_REDIRECTS) and its status."""
     current = url

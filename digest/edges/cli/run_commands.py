@@ -260,9 +260,8 @@ def preview_cmd(list_name: str, out_path: Path, text_path: Path | None,
 def _links_ok(ctx: Context, draft: Draft) -> bool:
     """Check the draft's links (our own pages aside); print what is wrong; True if none
     is broken."""
-    from digest.services.linkcheck import check_links, links_in
-    own = ctx.settings.base_url.rstrip("/") + "/"
-    urls = links_in(draft.rendered.html, skip_prefixes=(own,))
+    from digest.services.linkcheck import check_links, issue_links
+    urls = issue_links(draft.rendered.html, ctx.settings.base_url)
     with err.status(f"Checking {len(urls)} links…"):
         results = check_links(urls)
     broken = [r for r in results if r.broken]

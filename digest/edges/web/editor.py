@@ -119,10 +119,9 @@ def routes(web: WebApp) -> list[tuple[str, Callable[..., Any], list[str]]]:
             shown = preview(ctx, name, segment)
             checked = None
             if shown is not None and request.query_params.get("check_links"):
-                from digest.services.linkcheck import check_links
-                own = ctx.settings.base_url.rstrip("/") + "/"
+                from digest.services.linkcheck import check_links, issue_links
                 checked = {r.url: r for r in check_links(
-                    [u for u in shown.links if not u.startswith(own)])}
+                    issue_links(shown.html, ctx.settings.base_url))}
             version, by = edit_version(ctx, name)
             draft = shown.draft if shown is not None else None
             return {"list_name": name, "list_title": title, "shown": shown,
