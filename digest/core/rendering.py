@@ -86,6 +86,7 @@ class IssueContent:
     keyword_url: str = ""  # the archive's keyword pages: this + the keyword's key
     top_story: int | None = None  # the entry an editor pinned: shown first, larger
 
+    @cached_property
     def top_placed(self) -> Placed | None:
         """The pinned entry, if it is in this issue (or this segment's version of it)."""
         if self.top_story is None:
@@ -95,7 +96,7 @@ class IssueContent:
 
     def shown(self, section: Section) -> tuple[Placed, ...]:
         """A section's entries as listed under it: the top story is shown above instead."""
-        if self.top_placed() is None:
+        if self.top_placed is None:
             return section.entries
         return tuple(p for p in section.entries if p.item.id != self.top_story)
 
