@@ -5,11 +5,14 @@ from __future__ import annotations
 import hashlib
 import re
 from functools import lru_cache
-
-from email_validator import EmailNotValidError, validate_email
-from email_validator.syntax import validate_email_local_part
+from typing import TYPE_CHECKING
 
 from digest.errors import InvalidInputError
+
+# email-validator (with idna and dnspython's pieces, 20-30 ms) is imported by the first
+# validation, not by every command that only compares or hashes addresses.
+if TYPE_CHECKING:
+    from email_validator import ValidatedEmail
 
 # Plain ASCII addresses, the great majority, take a fast path: the local part is checked
 # by email-validator's own local-part check, the domain by a full validation cached per
@@ -20,6 +23,7 @@ _SIMPLE = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9.-]+$")
 @lru_cache(maxsize=65536)
 def _domain(domain: str) -> str:
     """The normalized domain, or raise EmailNotValidError; cached."""
+    from email_validator import validate_email
     return str(validate_email(f"postmaster@{domain}", check_deliverability=False).domain)
 
 
@@ -28,9 +32,13 @@ def normalize_address(raw: str) -> str:
 
     Raise :class:`InvalidInputError` with email-validator's reason when it is not valid.
     """
+    from email_validator import EmailNotValidError, validate_email
+    from email_validator.syntax import validate_email_local_part
+
     candidate = raw.strip()
     if not candidate:
         raise InvalidInputError("empty address")
+    result: ValidatedEmail
     try:
         if _SIMPLE.match(candidate) and len(candidate) <= 254:
             local, _, domain = candidate.rpartition("@")

@@ -120,3 +120,20 @@ def test_size_warning_when_html_nears_gmail_clip(renderer: Renderer) -> None:
     assert render_case("basic", small).warnings
     assert "Gmail" in render_case("basic", small).warnings[0]
     assert not render_case("basic", renderer).warnings
+
+
+def test_inlining_leaves_requests_unloaded_until_used() -> None:
+    # premailer imports requests (and charset_normalizer, urllib3) for external
+    # stylesheets it never loads here; a send does not pay for them. Code that really
+    # uses requests still gets the real module.
+    import subprocess
+    import sys
+    code = ("import sys\nfrom digest.core.rendering import Renderer\nr = Renderer()\n"
+            "html = r.inline('<html><head><style>p {color: #123456}</style></head>"
+            "<body><p>x</p></body></html>')\nassert 'color:#123456' in html, html\n"
+            "print(sorted(m for m in ('requests', 'charset_normalizer', 'urllib3') "
+            "if m in sys.modules and type(sys.modules[m]).__name__ == 'module'))\n"
+            "import requests\nprint(requests.codes.ok, type(sys.modules['requests']).__name__)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=True)
+    assert done.stdout.split("\n")[:2] == ["[]", "200 module"], done.stdout

@@ -17,8 +17,9 @@ from sqlalchemy import select, text
 
 from digest.services.collect import add_feed
 from digest.services.context import Context
-from digest.services.delivery import counts
-from digest.services.transports.base import ACCEPTED, Outcome, OutgoingIssue, OutgoingRecipient
+from digest.services.models import ACCEPTED
+from digest.services.reports import counts
+from digest.services.transports.base import Outcome, OutgoingIssue, OutgoingRecipient
 from digest.services.transports.locmem import LocmemTransport
 from schedules.daemon import Daemon
 from schedules.models import ScheduleRun

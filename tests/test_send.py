@@ -16,9 +16,9 @@ from sqlalchemy import func, select
 from digest.services.building import draft_issue
 from digest.services.collect import add_feed
 from digest.services.context import Context
-from digest.services.delivery import counts
 from digest.services.models import Delivery, Issue, SendBatch
 from digest.services.pipeline import RunRequest, run_list
+from digest.services.reports import counts
 from digest.services.transports.base import Outcome, OutgoingIssue, OutgoingRecipient
 from digest.services.transports.outbox import OutboxTransport
 from subscribers.lists import create_list

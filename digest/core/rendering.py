@@ -9,10 +9,13 @@ and are filled in afterwards by :meth:`RenderedIssue.personalize`.
 from __future__ import annotations
 
 import html
+import importlib
 import logging
 import re
+import sys
 import textwrap
 import threading
+import types
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -283,6 +286,27 @@ def long_date(value: datetime) -> str:
     return f"{value.day} {value:%B %Y}"
 
 
+class _DeferredModule(types.ModuleType):
+    """Stands in for a module in ``sys.modules`` until one of its attributes is asked for,
+    then imports the real one and answers from it."""
+
+    def __getattr__(self, attr: str) -> object:
+        if sys.modules.get(self.__name__) is self:
+            del sys.modules[self.__name__]
+        return getattr(importlib.import_module(self.__name__), attr)
+
+
+def _defer_import(name: str) -> None:
+    """Make ``import name`` cheap until something uses the module: premailer imports
+    requests at its top for external stylesheets, which it never loads here
+    (``allow_network=False``), and requests with charset_normalizer and urllib3 cost 0.1 s
+    of every send. (The standard library's LazyLoader does not help on Python 3.11: the
+    import statement itself reads the module's ``__spec__``, which loads it.) A module
+    already imported is left alone."""
+    if name not in sys.modules:
+        sys.modules[name] = _DeferredModule(name)
+
+
 class Renderer:
     """Jinja2 templates plus one reused premailer instance."""
 
@@ -291,6 +315,7 @@ class Renderer:
         # Imported here: the commands that render nothing (most of them) start without
         # Jinja2 and premailer, which cost a tenth of a second to load.
         import jinja2
+        _defer_import("requests")
         import premailer
         self.env: jinja2.Environment = jinja2.Environment(
             loader=jinja2.FileSystemLoader(str(templates or template_dir())),

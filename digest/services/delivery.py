@@ -45,24 +45,21 @@ from digest.services import metrics
 from digest.services.context import Context
 from digest.services.db import among, utcnow
 from digest.services.models import (
+    ACCEPTED,
+    FAILED,
+    UNCERTAIN,
     Delivery,
     Issue,
     IssueVariant,
     SendBatch,
     deliveries_by_status,
+    get_issue,
     held_batches,
 )
-from digest.services.recording import add_batches, get_issue
+from digest.services.recording import add_batches
+from digest.services.reports import counts, failures
 from digest.services.transports import batch_size
-from digest.services.transports.base import (
-    ACCEPTED,
-    FAILED,
-    UNCERTAIN,
-    Outcome,
-    OutgoingIssue,
-    OutgoingRecipient,
-    Transport,
-)
+from digest.services.transports.base import Outcome, OutgoingIssue, OutgoingRecipient, Transport
 from subscribers.models import MailingList, Subscriber, Subscription
 
 log = logging.getLogger(__name__)
@@ -366,12 +363,6 @@ def batches_held(ctx: Context, issue_id: int) -> int:
         return session.scalar(held_batches(issue_id)) or 0
 
 
-def counts(ctx: Context, issue_id: int) -> Counter[str]:
-    """Deliveries of an issue by status, counted now."""
-    with ctx.db.session() as session:
-        return deliveries_by_status(session, issue_id)
-
-
 def pending_in_held_batches(ctx: Context, issue_id: int) -> int:
     """Pending deliveries of an issue's batches that are not done.
 
@@ -384,24 +375,6 @@ def pending_in_held_batches(ctx: Context, issue_id: int) -> int:
         return sum(session.scalar(
             select(func.count()).select_from(Delivery)
             .where(_pending_between(issue_id, first, last))) or 0 for first, last in ranges)
-
-
-def failures(ctx: Context, issue_id: int, limit: int = 50, *,
-             tally: Counter[str] | None = None) -> list[tuple[str, str]]:
-    """(address, reason) of failed and uncertain deliveries of an issue.
-
-    Given the issue's ``tally``, an issue with none looks at no delivery.
-    """
-    if tally is not None and not tally[FAILED] and not tally[UNCERTAIN]:
-        return []
-    with ctx.db.session() as session:
-        return [(email, f"{status}: {error or ''}".strip(": ")) for email, status, error in
-                session.execute(
-                    select(Subscriber.email, Delivery.status, Delivery.error)
-                    .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
-                    .where(Delivery.issue_id == issue_id,
-                           Delivery.status.in_((FAILED, UNCERTAIN)))
-                    .order_by(Delivery.id).limit(limit))]
 
 
 def deliver(ctx: Context, issue_id: int, transport: Transport, *,

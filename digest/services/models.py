@@ -21,7 +21,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
+from digest.errors import NotFoundError
 from digest.services.db import Base, UTCDateTime, utcnow
+from subscribers.models import MailingList
 
 
 class Feed(Base):
@@ -207,6 +209,10 @@ class IssueEntry(Base):
     position: Mapped[int] = mapped_column(Integer)
 
 
+# What a transport made of a delivery (``Delivery.status``, besides pending and skipped).
+ACCEPTED, FAILED, UNCERTAIN = "accepted", "failed", "uncertain"
+
+
 class Delivery(Base):
     """One issue to one subscriber: pending → accepted | failed | uncertain | skipped.
 
@@ -220,11 +226,10 @@ class Delivery(Base):
     # of 6.7 s for 1,000,000 outcomes. That also needs the columns an outcome changes
     # (status, message_id, error, attempts, updated_at) to stay out of every index, so
     # nothing is indexed by status: counts by status for lists of issues come from
-    # ``Issue.counts``, written at the end of each send.
-    __table_args__ = (
-        UniqueConstraint("issue_id", "subscriber_id"),
-        {"postgresql_with": {"fillfactor": 50}},
-    )
+    # ``Issue.counts``, written at the end of each send. The fill factor is set by
+    # migration 0005, not declared here: a ``postgresql_with`` table argument makes
+    # SQLAlchemy import its PostgreSQL dialect (36 ms) in every command, SQLite or not.
+    __table_args__ = (UniqueConstraint("issue_id", "subscriber_id"),)
     # No foreign keys on purpose: recording an issue inserts a row per subscriber, and
     # PostgreSQL checked each key row by row (13.6 of 21.6 s for 1,000,000). Rows come only
     # from an INSERT … SELECT of existing subscriptions in the issue's own transaction, and
@@ -289,3 +294,13 @@ def held_batches(issue_id: int) -> Select[int]:
     """The count of an issue's batches some sender holds (claimed or being handed over)."""
     return select(func.count()).select_from(SendBatch).where(
         SendBatch.issue_id == issue_id, SendBatch.status.in_(("claimed", "sending")))
+
+
+def get_issue(session: Session, issue_id: int) -> tuple[Issue, MailingList]:
+    """An issue and its list by id, or a clear error."""
+    issue = session.get(Issue, issue_id)
+    if issue is None:
+        raise NotFoundError(f"no issue {issue_id}", hint="`digest issues list` shows them")
+    mailing_list = session.get(MailingList, issue.list_id)
+    assert mailing_list is not None
+    return issue, mailing_list

@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 from digest.core.grouping import (
     Section,
 )
-from digest.errors import DigestError, NotFoundError
+from digest.errors import DigestError
 from digest.services.building import Draft, plan_segments
 from digest.services.context import Context
 from digest.services.db import utcnow
@@ -38,7 +38,7 @@ from digest.services.models import (
     delete_deliveries,
 )
 from digest.services.transports import batch_size
-from subscribers.models import MailingList, Subscription
+from subscribers.models import Subscription
 
 
 def section_summary(sections: list[Section]) -> list[dict[str, Any]]:
@@ -184,15 +184,6 @@ def unfinished_issue(session: Session, list_id: int, *,
             .order_by(Issue.id.desc())) if (tally or {}).get("uncertain")), None)
         found = session.get(Issue, latest) if latest is not None else None
     return found
-
-def get_issue(session: Session, issue_id: int) -> tuple[Issue, MailingList]:
-    """An issue and its list by id, or a clear error."""
-    issue = session.get(Issue, issue_id)
-    if issue is None:
-        raise NotFoundError(f"no issue {issue_id}", hint="`digest issues list` shows them")
-    mailing_list = session.get(MailingList, issue.list_id)
-    assert mailing_list is not None
-    return issue, mailing_list
 
 def audience_size(ctx: Context, list_id: int) -> int:
     """How many subscriptions of a list are active (would receive an issue now)."""

@@ -2,15 +2,51 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 from sqlalchemy import select
 from sqlalchemy.orm import load_only
 
 from digest.services.context import Context
-from digest.services.delivery import counts, failures
-from digest.services.models import Issue
-from digest.services.recording import get_issue
+from digest.services.models import (
+    FAILED,
+    UNCERTAIN,
+    Delivery,
+    Issue,
+    deliveries_by_status,
+    get_issue,
+)
 from subscribers.lists import get_list
-from subscribers.models import MailingList
+from subscribers.models import MailingList, Subscriber
+
+# Imported by `digest issues list/show` and the web app's pages: it loads nothing of the
+# sending path (transports, rendering, metrics).
+
+
+def counts(ctx: Context, issue_id: int) -> Counter[str]:
+    """Deliveries of an issue by status, counted now."""
+    with ctx.db.session() as session:
+        return deliveries_by_status(session, issue_id)
+
+
+def failures(ctx: Context, issue_id: int, limit: int = 50, *,
+             tally: Counter[str] | None = None) -> list[tuple[str, str]]:
+    """(address, reason) of failed and uncertain deliveries of an issue.
+
+    Given the issue's ``tally``, an issue with none looks at no delivery.
+    """
+    if tally is not None and not tally[FAILED] and not tally[UNCERTAIN]:
+        return []
+    with ctx.db.session() as session:
+        return [(email, f"{status}: {error or ''}".strip(": ")) for email, status, error in
+                session.execute(
+                    select(Subscriber.email, Delivery.status, Delivery.error)
+                    .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
+                    .where(Delivery.issue_id == issue_id,
+                           Delivery.status.in_((FAILED, UNCERTAIN)))
+                    .order_by(Delivery.id).limit(limit))]
+
+
 
 
 def issue_rows(ctx: Context, list_name: str | None = None,

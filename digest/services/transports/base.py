@@ -14,8 +14,6 @@ from digest.core.messages import address_for_header, compose
 from digest.core.rendering import Recipient, RenderedIssue
 from digest.settings import Settings
 
-ACCEPTED, FAILED, UNCERTAIN = "accepted", "failed", "uncertain"
-
 
 def backoff(attempt: int, max_wait: float) -> float:
     """Seconds to wait before retry ``attempt`` (0-based): exponential, full jitter.

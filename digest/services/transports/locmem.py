@@ -6,8 +6,8 @@ from collections.abc import Sequence
 from email.message import EmailMessage
 from typing import ClassVar, Self
 
+from digest.services.models import ACCEPTED
 from digest.services.transports.base import (
-    ACCEPTED,
     Outcome,
     OutgoingIssue,
     OutgoingRecipient,

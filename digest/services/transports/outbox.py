@@ -10,9 +10,8 @@ from pathlib import Path
 from typing import Self
 
 from digest.services.db import utcnow
+from digest.services.models import ACCEPTED, FAILED
 from digest.services.transports.base import (
-    ACCEPTED,
-    FAILED,
     Outcome,
     OutgoingIssue,
     OutgoingRecipient,

@@ -36,10 +36,8 @@ from digest.core.rendering import TOKENS
 from digest.errors import ConfigError, DeliveryError
 from digest.services import metrics
 from digest.services.logs import fields
+from digest.services.models import ACCEPTED, FAILED, UNCERTAIN
 from digest.services.transports.base import (
-    ACCEPTED,
-    FAILED,
-    UNCERTAIN,
     Outcome,
     OutgoingIssue,
     OutgoingRecipient,

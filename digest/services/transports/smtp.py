@@ -19,10 +19,8 @@ from typing import Self
 from digest.errors import DeliveryError
 from digest.services import metrics
 from digest.services.logs import fields
+from digest.services.models import ACCEPTED, FAILED, UNCERTAIN
 from digest.services.transports.base import (
-    ACCEPTED,
-    FAILED,
-    UNCERTAIN,
     Outcome,
     OutgoingIssue,
     OutgoingRecipient,
