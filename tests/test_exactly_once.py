@@ -17,13 +17,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, insert, select, text
 
 from digest.services.collect import add_feed, collect
 from digest.services.context import Context
 from digest.services.models import Delivery, Issue
 from subscribers.lists import create_list
 from subscribers.models import Subscriber, Subscription
+from subscribers.subscriptions import remove_subscriber
 from tests.conftest import make_settings
 from tests.feedserver import FeedServer, rss
 from tests.sendgrid_standin import SendGridStandIn
@@ -241,4 +242,58 @@ def test_sigterm_stops_a_send_between_batches_and_the_next_send_resumes(
     assert resumed.returncode == 0, output
     assert "Resumed issue 1" in output
     check_exactly_once(ctx, standin, active)
+    ctx.close()
+
+
+def test_a_send_killed_while_recording_leaves_no_issue_and_the_next_takes_who_is_active_then(
+        tmp_path: Path, postgres_url: str, feed_server: FeedServer,
+        standin: SendGridStandIn) -> None:
+    # The rule (docs/architecture.md): recording is one transaction, so an issue exists
+    # only with its whole audience. Held deterministically mid-record: the test locks the
+    # batch table, so the sender has written the issue and every delivery (uncommitted)
+    # and waits on its last insert, the batches; then it is killed.
+    ctx, active = list_with_news(tmp_path, feed_server, postgres_url, 3000)
+    env = child_env(ctx, standin)
+    with ctx.db.engine.connect() as holder:
+        holder.execute(text("LOCK TABLE send_batches IN SHARE ROW EXCLUSIVE MODE"))
+        process = send(env)
+        waiting = None
+        deadline = time.monotonic() + 60
+        with ctx.db.engine.connect() as watcher:
+            while waiting is None and time.monotonic() < deadline:
+                waiting = watcher.scalar(text(
+                    "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND query LIKE 'INSERT INTO send_batches%'"))
+                watcher.rollback()
+                time.sleep(0.05)
+            assert waiting is not None, "the send never reached the batches' insert"
+            # Mid-record: its issue and deliveries exist, uncommitted, in its transaction.
+            assert watcher.scalar(select(func.count()).select_from(Delivery)) == 0
+            process.send_signal(signal.SIGKILL)
+            process.communicate(timeout=60)
+            holder.rollback()  # the lock goes; the dead sender's transaction is undone
+            while watcher.scalar(text("SELECT count(*) FROM pg_stat_activity WHERE pid = "
+                                      ":pid"), {"pid": waiting}):
+                watcher.rollback()
+                time.sleep(0.05)
+    with ctx.db.session() as s:
+        assert s.scalar(select(func.count()).select_from(Issue)) == 0
+        assert s.scalar(select(func.count()).select_from(Delivery)) == 0
+        # Meanwhile one reader leaves and one joins: the next send is for those active now.
+        newcomer = (s.scalar(select(func.max(Subscriber.id))) or 0) + 1
+        list_id = s.scalar(select(Subscription.list_id).limit(1))
+        s.execute(insert(Subscriber), [{"id": newcomer, "email": "joined@example.org",
+                                        "email_key": "joined@example.org", "name": ""}])
+        s.execute(insert(Subscription), [{"subscriber_id": newcomer, "list_id": list_id,
+                                          "status": "active", "source": "test",
+                                          "keywords": []}])
+    assert remove_subscriber(ctx.db, "weekly", sorted(active)[0])
+    active = active - {sorted(active)[0]} | {"joined@example.org"}
+    again = send(env)
+    output = again.communicate(timeout=300)[0].decode()
+    assert again.returncode == 0, output
+    with ctx.db.session() as s:
+        assert s.scalar(select(Issue.number)) == 1 and s.scalar(select(Issue.status)) == "sent"
+    check_exactly_once(ctx, standin, active)
+    assert set(standin.accepted) == active
     ctx.close()
