@@ -1,4 +1,8 @@
-"""Read-only views of issues and their deliveries, for the CLI and the web app."""
+"""Read-only views of issues and their deliveries, for the CLI and the web app.
+
+`digest issues list/show` and the web app's pages import this module: it loads nothing of
+the sending path (transports, rendering, metrics).
+"""
 
 from __future__ import annotations
 
@@ -18,9 +22,6 @@ from digest.services.models import (
 )
 from subscribers.lists import get_list
 from subscribers.models import MailingList, Subscriber
-
-# Imported by `digest issues list/show` and the web app's pages: it loads nothing of the
-# sending path (transports, rendering, metrics).
 
 
 def counts(ctx: Context, issue_id: int) -> Counter[str]:
@@ -45,8 +46,6 @@ def failures(ctx: Context, issue_id: int, limit: int = 50, *,
                     .where(Delivery.issue_id == issue_id,
                            Delivery.status.in_((FAILED, UNCERTAIN)))
                     .order_by(Delivery.id).limit(limit))]
-
-
 
 
 def issue_rows(ctx: Context, list_name: str | None = None,
