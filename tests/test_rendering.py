@@ -133,6 +133,7 @@ def test_inlining_leaves_requests_unloaded_until_used() -> None:
             "<body><p>x</p></body></html>')\nassert 'color:#123456' in html, html\n"
             "print(sorted(m for m in ('requests', 'charset_normalizer', 'urllib3') "
             "if m in sys.modules and type(sys.modules[m]).__name__ == 'module'))\n"
+            "import importlib.util\nassert importlib.util.find_spec('requests').origin\n"
             "import requests\nprint(requests.codes.ok, type(sys.modules['requests']).__name__)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60, check=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import importlib
+import importlib.util
 import logging
 import re
 import sys
@@ -303,8 +304,14 @@ def _defer_import(name: str) -> None:
     of every send. (The standard library's LazyLoader does not help on Python 3.11: the
     import statement itself reads the module's ``__spec__``, which loads it.) A module
     already imported is left alone."""
-    if name not in sys.modules:
-        sys.modules[name] = _DeferredModule(name)
+    if name in sys.modules:
+        return
+    spec = importlib.util.find_spec(name)
+    if spec is None:  # not installed: premailer's own import will say so
+        return
+    stand_in = _DeferredModule(name)
+    stand_in.__spec__ = spec  # what importlib.util.find_spec(name) answers meanwhile
+    sys.modules[name] = stand_in
 
 
 class Renderer:
