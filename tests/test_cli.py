@@ -170,3 +170,18 @@ def test_a_command_ends_its_process_with_everything_written(tmp_path: Path) -> N
     collected = digest("collect")
     assert collected.returncode == 0, collected.stderr
     assert collected.stderr.strip().endswith("}"), collected.stderr
+
+
+def test_the_cycle_collector_runs_once_a_command_has_its_database(tmp_path: Path) -> None:
+    # Paused while a command loads its modules, it must be back before any long work (a
+    # send, an import, `digest serve`), or their cyclic garbage would pile up.
+    env = {"DIGEST_DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}", "PATH": "/usr/bin:/bin"}
+    for command, collecting in ((["lists", "create", "weekly"], True),
+                                (["lists", "list"], True), (["--help"], False)):
+        code = ("import atexit, gc, sys\natexit.register(lambda: print('collecting', "
+                f"gc.isenabled()))\nsys.argv = ['digest', *{command!r}]\n"
+                "from digest.edges.cli import main\nmain()")
+        done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip().endswith(f"collecting {collecting}"), (command, done.stdout)

@@ -10,7 +10,7 @@ import sys
 import threading
 
 from digest.edges.cli import run_commands, service_commands
-from digest.edges.cli.base import cli
+from digest.edges.cli.base import cli, pause_collector
 
 for _command in (*run_commands.COMMANDS, *service_commands.COMMANDS):
     cli.add_command(_command)
@@ -26,6 +26,7 @@ def main() -> None:
     closed its database and files. A command that leaves a thread running (none does on
     purpose) gets the normal shutdown instead, which waits for it.
     """
+    pause_collector()  # until the command's database is open (base.State.ctx)
     try:
         cli(prog_name="digest")
     except SystemExit as stop:

@@ -8,6 +8,7 @@ Commands live in :mod:`digest.edges.cli.run_commands` and :mod:`digest.edges.cli
 from __future__ import annotations
 
 import functools
+import gc
 import logging
 import sys
 from collections.abc import Callable, Iterator
@@ -48,7 +49,30 @@ class State:
         if self._ctx is None:
             from digest.services.context import Context
             self._ctx = Context.open(self.loaded.settings)
+            resume_collector()
         return self._ctx
+
+
+# The console script pauses Python's cycle collector while a command starts: importing
+# SQLAlchemy and declaring the models makes ~140 collections, one of them full, for
+# nothing (modules are not garbage). `digest lists list` took 0.457 s with it and 0.393 s
+# without (mean of 16). It resumes once the command's database is open, before any
+# long work; a command that never opens one (`--help`, `config`) ends paused.
+_paused = False
+
+
+def pause_collector() -> None:
+    global _paused
+    if gc.isenabled():
+        gc.disable()
+        _paused = True
+
+
+def resume_collector() -> None:
+    global _paused
+    if _paused:
+        gc.enable()
+        _paused = False
 
 
 def boundary(func: F) -> F:

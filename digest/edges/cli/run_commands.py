@@ -18,7 +18,15 @@ from typing import TYPE_CHECKING
 import click
 from rich.table import Table
 
-from digest.edges.cli.base import _interactive, boundary, err, out, progress_bar, state
+from digest.edges.cli.base import (
+    _interactive,
+    boundary,
+    err,
+    out,
+    progress_bar,
+    resume_collector,
+    state,
+)
 from digest.errors import InvalidInputError
 from digest.settings import describe
 
@@ -806,6 +814,7 @@ def subscribers_export(list_name: str, out_path: Path | None, status: str) -> No
 def demo_cmd(directory: Path) -> None:
     """Run the whole job offline on bundled sample feeds, into a fresh SQLite file."""
     from digest.edges.demo import run_demo
+    resume_collector()  # the demo opens its own context
     run_demo(directory, console=err, interactive=_interactive(), progress=progress_bar)
 
 
