@@ -120,20 +120,34 @@ HEAVY = ("feedparser", "httpx", "premailer", "sendgrid", "starlette", "uvicorn",
          "sqlalchemy.dialects.postgresql")
 
 
-def _loaded(code: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> list[str]:
-    # Printed by an exit handler: the CLI ends its process as soon as the command is over.
-    done = subprocess.run([sys.executable, "-c", "import atexit, sys\natexit.register(lambda: "
-                           f"print(sorted(m for m in {HEAVY!r} if m in sys.modules)))\n" + code],
+def _printed_at_exit(expression: str, code: str, cwd: Path | None = None,
+                     env: dict[str, str] | None = None) -> tuple[int, str]:
+    """Run ``code`` in a fresh interpreter; return its exit status and what
+    ``expression`` was at its end (printed by an exit handler: the CLI ends its process
+    as soon as the command is over)."""
+    done = subprocess.run([sys.executable, "-c", "import atexit, gc, sys\natexit.register("
+                           f"lambda: print({expression}))\n" + code],
                           cwd=cwd, env=env, capture_output=True, text=True, timeout=60)
-    assert done.returncode in (0, 1), done.stderr
-    return eval(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+    assert done.stdout.strip(), done.stderr
+    return done.returncode, done.stdout.strip().splitlines()[-1]
+
+
+def _main(command: list[str]) -> str:
+    """Code that runs one `digest` command through the console script's entry point."""
+    return f"sys.argv = ['digest', *{command!r}]\nfrom digest.edges.cli import main\nmain()"
+
+
+def _loaded(code: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> list[str]:
+    status, printed = _printed_at_exit(f"sorted(m for m in {HEAVY!r} if m in sys.modules)",
+                                       code, cwd, env)
+    assert status in (0, 1), printed
+    return eval(printed)  # type: ignore[no-any-return]
 
 
 def test_the_cli_starts_without_the_heavy_libraries() -> None:
     # `digest --help` loads click and rich only; each command imports what it uses.
     assert _loaded("import digest.edges.cli") == []
-    assert _loaded("sys.argv = ['digest', '--help']\nfrom digest.edges.cli import main\n"
-                   "main()") == []
+    assert _loaded(_main(["--help"])) == []
 
 
 def test_read_commands_load_no_pipeline_libraries(tmp_path: Path) -> None:
@@ -142,9 +156,8 @@ def test_read_commands_load_no_pipeline_libraries(tmp_path: Path) -> None:
                    env=env, capture_output=True, check=True, timeout=60)
     for command in (["lists", "list"], ["issues", "list"], ["config"],
                     ["subscribers", "show", "a@example.org"]):
-        code = f"sys.argv = ['digest', *{command!r}]\nfrom digest.edges.cli import main\nmain()"
         # An existing database at the newest schema costs one query, not Alembic.
-        loaded = set(_loaded(code, cwd=tmp_path, env=env))
+        loaded = set(_loaded(_main(command), cwd=tmp_path, env=env))
         assert loaded <= {"sqlalchemy"}, (command, loaded)
 
 
@@ -178,10 +191,7 @@ def test_the_cycle_collector_runs_once_a_command_has_its_database(tmp_path: Path
     env = {"DIGEST_DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}", "PATH": "/usr/bin:/bin"}
     for command, collecting in ((["lists", "create", "weekly"], True),
                                 (["lists", "list"], True), (["--help"], False)):
-        code = ("import atexit, gc, sys\natexit.register(lambda: print('collecting', "
-                f"gc.isenabled()))\nsys.argv = ['digest', *{command!r}]\n"
-                "from digest.edges.cli import main\nmain()")
-        done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
-                              capture_output=True, text=True, timeout=60)
-        assert done.returncode == 0, done.stderr
-        assert done.stdout.strip().endswith(f"collecting {collecting}"), (command, done.stdout)
+        status, printed = _printed_at_exit("'collecting', gc.isenabled()", _main(command),
+                                           cwd=tmp_path, env=env)
+        assert status == 0, printed
+        assert printed == f"collecting {collecting}", (command, printed)
