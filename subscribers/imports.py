@@ -12,13 +12,15 @@ from __future__ import annotations
 import csv
 import io
 import json
+import queue
 import re
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO, cast
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar, cast
 
 from sqlalchemy import Connection, select, text, update
 
@@ -31,6 +33,8 @@ from subscribers.subscriptions import refused, segment_of
 
 if TYPE_CHECKING:
     import psycopg
+
+_T = TypeVar("_T")
 
 CHUNK = 5000
 MAX_RECORD_LINES = 5
@@ -182,33 +186,123 @@ def import_csv(db: Database, list_name: str, path: Path, *, source: str = "impor
         rejects.writerow([line, reason, *[f.encode("utf-8", "replace").decode() for f in
                                           fields]])
 
+    # On PostgreSQL the rows are shared out by address between two connections that
+    # store their chunks side by side: each address always goes to the same one, so
+    # they never touch the same rows, and an address's rows are stored in file order.
+    parts = 2 if db.is_postgres else 1
+    tallies = [ImportReport() for _ in range(parts)]
+    read = [0]
+
+    def store(part: int, chunk: dict[str, _Row], rows: int) -> None:
+        _apply(db, list_id, chunk, tallies[part], source)
+        if on_progress and rows > read[0]:
+            read[0] = rows
+            on_progress(rows)
+
     try:
         with open(path, "rb") as raw:
             # surrogateescape keeps undecodable bytes visible, so that row alone is refused.
             text = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="surrogateescape",
                                     newline="")
-            chunk: dict[str, _Row] = {}
-            for row in _read(text, str(path), report, reject):
-                key = address_key(row.email)
-                first = chunk.get(key)
-                # The same person twice: merged, the later row's values winning.
-                chunk[key] = row if first is None else _Row(
-                    first.line, first.email, row.name or first.name,
-                    row.keywords or first.keywords)
-                if len(chunk) >= CHUNK:
-                    _apply(db, list_id, chunk, report, source)
-                    chunk = {}
-                    if on_progress:
-                        on_progress(report.rows)
-            if chunk:
-                _apply(db, list_id, chunk, report, source)
-            if on_progress:
-                on_progress(report.rows)
+            # The file is read on a thread of its own while the chunks before are stored.
+            _fan_out(_chunks(_read(text, str(path), report, reject), report, parts),
+                     parts, store)
+        if on_progress:
+            on_progress(report.rows)
     finally:
         if rejects_file is not None:
             rejects_file.close()
+        for tally in tallies:
+            report.added += tally.added
+            report.updated += tally.updated
+            report.unchanged += tally.unchanged
+            report.suppressed += tally.suppressed
     report.rejects_path = rejects_path if report.rejected else None
     return report
+
+
+def _chunks(rows: Iterator[_Row], report: ImportReport, parts: int,
+            ) -> Iterator[tuple[int, dict[str, _Row], int]]:
+    """(part, chunk, rows read so far): the rows shared out by address into ``parts``
+    parts, in chunks of up to CHUNK addresses. The same person twice in a chunk is
+    merged, the later row's values winning."""
+    chunks: list[dict[str, _Row]] = [{} for _ in range(parts)]
+    for row in rows:
+        key = address_key(row.email)
+        part = hash(key) % parts
+        chunk = chunks[part]
+        first = chunk.get(key)
+        chunk[key] = row if first is None else _Row(
+            first.line, first.email, row.name or first.name, row.keywords or first.keywords)
+        if len(chunk) >= CHUNK:
+            yield part, chunk, report.rows
+            chunks[part] = {}
+    for part, chunk in enumerate(chunks):
+        if chunk:
+            yield part, chunk, report.rows
+
+
+_DONE = object()
+
+
+def _fan_out(items: Iterator[tuple[int, _T, int]], parts: int,
+             handle: Callable[[int, _T, int], None], depth: int = 2) -> None:
+    """Call ``handle(part, item, n)`` for each of ``items``, which are produced on a
+    thread of their own, at most ``depth`` ahead; each part's items are handled in
+    order on a thread of its part (part 0 on this one). The first error, in the
+    producer or a handler, stops the rest and is raised here."""
+    queues: list[queue.Queue[Any]] = [queue.Queue(maxsize=depth) for _ in range(parts)]
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def fail(error: BaseException) -> None:
+        errors.append(error)
+        stop.set()
+
+    def put(part: int, entry: Any) -> bool:
+        while not stop.is_set():
+            try:
+                queues[part].put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for part, item, n in items:
+                if not put(part, (item, n)):
+                    return
+            for part in range(parts):
+                put(part, (_DONE, 0))
+        except BaseException as e:  # raised by the caller's thread
+            fail(e)
+
+    def consume(part: int) -> None:
+        try:
+            while not stop.is_set():
+                try:
+                    item, n = queues[part].get(timeout=0.1)
+                except queue.Empty:
+                    continue
+                if item is _DONE:
+                    return
+                handle(part, item, n)
+        except BaseException as e:  # raised by the caller's thread
+            fail(e)
+
+    threads = [threading.Thread(target=produce, name="digest-import-reader", daemon=True)]
+    threads += [threading.Thread(target=consume, args=(part,), daemon=True,
+                                 name=f"digest-import-{part}") for part in range(1, parts)]
+    for thread in threads:
+        thread.start()
+    try:
+        consume(0)
+    finally:
+        for thread in threads:
+            thread.join()
+    if errors:
+        raise errors[0]
 
 
 def _apply(db: Database, list_id: int, rows: dict[str, _Row], report: ImportReport,

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from digest.edges.cli import cli
@@ -83,8 +85,6 @@ def test_not_utf8_rows_are_refused_alone(ctx: Context, tmp_path: Path) -> None:
 def test_missing_email_column_names_the_file(ctx: Context, tmp_path: Path) -> None:
     create_list(ctx.db, "weekly")
     path = write(tmp_path / "bad.csv", "mail,name\na@example.org,A\n")
-    import pytest
-
     from digest.errors import InvalidInputError
     with pytest.raises(InvalidInputError, match=r"bad.csv line 1: no 'email' column"):
         import_csv(ctx.db, "weekly", path)
@@ -175,3 +175,67 @@ def test_awkward_text_arrives_exactly_on_each_database(any_ctx: Context,
     }
     again = import_csv(any_ctx.db, "weekly", path)  # idempotent
     assert again.added == 0 and again.unchanged == 5
+
+
+def test_a_long_file_in_many_chunks_keeps_file_order_per_person(
+        any_ctx: Context, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Chunks of 3 addresses: on PostgreSQL two connections store them side by side,
+    # sharing the people out by address. A person's later row still wins, wherever it
+    # falls, and someone who left is never re-added, even when one connection is slow.
+    import threading
+    import time
+
+    from subscribers import imports
+    monkeypatch.setattr(imports, "CHUNK", 3)
+    store = imports._apply
+
+    def slow_on_this_thread(*args: object, **kwargs: object) -> None:
+        if threading.current_thread() is threading.main_thread():
+            time.sleep(0.01)
+        store(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(imports, "_apply", slow_on_this_thread)
+    create_list(any_ctx.db, "weekly")
+    add_subscriber(any_ctx.db, "weekly", "left@example.org")
+    remove_subscriber(any_ctx.db, "weekly", "left@example.org")
+    lines = ["email,name,keywords"]
+    for round_ in range(50):  # five people in turn: each chunk meets a person again
+        lines += [f"Reader{i}@example.org,Reader {i} v{round_},K{round_}" for i in range(4)]
+        lines.append(f"left@example.org,Left v{round_},")
+    path = write(tmp_path / "long.csv", "\n".join(lines) + "\nnot-an-address,x,\n")
+    seen: list[int] = []
+    report = import_csv(any_ctx.db, "weekly", path, on_progress=seen.append)
+    assert (report.added, report.suppressed) == (4, 50)
+    # Rows met again in later chunks update what the earlier ones stored.
+    assert (report.updated, report.unchanged) == (196, 0)
+    assert [line for line, _ in report.rejected] == [252]
+    rows = {s.email: (s.name, s.keywords, s.status)
+            for s in list_subscriptions(any_ctx.db, "weekly")}
+    assert rows == {**{f"Reader{i}@example.org": (f"Reader {i} v49", ["K49"], "active")
+                       for i in range(4)},
+                    "left@example.org": ("", [], "unsubscribed")}
+    assert seen == sorted(seen) and seen[-1] == 251
+    # Again: each row in turn is stored over the one before, and the last still wins.
+    again = import_csv(any_ctx.db, "weekly", path)
+    assert (again.added, again.updated, again.unchanged, again.suppressed) == (0, 200, 0, 50)
+    assert {s.email: (s.name, s.keywords, s.status)
+            for s in list_subscriptions(any_ctx.db, "weekly")} == rows
+
+
+def test_a_failing_chunk_stops_the_import_and_names_the_error(tmp_path: Path) -> None:
+    from subscribers.imports import _fan_out
+
+    produced: list[int] = []
+
+    def items() -> Iterator[tuple[int, int, int]]:
+        for n in range(10_000):
+            produced.append(n)
+            yield n % 2, n, n
+
+    def handle(part: int, item: int, n: int) -> None:
+        if item == 7:
+            raise RuntimeError("chunk 7: the database refused it")
+
+    with pytest.raises(RuntimeError, match="chunk 7"):
+        _fan_out(items(), 2, handle)
+    assert len(produced) < 100  # the reader stopped too: it does not read on
