@@ -57,7 +57,12 @@ class State:
 # SQLAlchemy and declaring the models makes ~140 collections, one of them full, for
 # nothing (modules are not garbage). `digest lists list` took 0.457 s with it and 0.393 s
 # without (mean of 16). It resumes once the command's database is open, before any
-# long work; a command that never opens one (`--help`, `config`) ends paused.
+# long work; a command that never opens one (`--help`, `config`) ends paused. What was
+# loaded until then (modules, classes, the models' mappers) is moved out of the
+# collector's sight first (gc.freeze): it lives as long as the process, and every full
+# collection used to walk it again. Collections then took 1.3 s instead of 3.9 s of a
+# 1,000,000-row import on SQLite, 3.8 s instead of 5.9 s on PostgreSQL, and 0.10 s
+# instead of 0.18 s of a send to 100,000.
 _paused = False
 
 
@@ -71,6 +76,7 @@ def pause_collector() -> None:
 def resume_collector() -> None:
     global _paused
     if _paused:
+        gc.freeze()
         gc.enable()
         _paused = False
 
