@@ -196,12 +196,13 @@ def import_csv(db: Database, list_name: str, path: Path, *, source: str = "impor
     # rows are stored in file order.
     parts = 2 if db.is_postgres else 1
     tallies = [ImportReport() for _ in range(parts)]
-    read = [0]
+    shown = 0  # rows read up to the last chunk stored, as the progress callback has them
 
     def store(part: int, chunk: dict[str, _Row], rows: int) -> None:
+        nonlocal shown
         _apply(db, list_id, chunk, tallies[part], source)
-        if on_progress and rows > read[0]:
-            read[0] = rows
+        if on_progress and rows > shown:
+            shown = rows
             on_progress(rows)
 
     try:
@@ -212,16 +213,8 @@ def import_csv(db: Database, list_name: str, path: Path, *, source: str = "impor
             chunks = _chunks(_read(text, str(path), report, reject), report, parts)
             if parts > 1:
                 # The file is read on a thread of its own while the chunks before are
-                # stored, mostly by the server. Rows wait in the hand-over through many
-                # of the collector's youngest rounds and were promoted, to be walked
-                # again in older ones: rounds every 10,000 new objects instead of 700
-                # made 1,000,000 rows 28-30 -> 22-27 s (three runs each, interleaved).
-                threshold = gc.get_threshold()
-                gc.set_threshold(10_000, *threshold[1:])
-                try:
-                    _fan_out(chunks, parts, store)
-                finally:
-                    gc.set_threshold(*threshold)
+                # stored, mostly by the server.
+                _fan_out(chunks, parts, store)
             else:
                 # SQLite stores in this process, holding Python's lock through much of
                 # it: a reader thread made 1,000,000 rows 21-23 -> 23-29 s.
@@ -314,6 +307,12 @@ def _fan_out(items: Iterator[tuple[int, _T, int]], parts: int,
     threads = [threading.Thread(target=produce, name="digest-import-reader", daemon=True)]
     threads += [threading.Thread(target=consume, args=(part,), daemon=True,
                                  name=f"digest-import-{part}") for part in range(1, parts)]
+    # Items wait in the hand-over through many of the collector's youngest rounds and
+    # were promoted, to be walked again in older ones: rounds every 10,000 new objects
+    # instead of 700 made an import of 1,000,000 rows on PostgreSQL 28-30 -> 22-27 s
+    # (three runs each, interleaved).
+    threshold = gc.get_threshold()
+    gc.set_threshold(10_000, *threshold[1:])
     for thread in threads:
         thread.start()
     try:
@@ -321,6 +320,7 @@ def _fan_out(items: Iterator[tuple[int, _T, int]], parts: int,
     finally:
         for thread in threads:
             thread.join()
+        gc.set_threshold(*threshold)
     if errors:
         raise errors[0]
 

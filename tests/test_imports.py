@@ -183,6 +183,7 @@ def test_a_long_file_in_many_chunks_keeps_file_order_per_person(
     # sharing the people out by address. A person's later row still wins, wherever it
     # falls, and someone who left is never re-added.
     import zlib
+    from collections import Counter
 
     from subscribers import imports
     monkeypatch.setattr(imports, "CHUNK", 3)
@@ -190,7 +191,11 @@ def test_a_long_file_in_many_chunks_keeps_file_order_per_person(
     add_subscriber(any_ctx.db, "weekly", "left@example.org")
     remove_subscriber(any_ctx.db, "weekly", "left@example.org")
     people = [f"Reader{i}@example.org" for i in range(12)]
-    assert {zlib.crc32(p.casefold().encode()) % 2 for p in people[:3]} == {0, 1}
+    # Each part meets at least a chunk's worth of these people in turn, so no chunk holds
+    # a person twice (which would merge rows and change the counts below).
+    per_part = Counter(zlib.crc32(p.casefold().encode()) % 2
+                       for p in [*people, "left@example.org"])
+    assert min(per_part[0], per_part[1]) >= 3
     lines = ["email,name,keywords"]
     for round_ in range(50):  # thirteen people in turn: each chunk meets a person again
         lines += [f"{person},Reader {i} v{round_},K{round_}"
@@ -233,7 +238,7 @@ def test_each_address_goes_to_one_part_in_file_order() -> None:
     assert all(lines == sorted(lines) for lines in lines_of.values())
 
 
-def test_a_failing_chunk_stops_the_import_and_names_the_error(tmp_path: Path) -> None:
+def test_a_failing_chunk_stops_the_import_and_names_the_error() -> None:
     from subscribers.imports import _fan_out
 
     produced: list[int] = []
