@@ -91,6 +91,10 @@ class Settings:
         "Subject of an issue; {list_title}, {date}, {count} and {top_sections} are filled in.")
     html_size_warning: int = setting(
         100_000, "Warn when an issue's HTML passes this many bytes (Gmail clips near 102 KB).")
+    cache_dir: str = setting(
+        "", "Folder (yours alone) for what runs reuse and can always rebuild: compiled "
+        "templates and inlined emails. Empty: $XDG_CACHE_HOME/recap-digest, else "
+        "~/.cache/recap-digest; off: no cache.")
 
     # Delivery
     transport: str = setting("outbox", "How email leaves: outbox, smtp, sendgrid or locmem.",

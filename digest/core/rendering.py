@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 from urllib.parse import quote
 
 from digest.core.feeds import READ_ALSO, Image
@@ -314,21 +314,46 @@ def _defer_import(name: str) -> None:
     sys.modules[name] = stand_in
 
 
-class Renderer:
-    """Jinja2 templates plus one reused premailer instance."""
+class InlineCache(Protocol):
+    """Where inlined documents are kept between runs, by what premailer was given."""
 
-    def __init__(self, templates: Path | None = None, *,
-                 size_warning: int = 100_000) -> None:
+    def get(self, key: str) -> str | None:
+        """The inlined document for ``key``, or None."""
+
+    def put(self, key: str, value: str) -> None:
+        """Keep the inlined document for ``key``."""
+
+
+# strip_important=False: the @media rules must keep their !important to beat the inlined
+# styles on a phone. Feed HTML reaches us without style attributes (the sanitizer drops
+# them), so there are no floated images to align, and our CSS never says "unset".
+PREMAILER_OPTIONS: Mapping[str, object] = {
+    "base_url": None, "allow_network": False, "disable_validation": True,
+    "cssutils_logging_level": logging.CRITICAL, "keep_style_tags": False,
+    "strip_important": False, "remove_classes": False, "align_floating_images": False,
+    "remove_unset_properties": False}
+
+
+class Renderer:
+    """Jinja2 templates plus one reused premailer instance.
+
+    ``bytecode_cache`` (a Jinja2 one) keeps compiled templates between runs, and
+    ``inline_cache`` inlined documents: premailer's output depends only on what it is
+    given, so a document inlined once (by a preview, say) is not inlined again, and a run
+    whose documents are all in the cache never loads premailer.
+    """
+
+    def __init__(self, templates: Path | None = None, *, size_warning: int = 100_000,
+                 bytecode_cache: jinja2.BytecodeCache | None = None,
+                 inline_cache: InlineCache | None = None) -> None:
         # Imported here: the commands that render nothing (most of them) start without
-        # Jinja2 and premailer, which cost a tenth of a second to load.
+        # Jinja2, which costs a twentieth of a second to load.
         import jinja2
-        _defer_import("requests")
-        import premailer
         self.env: jinja2.Environment = jinja2.Environment(
             loader=jinja2.FileSystemLoader(str(templates or template_dir())),
             autoescape=jinja2.select_autoescape(["html"], default_for_string=True),
             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
-            extensions=["jinja2.ext.do"])
+            extensions=["jinja2.ext.do"], bytecode_cache=bytecode_cache)
         self.env.filters.update(wrap=_wrap, plain=html_to_text, longdate=long_date,
                                 neutral=neutralize, sentences=sentence_cut,
                                 email_summary=email_summary, underline=underline)
@@ -337,21 +362,26 @@ class Renderer:
         self.env.globals["ph"] = {k: v[0] for k, v in PLACEHOLDERS.items()}
         self.env.globals["ph_text"] = {k: v[1] for k, v in PLACEHOLDERS.items()}
         self.size_warning = size_warning
-        # strip_important=False: the @media rules must keep their !important to beat the
-        # inlined styles on a phone.
-        self._premailer = premailer.Premailer(
-            base_url=None, allow_network=False, disable_validation=True,
-            cssutils_logging_level=logging.CRITICAL, keep_style_tags=False,
-            strip_important=False, remove_classes=False,
-            # Feed HTML reaches us without style attributes (the sanitizer drops them), so
-            # there are no floated images to align, and our CSS never says "unset".
-            align_floating_images=False, remove_unset_properties=False)
+        self._inline_cache = inline_cache
+        self._options_key = repr(sorted(PREMAILER_OPTIONS.items()))
+        self._premailer: Any = None  # made at the first document not in the cache
         self._lock = threading.Lock()  # premailer keeps state while it transforms
 
     def inline(self, markup: str) -> str:
         """Inline a document's CSS (media queries stay in a style block)."""
+        key = f"{self._options_key}\0{markup}"
+        if self._inline_cache is not None:
+            kept = self._inline_cache.get(key)
+            if kept is not None:
+                return kept
         with self._lock:
+            if self._premailer is None:
+                _defer_import("requests")
+                import premailer
+                self._premailer = premailer.Premailer(**PREMAILER_OPTIONS)
             result: str = self._premailer.transform(markup, pretty_print=False)
+        if self._inline_cache is not None:
+            self._inline_cache.put(key, result)
         return result
 
     def render_issue(self, content: IssueContent) -> RenderedIssue:

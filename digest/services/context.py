@@ -30,9 +30,14 @@ class Context:
 
     @cached_property
     def renderer(self) -> Renderer:
-        """The one renderer (and premailer instance) of this process."""
+        """The one renderer (and premailer instance) of this process, with the user's
+        cache of compiled templates and inlined emails."""
         from digest.core.rendering import Renderer
-        return Renderer(size_warning=self.settings.html_size_warning)
+        from digest.services.cache import cache_folder, inline_cache, template_cache
+        folder = cache_folder(self.settings.cache_dir)
+        return Renderer(size_warning=self.settings.html_size_warning,
+                        bytecode_cache=template_cache(folder),
+                        inline_cache=inline_cache(folder))
 
     @cached_property
     def tokens(self) -> Tokens:
