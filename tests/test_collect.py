@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 from sqlalchemy import select
 
@@ -131,3 +134,35 @@ def test_an_edited_entry_is_updated_not_duplicated(ctx: Context,
     assert report.feeds[0].updated == 1 and report.new == 0
     with ctx.db.session() as s:
         assert "Corrected." in s.scalars(select(Entry.summary_html)).one()
+
+
+def test_feeds_over_https_are_verified_as_httpx_would(tmp_path: Path) -> None:
+    # The certificate authorities are loaded on a thread of their own while `digest
+    # collect` starts; the servers are verified as before: an unknown issuer is refused,
+    # SSL_CERT_FILE is honoured, and a missing one is named.
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    server = FeedServer(tls=(cert, key))
+    try:
+        url = server.add("/feed.xml", body=rss([item(1)]))
+        base = {"DIGEST_DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}", "PATH": "/usr/bin:/bin"}
+
+        def digest(*argv: str, **env: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([sys.executable, "-m", "digest", *argv], cwd=tmp_path,
+                                  env={**base, **env}, capture_output=True, text=True,
+                                  timeout=60)
+
+        assert digest("feeds", "add", url).returncode == 0
+        refused = digest("collect")
+        assert "CERTIFICATE_VERIFY_FAILED" in refused.stdout + refused.stderr, refused
+        missing = digest("collect", SSL_CERT_FILE=str(tmp_path / "nope.pem"))
+        assert missing.returncode == 1
+        assert f"SSL_CERT_FILE={tmp_path / 'nope.pem'}" in missing.stderr, missing.stderr
+        assert "No such file" in missing.stderr
+        trusted = digest("collect", SSL_CERT_FILE=str(cert))
+        assert trusted.returncode == 0, trusted.stderr
+        assert "1 new entries" in trusted.stderr, trusted.stderr
+    finally:
+        server.close()

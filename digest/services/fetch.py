@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import httpx
 
 from digest import __version__
+from digest.services import tls
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -113,6 +114,7 @@ async def fetch_all_async(requests: Sequence[FetchRequest], limits: FetchLimits,
     timeout = httpx.Timeout(limits.timeout)
     async with httpx.AsyncClient(
             follow_redirects=True, max_redirects=limits.max_redirects, timeout=timeout,
+            verify=tls.context(),
             headers={"User-Agent": USER_AGENT,
                      "Accept": "application/atom+xml, application/rss+xml, "
                                "application/xml;q=0.9, text/xml;q=0.9, */*;q=0.1"},
@@ -197,6 +199,7 @@ def image_sizes(urls: Sequence[str], *, timeout: float = 5.0,
 
     async def run() -> dict[str, tuple[int, int]]:
         async with httpx.AsyncClient(timeout=timeout, follow_redirects=True,
+                                     verify=tls.context(),
                                      headers={"User-Agent": USER_AGENT}) as client:
             sizes = await each_bounded(urls, lambda url: _image_size(client, url),
                                        concurrency=concurrency, timeout=timeout,

@@ -28,6 +28,7 @@ from digest.edges.cli.base import (
     state,
 )
 from digest.errors import InvalidInputError
+from digest.services import tls
 from digest.settings import describe
 
 if TYPE_CHECKING:
@@ -235,6 +236,7 @@ METRICS_FILE = click.option(
 @boundary
 def collect_cmd(metrics_file_path: Path | None) -> None:
     """Fetch every feed and store new entries."""
+    tls.prepare()  # while the database opens and the fetching code loads
     with metrics_file(metrics_file_path):
         report = _collect_with_progress(state().ctx)
         print_collect(report)
@@ -360,6 +362,8 @@ def send_cmd(list_name: str, no_collect: bool, yes: bool, resend_uncertain: bool
 
 def _send(list_name: str, no_collect: bool, yes: bool, resend_uncertain: bool,
           sandbox: bool, worker: bool, wait_for_issue: float, jobs: int) -> None:
+    if not no_collect and not worker:
+        tls.prepare()  # while the pipeline loads and the database opens
     from digest.services.pipeline import RunEvents, RunRequest, run_list
     ctx = state().ctx
     interactive = _interactive()
