@@ -161,6 +161,19 @@ def test_read_commands_load_no_pipeline_libraries(tmp_path: Path) -> None:
         assert loaded <= {"sqlalchemy"}, (command, loaded)
 
 
+def test_collect_loads_httpx_without_its_command_line_client(tmp_path: Path) -> None:
+    # httpx's own CLI would bring rich's syntax highlighting and pygments into every
+    # collect; feeds are fetched all the same.
+    env = {"DIGEST_DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}", "PATH": "/usr/bin:/bin"}
+    # (A database made afresh is migrated by Alembic, whose templates load pygments.)
+    assert _printed_at_exit("0", _main(["lists", "list"]), cwd=tmp_path, env=env)[0] == 0
+    status, printed = _printed_at_exit(
+        "sorted(m for m in ('httpx', 'httpx._main', 'pygments', 'rich.syntax') "
+        "if sys.modules.get(m))", _main(["collect"]), cwd=tmp_path, env=env)
+    assert status == 0, printed
+    assert printed == "['httpx']"
+
+
 def test_a_command_ends_its_process_with_everything_written(tmp_path: Path) -> None:
     # The console script ends the process once the command is over, without the
     # interpreter's teardown: what the command wrote and its exit status must survive it.

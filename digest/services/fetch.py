@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-import httpx
-
 from digest import __version__
 from digest.services import tls
+
+# httpx's own command-line client (httpx/_main.py) loads rich's progress bars, syntax
+# highlighting and pygments whenever click and rich are installed, as they are here: 14 ms
+# of every collect, for a program we never run. httpx does without it when it cannot be
+# imported; a process that imported httpx before us keeps its client.
+sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
+
+import httpx  # noqa: E402
 
 T = TypeVar("T")
 R = TypeVar("R")
