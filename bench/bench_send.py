@@ -7,22 +7,30 @@ the sending processes ≤ 200 MB at 1,000,000.
 What runs, each a `digest` command in a fresh process, in a fresh folder:
 1. the four bundled sample feeds are served on 127.0.0.1; `digest feeds add` each,
    `digest lists create weekly`, `digest subscribers import people.csv --list weekly`
-   (a generated CSV of N rows: email, name), `digest collect`;
+   (a generated CSV of N rows: email, name), `digest collect`, and `digest preview` (for
+   the floor's content);
 2. the floor, in a fresh process: build, serialize and POST the same requests (this
    issue's subject, text and HTML, 1000 personalizations each with the same
    substitutions, headers and custom_args) with the same client to the same stand-in;
 3. `digest send --list weekly --yes` (which collects first, as the scheduled job does)
    with nothing set but what a SendGrid user must set: the transport, the API key and,
-   here, the stand-in's address;
+   here, the stand-in's address. The cache (compiled templates, inlined emails) is a
+   folder of the run's own, as a weekly send finds it: templates compiled by an earlier
+   run (the preview), this issue's email never inlined before (what the preview inlined
+   is removed). With ``--after-preview`` it is kept, as when an editor previewed the
+   issue before it went out;
 4. the floor again. The ratios are ours ÷ the mean of the two floors: this machine's speed
-   drifts by ±15 % over minutes. Ours is timed from the process's start to its exit, so
-   the floor is given both ways: its sending loop alone (the strict figure), and the
-   whole script from start to exit (interpreter start-up and `import sendgrid`, ~0.1 s
-   here), as ours is.
+   drifts by ±15 % over minutes. With ``--repeat=K`` (SQLite) steps 3 and 4 run K times,
+   each send from the same database as the first, and the ratios are of medians.
+
+Ours is timed from the process's start to its exit, so the floor is given both ways: its
+sending loop alone (the strict figure), and the whole script from start to exit
+(interpreter start-up and `import sendgrid`, ~0.1 s here), as ours is.
 
 The stand-in runs in its own process, answers 202 at once and counts recipients.
 
 Run: .venv/bin/python bench/bench_send.py [N] [sqlite|DATABASE_URL] [JOBS]
+     [--after-preview] [--repeat=K]
 """
 
 from __future__ import annotations
@@ -31,6 +39,8 @@ import json
 import multiprocessing
 import os
 import re
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -163,9 +173,14 @@ def main() -> None:
     # but the sendgrid client.
     sys.path.insert(0, str(ROOT))
     from digest.edges.demo import SAMPLE_FEEDS, SampleServer
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
-    given_url = sys.argv[2] if len(sys.argv) > 2 and sys.argv[2] != "sqlite" else None
-    jobs = sys.argv[3] if len(sys.argv) > 3 else "1"
+    after_preview = "--after-preview" in sys.argv
+    repeat = next((int(a.split("=", 1)[1]) for a in sys.argv if a.startswith("--repeat=")), 1)
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    if repeat > 1 and args[1:2] not in ([], ["sqlite"]):
+        raise SystemExit("--repeat needs SQLite (its database is copied between runs)")
+    n = int(args[0]) if args else 100_000
+    given_url = args[1] if len(args) > 1 and args[1] != "sqlite" else None
+    jobs = args[2] if len(args) > 2 else "1"
     counter = multiprocessing.Value("q", 0)
     ports: multiprocessing.Queue[int] = multiprocessing.Queue()
     server = multiprocessing.Process(target=standin, args=(ports, counter), daemon=True)
@@ -178,6 +193,7 @@ def main() -> None:
         # Nothing of this machine's own DIGEST_* settings: defaults, as a new user has.
         env = {k: v for k, v in os.environ.items() if not k.startswith("DIGEST_")}
         env.update({"PYTHONPATH": str(ROOT), "DIGEST_DATABASE_URL": url,
+                    "DIGEST_CACHE_DIR": str(folder / "cache"),
                     "DIGEST_TRANSPORT": "sendgrid", "SENDGRID_API_KEY": KEY,
                     "DIGEST_SENDGRID_HOST": f"http://127.0.0.1:{port}"})
         for name in SAMPLE_FEEDS:
@@ -198,34 +214,53 @@ def main() -> None:
             "text": (folder / "p.txt").read_text(encoding="utf-8")}), encoding="utf-8")
         print(f"the issue: {len(html.encode()):,} bytes of HTML")
 
+        # Runs after the first start from the database as it was before the first send
+        # (SQLite: a copy of its file), so each sends the same new issue to everyone.
+        saved = folder / "before-send.db"
+        if repeat > 1:
+            shutil.copy(folder / "digest.db", saved)
         floors = [timed_floor(n, port, counter, server.pid, folder)]
-        machine_before, standin_before = cpu_seconds(), cpu_seconds(server.pid)
+        sends: list[float] = []
         command = [*digest, "send", "--list", "weekly", "--yes"]
         if jobs != "1":
             command += ["--jobs", jobs]
         if os.environ.get("BENCH_PROFILE"):  # collapsed stacks of every sending process
             command = ["py-spy", "record", "--subprocesses", "--format", "raw", "-o",
                        os.environ["BENCH_PROFILE"], "--", *command]
-        ours, sender_cpu, peak, log = run(command, env, folder)
-        machine_cpu = cpu_seconds() - machine_before
-        standin_cpu = cpu_seconds(server.pid) - standin_before
-        accepted = counter.value
-        print("\n".join("  " + line for line in log.strip().splitlines()[-8:]))
-        print(f"digest send to {n:,}" + (f" with --jobs {jobs}" if jobs != "1" else "")
-              + f": {ours:.2f} s, peak memory {peak:.0f} MB (goal ≤ 200 MB at 1,000,000); "
-              f"stand-in counted {accepted:,}")
-        print(f"CPU seconds during the send: senders {sender_cpu:.1f}, stand-in "
-              f"{standin_cpu:.1f}, the rest of the machine (the database server, …) "
-              f"{machine_cpu - sender_cpu - standin_cpu:.1f}; "
-              f"{os.cpu_count()} cores × {ours:.1f} s = {(os.cpu_count() or 1) * ours:.1f}")
-        if accepted != n:
-            raise SystemExit(f"the stand-in counted {accepted:,} recipients, not {n:,}")
-        floors.append(timed_floor(n, port, counter, server.pid, folder))
+        for attempt in range(repeat):
+            if attempt:
+                shutil.copy(saved, folder / "digest.db")
+            if not after_preview:  # this issue's email, inlined by the preview or a send
+                shutil.rmtree(folder / "cache" / "inlined", ignore_errors=True)
+            machine_before, standin_before = cpu_seconds(), cpu_seconds(server.pid)
+            ours, sender_cpu, peak, log = run(command, env, folder)
+            machine_cpu = cpu_seconds() - machine_before
+            standin_cpu = cpu_seconds(server.pid) - standin_before
+            accepted = counter.value
+            if attempt == 0:
+                print("\n".join("  " + line for line in log.strip().splitlines()[-8:]))
+            print(f"digest send to {n:,}" + (f" with --jobs {jobs}" if jobs != "1" else "")
+                  + (" after a preview" if after_preview else "")
+                  + f": {ours:.2f} s, peak memory {peak:.0f} MB (goal ≤ 200 MB at "
+                  f"1,000,000); stand-in counted {accepted:,}")
+            print(f"CPU seconds during the send: senders {sender_cpu:.1f}, stand-in "
+                  f"{standin_cpu:.1f}, the rest of the machine (the database server, …) "
+                  f"{machine_cpu - sender_cpu - standin_cpu:.1f}; "
+                  f"{os.cpu_count()} cores × {ours:.1f} s = {(os.cpu_count() or 1) * ours:.1f}")
+            if accepted != n:
+                raise SystemExit(f"the stand-in counted {accepted:,} recipients, not {n:,}")
+            with counter.get_lock():  # type: ignore[attr-defined]
+                counter.value = 0  # type: ignore[attr-defined]
+            sends.append(ours)
+            floors.append(timed_floor(n, port, counter, server.pid, folder))
     goal = 2.0 if n < 100_000 else 1.5
-    loop = sum(f[0] for f in floors) / len(floors)
-    script = sum(f[1] for f in floors) / len(floors)
-    print(f"ours {ours:.2f} s ÷ mean floor {loop:.2f} s (its loop alone) = {ours / loop:.2f}; "
-          f"÷ mean floor script {script:.2f} s (start to exit, as ours) = "
+    ours = statistics.median(sends)
+    loop = statistics.median(f[0] for f in floors)
+    script = statistics.median(f[1] for f in floors)
+    runs = f"median of {repeat} " if repeat > 1 else ""
+    print(f"ours ({runs}{', '.join(f'{t:.2f}' for t in sends)}) {ours:.2f} s ÷ "
+          f"{'median' if repeat > 1 else 'mean'} floor {loop:.2f} s (its loop alone) = "
+          f"{ours / loop:.2f}; ÷ floor script {script:.2f} s (start to exit, as ours) = "
           f"{ours / script:.2f} (goal ≤ {goal})")
     server.terminate()
 
