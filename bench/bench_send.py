@@ -249,8 +249,8 @@ def main() -> None:
                   f"{os.cpu_count()} cores × {ours:.1f} s = {(os.cpu_count() or 1) * ours:.1f}")
             if accepted != n:
                 raise SystemExit(f"the stand-in counted {accepted:,} recipients, not {n:,}")
-            with counter.get_lock():  # type: ignore[attr-defined]
-                counter.value = 0  # type: ignore[attr-defined]
+            with counter.get_lock():
+                counter.value = 0
             sends.append(ours)
             floors.append(timed_floor(n, port, counter, server.pid, folder))
     goal = 2.0 if n < 100_000 else 1.5
