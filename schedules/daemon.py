@@ -27,6 +27,7 @@ from digest.services import metrics
 from digest.services.context import Context
 from digest.services.db import utcnow
 from digest.services.delivery import claimer_gone, worker_identity
+from digest.services.pipeline import warm_up
 from digest.services.transports import Transport
 from schedules.expressions import WallClockTrigger, parse_expression, slot_key, time_zone
 from schedules.models import Schedule, SchedulerLease, ScheduleRun
@@ -184,6 +185,7 @@ class Daemon:
                     log.info("this process (%s pid %d) now runs the scheduler",
                              socket.gethostname(), os.getpid())
                     self._start_scheduler()
+                    self._warm_up()
                 elif not held and self.scheduler is not None:
                     log.warning("lost the scheduler lock; stopping the scheduler here")
                     self.scheduler.shutdown(wait=False)
@@ -193,6 +195,14 @@ class Daemon:
             except Exception:  # the database went away for a moment: try again
                 log.exception("scheduler election failed; retrying")
             self.stopping.wait(self.check_every)
+
+    def _warm_up(self) -> None:
+        # Whatever a slot would otherwise load at its start (about half a second of
+        # imports and compiling) is loaded now, while nothing is due.
+        try:
+            warm_up(self.ctx)
+        except Exception as e:  # the slot will load it, and say what is wrong, itself
+            log.warning("could not load ahead what a scheduled send needs: %s", e)
 
     def _start_scheduler(self) -> None:
         scheduler = BackgroundScheduler(

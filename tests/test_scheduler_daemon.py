@@ -200,3 +200,22 @@ def test_shutdown_stops_a_send_at_a_batch_boundary_and_the_next_start_resumes(
     assert stopped.issue_id is not None
     assert counts(ctx, stopped.issue_id) == {"accepted": 7}
     ctx.close()
+
+
+def test_a_leading_scheduler_loads_what_a_slot_needs_before_the_slot(
+        ctx: Context, locmem: type[LocmemTransport]) -> None:
+    # A scheduled send pays no start-up: the templates are compiled and premailer made
+    # as soon as the scheduler leads, long before its first slot.
+    daemon = Daemon(ctx, check_every=0.2)
+    assert not ctx.renderer.inliner_loaded
+    daemon.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not (daemon.leading and ctx.renderer.inliner_loaded) \
+                and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert daemon.leading and ctx.renderer.inliner_loaded
+        assert {"email/issue.html", "email/issue.txt"} <= {
+            name for _, name in ctx.renderer.env.cache or {}}
+    finally:
+        daemon.stop()

@@ -334,6 +334,13 @@ PREMAILER_OPTIONS: Mapping[str, object] = {
     "remove_unset_properties": False}
 
 
+# What premailer inlines to load the rest of itself and cssutils (their first transform
+# builds parsers and regular expressions).
+WARM_UP_DOCUMENT = ("<html><head><style>p {color: #123456} @media (max-width: 600px) "
+                    "{p {color: #654321 !important}}</style></head><body><p>x</p></body>"
+                    "</html>")
+
+
 class Renderer:
     """Jinja2 templates plus one reused premailer instance.
 
@@ -367,6 +374,26 @@ class Renderer:
         self._premailer: Any = None  # made at the first document not in the cache
         self._lock = threading.Lock()  # premailer keeps state while it transforms
 
+    def warm_up(self) -> None:
+        """Compile the email's templates and make premailer now, ahead of the first
+        issue (a long-running process that will render one, in its idle time)."""
+        for name in ("email/issue.html", "email/issue.txt"):
+            self.env.get_template(name)
+        with self._lock:
+            self._inliner().transform(WARM_UP_DOCUMENT, pretty_print=False)
+
+    @property
+    def inliner_loaded(self) -> bool:
+        """Whether premailer is loaded and made (by an inlining or :meth:`warm_up`)."""
+        return self._premailer is not None
+
+    def _inliner(self) -> Any:
+        if self._premailer is None:
+            _defer_import("requests")
+            import premailer
+            self._premailer = premailer.Premailer(**PREMAILER_OPTIONS)
+        return self._premailer
+
     def inline(self, markup: str) -> str:
         """Inline a document's CSS (media queries stay in a style block)."""
         key = f"{self._options_key}\0{markup}"
@@ -375,11 +402,7 @@ class Renderer:
             if kept is not None:
                 return kept
         with self._lock:
-            if self._premailer is None:
-                _defer_import("requests")
-                import premailer
-                self._premailer = premailer.Premailer(**PREMAILER_OPTIONS)
-            result: str = self._premailer.transform(markup, pretty_print=False)
+            result: str = self._inliner().transform(markup, pretty_print=False)
         if self._inline_cache is not None:
             self._inline_cache.put(key, result)
         return result
