@@ -22,6 +22,9 @@ What runs, each a `digest` command in a fresh process, in a fresh folder:
 4. the floor again. The ratios are ours ÷ the mean of the two floors: this machine's speed
    drifts by ±15 % over minutes. With ``--repeat=K`` (SQLite) steps 3 and 4 run K times,
    each send from the same database as the first, and the ratios are of medians.
+   With ``--scheduled`` (SQLite) step 3 is a slot of `digest scheduler` instead, timed
+   from its start to its end as the scheduler records them: the send a scheduled job
+   makes in a process that is already running.
 
 Ours is timed from the process's start to its exit, so the floor is given both ways: its
 sending loop alone (the strict figure), and the whole script from start to exit
@@ -30,7 +33,7 @@ sending loop alone (the strict figure), and the whole script from start to exit
 The stand-in runs in its own process, answers 202 at once and counts recipients.
 
 Run: .venv/bin/python bench/bench_send.py [N] [sqlite|DATABASE_URL] [JOBS]
-     [--after-preview] [--repeat=K]
+     [--after-preview] [--repeat=K] [--scheduled]
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -157,6 +160,46 @@ def timed_floor(n: int, port: int, counter: object, standin_pid: int,
     return seconds, wall
 
 
+def scheduled_slot(digest: list[str], env: dict[str, str],
+                   folder: Path) -> tuple[float, float, float, str]:
+    """One slot of `digest scheduler`: the scheduler is started and leads, then a schedule
+    is added for the first whole minute at least 15 s away (the scheduler reads its
+    schedules every 5 s). Return (the slot's duration, from its start to its end as the
+    scheduler records them; the scheduler's CPU seconds and peak MB; its log)."""
+    import sqlite3
+    with open(folder / "scheduler.log", "w") as err:
+        daemon = subprocess.Popen([*digest, "scheduler"], env=env, cwd=folder,
+                                  stdout=subprocess.DEVNULL, stderr=err,
+                                  stdin=subprocess.DEVNULL)
+    try:
+        time.sleep(2)
+        slot = datetime.now(UTC).replace(second=0, microsecond=0)
+        while (slot - datetime.now(UTC)).total_seconds() < 15:
+            slot += timedelta(minutes=1)
+        subprocess.run([*digest, "schedules", "add", "bench", "--list", "weekly", "--cron",
+                        f"{slot.minute} {slot.hour} * * *", "--timezone", "UTC"], env=env,
+                       cwd=folder, check=True, capture_output=True)
+        db = sqlite3.connect(folder / "digest.db")
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            row = db.execute("SELECT started_at, finished_at, status FROM schedule_runs"
+                             ).fetchone()
+            if row and row[1]:
+                break
+            time.sleep(0.5)
+        else:
+            raise SystemExit("the scheduled slot did not end within two minutes")
+        db.close()
+    finally:
+        daemon.terminate()
+        _, _, usage = os.wait4(daemon.pid, 0)
+    if row[2] != "sent":
+        raise SystemExit(f"the slot ended {row[2]}: {(folder / 'scheduler.log').read_text()}")
+    took = (datetime.fromisoformat(row[1]) - datetime.fromisoformat(row[0])).total_seconds()
+    return (took, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024,
+            (folder / "scheduler.log").read_text())
+
+
 def write_csv(path: Path, n: int) -> None:
     with open(path, "w", encoding="utf-8") as out:
         out.write("email,name\n")
@@ -174,10 +217,12 @@ def main() -> None:
     sys.path.insert(0, str(ROOT))
     from digest.edges.demo import SAMPLE_FEEDS, SampleServer
     after_preview = "--after-preview" in sys.argv
+    scheduled = "--scheduled" in sys.argv
     repeat = next((int(a.split("=", 1)[1]) for a in sys.argv if a.startswith("--repeat=")), 1)
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
-    if repeat > 1 and args[1:2] not in ([], ["sqlite"]):
-        raise SystemExit("--repeat needs SQLite (its database is copied between runs)")
+    if (repeat > 1 or scheduled) and args[1:2] not in ([], ["sqlite"]):
+        raise SystemExit("--repeat and --scheduled need SQLite (its database is copied "
+                         "between runs and read for the slot's times)")
     n = int(args[0]) if args else 100_000
     given_url = args[1] if len(args) > 1 and args[1] != "sqlite" else None
     jobs = args[2] if len(args) > 2 else "1"
@@ -233,13 +278,17 @@ def main() -> None:
             if not after_preview:  # this issue's email, inlined by the preview or a send
                 shutil.rmtree(folder / "cache" / "inlined", ignore_errors=True)
             machine_before, standin_before = cpu_seconds(), cpu_seconds(server.pid)
-            ours, sender_cpu, peak, log = run(command, env, folder)
+            if scheduled:
+                ours, sender_cpu, peak, log = scheduled_slot(digest, env, folder)
+            else:
+                ours, sender_cpu, peak, log = run(command, env, folder)
             machine_cpu = cpu_seconds() - machine_before
             standin_cpu = cpu_seconds(server.pid) - standin_before
             accepted = counter.value
             if attempt == 0:
                 print("\n".join("  " + line for line in log.strip().splitlines()[-8:]))
-            print(f"digest send to {n:,}" + (f" with --jobs {jobs}" if jobs != "1" else "")
+            print(("a scheduled slot (its start to its end)" if scheduled else "digest send")
+                  + f" to {n:,}" + (f" with --jobs {jobs}" if jobs != "1" else "")
                   + (" after a preview" if after_preview else "")
                   + f": {ours:.2f} s, peak memory {peak:.0f} MB (goal ≤ 200 MB at "
                   f"1,000,000); stand-in counted {accepted:,}")
