@@ -332,6 +332,8 @@ PREMAILER_OPTIONS: Mapping[str, object] = {
     "cssutils_logging_level": logging.CRITICAL, "keep_style_tags": False,
     "strip_important": False, "remove_classes": False, "align_floating_images": False,
     "remove_unset_properties": False}
+# Part of every inlined document's cache key: other options, other output.
+_OPTIONS_KEY = repr(sorted(PREMAILER_OPTIONS.items()))
 
 
 # What premailer inlines to load the rest of itself and cssutils (their first transform
@@ -370,7 +372,6 @@ class Renderer:
         self.env.globals["ph_text"] = {k: v[1] for k, v in PLACEHOLDERS.items()}
         self.size_warning = size_warning
         self._inline_cache = inline_cache
-        self._options_key = repr(sorted(PREMAILER_OPTIONS.items()))
         self._premailer: Any = None  # made at the first document not in the cache
         self._lock = threading.Lock()  # premailer keeps state while it transforms
 
@@ -379,8 +380,7 @@ class Renderer:
         issue (a long-running process that will render one, in its idle time)."""
         for name in ("email/issue.html", "email/issue.txt"):
             self.env.get_template(name)
-        with self._lock:
-            self._inliner().transform(WARM_UP_DOCUMENT, pretty_print=False)
+        self._transform(WARM_UP_DOCUMENT)
 
     @property
     def inliner_loaded(self) -> bool:
@@ -396,15 +396,19 @@ class Renderer:
 
     def inline(self, markup: str) -> str:
         """Inline a document's CSS (media queries stay in a style block)."""
-        key = f"{self._options_key}\0{markup}"
-        if self._inline_cache is not None:
-            kept = self._inline_cache.get(key)
-            if kept is not None:
-                return kept
+        cache = self._inline_cache
+        if cache is None:
+            return self._transform(markup)
+        key = f"{_OPTIONS_KEY}\0{markup}"
+        kept = cache.get(key)
+        if kept is None:
+            kept = self._transform(markup)
+            cache.put(key, kept)
+        return kept
+
+    def _transform(self, markup: str) -> str:
         with self._lock:
             result: str = self._inliner().transform(markup, pretty_print=False)
-        if self._inline_cache is not None:
-            self._inline_cache.put(key, result)
         return result
 
     def render_issue(self, content: IssueContent) -> RenderedIssue:

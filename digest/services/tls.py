@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 _lock = threading.Lock()
 _made: ssl.SSLContext | None = None
-_failed: BaseException | None = None
+_failed: DigestError | None = None
 _maker: threading.Thread | None = None
 
 
