@@ -92,6 +92,8 @@ class SendGridStandIn:
         self.bodies: list[dict[str, Any]] = []
         self.keep_bodies = True
         self.requests = 0
+        self.in_flight = 0  # requests being answered now, and the most there ever were
+        self.most_in_flight = 0
         self.rejections: list[tuple[int, list[str]]] = []
         self.on_request: Callable[[], None] | None = None
         self.lock = threading.Lock()
@@ -143,6 +145,15 @@ class SendGridStandIn:
             def do_POST(self) -> None:
                 with standin.lock:
                     standin.requests += 1
+                    standin.in_flight += 1
+                    standin.most_in_flight = max(standin.most_in_flight, standin.in_flight)
+                try:
+                    self.answer_post()
+                finally:
+                    with standin.lock:
+                        standin.in_flight -= 1
+
+            def answer_post(self) -> None:
                 if standin.on_request is not None:
                     standin.on_request()
                 fault = standin._next_fault()

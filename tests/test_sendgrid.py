@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,14 +12,14 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from digest.core.rendering import Recipient, RenderedIssue
 from digest.edges.cli import cli
 from digest.errors import DeliveryError
 from digest.services.collect import add_feed
 from digest.services.context import Context
-from digest.services.models import Delivery
+from digest.services.models import Delivery, SendBatch
 from digest.services.pipeline import RunRequest, run_list
 from digest.services.transports.base import OutgoingIssue, OutgoingRecipient
 from digest.services.transports.sendgrid import SendGridTransport
@@ -221,6 +222,64 @@ def _body_as_dicts(issue: OutgoingIssue, recipients: list[OutgoingRecipient]) ->
         "headers": dict(issue.headers), "categories": [issue.list_name],
         "custom_args": {"issue_id": str(issue.issue_id), "list": issue.list_name},
         "reply_to": {"email": issue.reply_to}}
+
+
+def test_the_next_batch_is_read_and_built_while_a_request_is_in_flight(
+        newsroom: Context, standin: SendGridStandIn) -> None:
+    """SendGrid's answer is waited for beside the next batch's work, one request at a
+    time: each request is held until the database shows the next batch claimed."""
+    def next_batch_claimed() -> bool:
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            with newsroom.db.engine.connect() as conn:
+                if conn.scalar(select(func.count()).select_from(SendBatch)
+                               .where(SendBatch.status == "claimed")):
+                    return True
+            time.sleep(0.01)
+        return False
+
+    seen: list[bool] = []
+    standin.on_request = lambda: seen.append(next_batch_claimed())
+    result = run_list(newsroom, RunRequest("weekly"),
+                      transport=transport(standin, timeout=5.0))
+    assert result.send is not None and result.send.counts == {"accepted": 5}
+    assert seen == [True, True, False]  # batches of 2, 2 and 1: nothing after the last
+    assert standin.most_in_flight == 1
+    assert sorted(standin.accepted.values()) == [1] * 5
+
+
+def test_a_batch_that_cannot_go_leaves_the_one_prepared_behind_it_pending(
+        newsroom: Context, standin: SendGridStandIn) -> None:
+    standin.faults = ["503"] * 4  # every try of the first batch
+    with pytest.raises(DeliveryError, match="did not take the batch after 4 tries"):
+        run_list(newsroom, RunRequest("weekly"), transport=transport(standin))
+    with newsroom.db.session() as session:
+        assert set(session.scalars(select(SendBatch.status))) == {"pending"}
+    assert {s for s, _, _ in deliveries(newsroom)} == {"pending"}
+    assert not standin.accepted
+    result = run_list(newsroom, RunRequest("weekly"), transport=transport(standin))
+    assert result.resumed and result.send is not None
+    assert result.send.counts == {"accepted": 5}
+    assert sorted(standin.accepted.values()) == [1] * 5
+
+
+def test_the_clients_debug_log_never_holds_the_recipients(
+        newsroom: Context, standin: SendGridStandIn,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """python_http_client formats each request body into a DEBUG line (readers'
+    addresses and links); ours reads as its size."""
+    logging.getLogger("python_http_client").setLevel(logging.DEBUG)
+    try:
+        with caplog.at_level(logging.DEBUG, logger="python_http_client"):
+            result = run_list(newsroom, RunRequest("weekly"), transport=transport(standin))
+    finally:
+        logging.getLogger("python_http_client").setLevel(logging.WARNING)
+    assert result.send is not None and result.send.counts == {"accepted": 5}
+    payloads = [r.getMessage() for r in caplog.records if "PAYLOAD" in r.getMessage()]
+    assert len(payloads) == 3
+    assert all(re.fullmatch(r"PAYLOAD: <[\d,]+ bytes>", p) for p in payloads)
+    assert "reader0@example.org" not in caplog.text
+    assert len(standin.bodies) == 3  # and the bodies arrived whole
 
 
 def test_the_request_text_is_the_body_a_dict_would_give() -> None:

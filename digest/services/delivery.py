@@ -18,10 +18,13 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from functools import cache, cached_property
+from types import TracebackType
+from typing import NamedTuple, Self
 
 from prometheus_client import Histogram
 from sqlalchemy import (
@@ -59,7 +62,13 @@ from digest.services.models import (
 from digest.services.recording import add_batches
 from digest.services.reports import counts, failures
 from digest.services.transports import batch_size
-from digest.services.transports.base import Outcome, OutgoingIssue, OutgoingRecipient, Transport
+from digest.services.transports.base import (
+    HandOver,
+    Outcome,
+    OutgoingIssue,
+    OutgoingRecipient,
+    Transport,
+)
 from subscribers.models import MailingList, Subscriber, Subscription
 
 log = logging.getLogger(__name__)
@@ -464,30 +473,35 @@ def _deliver(ctx: Context, issue: OutgoingIssue, report: SendReport, transport: 
         total = sum(tally.values())
         done = total - tally["pending"]
         waiting = 0.02  # seconds before looking again at batches other senders hold
-        while True:
-            if should_stop is not None and should_stop():
-                report.stopped = True
-                break
-            if on_progress:
-                on_progress(done, total)
-            with run.step():
-                claim = claim_batch(ctx, conn, issue_id, me, now())
-                rows = (_pending_rows(conn, issue_id, claim.first_id, claim.last_id)
-                        if claim else [])
-            if claim is None:
-                if not batches_held(ctx, issue_id):
+        with _HandOvers(run) as hand_overs:
+            while True:
+                if should_stop is not None and should_stop():
+                    report.stopped = True
                     break
-                # Other senders hold the rest: wait for them, or for their leases to end.
-                # A batch takes them ~15 ms: look again soon, then less and less often
-                # (a fixed second made `--jobs 2` slower than one process on 100,000).
-                sleep(waiting)
-                waiting = min(waiting * 2, 1.0)
-                settle_abandoned(ctx, issue, transport, now(), me)
-                done = total - pending_in_held_batches(ctx, issue_id)
-                continue
-            waiting = 0.02
-            report.sent_now += _send_claimed(run, claim, rows)
-            done += len(rows)
+                if on_progress:
+                    on_progress(done, total)
+                with run.step():
+                    claim = claim_batch(ctx, conn, issue_id, me, now())
+                    rows = (_pending_rows(conn, issue_id, claim.first_id, claim.last_id)
+                            if claim else [])
+                if claim is None:
+                    # Ours in flight first: the batches others hold are waited for below.
+                    report.sent_now += hand_overs.settle()
+                    if not batches_held(ctx, issue_id):
+                        break
+                    # Other senders hold the rest: wait for them, or for their leases to
+                    # end. A batch takes them ~15 ms: look again soon, then less and less
+                    # often (a fixed second made `--jobs 2` slower than one process on
+                    # 100,000).
+                    sleep(waiting)
+                    waiting = min(waiting * 2, 1.0)
+                    settle_abandoned(ctx, issue, transport, now(), me)
+                    done = total - pending_in_held_batches(ctx, issue_id)
+                    continue
+                waiting = 0.02
+                report.sent_now += _send_claimed(run, claim, rows, hand_overs)
+                done += len(rows)
+            report.sent_now += hand_overs.settle()
 
     report.counts, report.finished = _close_run(ctx, issue_id, now())
     report.failures = failures(ctx, issue_id, tally=report.counts)
@@ -520,9 +534,108 @@ def _close_run(ctx: Context, issue_id: int, now: datetime) -> tuple[Counter[str]
     return tally, finished
 
 
-def _send_claimed(run: _Run, claim: Claim, rows: list[Row]) -> int:
-    """Hand one claimed batch (its pending ``rows``) to the transport and record each
-    outcome. Return how many were accepted."""
+class _InFlight(NamedTuple):
+    """A group of a claimed batch being handed over."""
+
+    claim: Claim
+    outcomes: Future[list[Outcome]]
+    last: bool  # the batch's last group: once it is recorded the batch is done
+    handed: float  # perf_counter() when it was handed over
+
+
+class _HandOvers:
+    """A send's hand-overs, one at a time, in order.
+
+    With a transport whose hand-over is mostly waiting on the network (``overlaps``),
+    it runs on a thread of its own while the caller claims, reads and prepares the next
+    batch; its outcomes are recorded in the transaction that hands the next one over.
+    Otherwise each runs on the caller's thread and is recorded at once. Either way at
+    most one hand-over is in flight, and every batch moves claimed → sending (committed)
+    before its hand-over starts, as docs/architecture.md describes.
+    """
+
+    def __init__(self, run: _Run) -> None:
+        self.run = run
+        self.pool = (ThreadPoolExecutor(1, thread_name_prefix="digest-hand-over")
+                     if run.transport.overlaps else None)
+        self.current: _InFlight | None = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        try:
+            if exc is not None and self.current is not None:
+                # Stopped by something else: what is in flight still gets its outcomes
+                # written, so it is not left "maybe sent".
+                with suppress(Exception):
+                    self.settle()
+        finally:
+            if self.pool is not None:
+                self.pool.shutdown(wait=True)
+
+    def start(self, claim: Claim, hand_over: HandOver, *, last: bool) -> int:
+        """Hand a prepared group over; return how many of it were accepted if it was
+        handed over (and recorded) on this thread."""
+        assert self.current is None, "one hand-over at a time"
+        handed = time.perf_counter()
+        if self.pool is not None:
+            self.current = _InFlight(claim, self.pool.submit(hand_over), last, handed)
+            return 0
+        future: Future[list[Outcome]] = Future()
+        try:
+            future.set_result(hand_over())
+        except DeliveryError as e:
+            future.set_exception(e)
+        self.current = _InFlight(claim, future, last, handed)
+        return self.settle()
+
+    def outcomes(self) -> tuple[_InFlight, list[Outcome]] | None:
+        """Wait for the hand-over in flight. When the transport gave up on it (nothing of
+        it went out), its batch goes back to pending and the error is raised."""
+        current, self.current = self.current, None
+        if current is None:
+            return None
+        try:
+            return current, current.outcomes.result()
+        except DeliveryError:
+            with self.run.step() as conn:
+                _move_batch(conn, current.claim.batch_id, "pending", self.run.now(),
+                            only_from="sending", holder=self.run.me)
+            raise
+
+    def record(self, conn: Connection, finished: tuple[_InFlight, list[Outcome]] | None
+               ) -> int:
+        """Write the outcomes of a finished hand-over (inside the caller's transaction);
+        return how many were accepted."""
+        if finished is None:
+            return 0
+        current, outcomes = finished
+        run = self.run
+        _record(run.ctx, conn, outcomes, run.now())
+        if current.last:  # the outcomes and the batch's end in one transaction
+            _move_batch(conn, current.claim.batch_id, "done", run.now(),
+                        only_from="sending", holder=run.me)
+        run.batch_seconds.observe(time.perf_counter() - current.handed)
+        by_outcome = Counter(o.status for o in outcomes)
+        for status, n in by_outcome.items():
+            metrics.RECIPIENTS.labels(run.issue.list_name, status).inc(n)
+        return by_outcome[ACCEPTED]
+
+    def settle(self) -> int:
+        """Wait for the hand-over in flight and record it; return how many it accepted."""
+        finished = self.outcomes()
+        if finished is None:
+            return 0
+        with self.run.step() as conn:
+            return self.record(conn, finished)
+
+
+def _send_claimed(run: _Run, claim: Claim, rows: list[Row], hand_overs: _HandOvers) -> int:
+    """Prepare one claimed batch (its pending ``rows``) and hand it to the transport
+    after the one in flight, recording that one's outcomes. Return how many were
+    accepted of what was recorded."""
     ctx, now = run.ctx, run.now
     left = [r[0] for r in rows if r[5] != "active"]
     # Keyword segments get their own rendering; a batch rarely spans more than one.
@@ -530,45 +643,36 @@ def _send_claimed(run: _Run, claim: Claim, rows: list[Row]) -> int:
     for d, sub, subn, email, name, status, variant in rows:
         if status == "active":
             groups.setdefault(variant, []).append(run.make(d, sub, subn, email, name))
+    prepared = [run.transport.prepare_batch(variant_issue(ctx, run.issue, variant,
+                                                          run.variants), recipients)
+                for variant, recipients in groups.items()]
+    try:
+        finished = hand_overs.outcomes()
+    except DeliveryError:
+        with run.step() as conn:  # never handed over: for another run
+            _move_batch(conn, claim.batch_id, "pending", now(), only_from="claimed",
+                        holder=run.me)
+        raise
     # Committed before the hand-over: after a crash this batch reads "maybe sent". If the
     # claim was taken over meanwhile (our lease ran out), someone else sends it.
     lease = now() + timedelta(seconds=ctx.settings.send_lease_seconds)
     with run.step() as conn:
+        accepted = hand_overs.record(conn, finished)
         _set_status(ctx, conn, left, "skipped", now=now(), only_from="pending",
                     error="no longer subscribed when the batch was sent")
         if not _move_batch(conn, claim.batch_id, "sending", now(), only_from="claimed",
                            holder=run.me, claimer=run.me, lease=lease):
-            return 0
-    accepted = 0
-    last = len(groups) - 1
-    if left:
-        metrics.RECIPIENTS.labels(run.issue.list_name, "skipped").inc(len(left))
-    for i, (variant, recipients) in enumerate(groups.items()):
-        handed = time.perf_counter()
-        try:
-            outcomes = run.transport.send_batch(
-                variant_issue(ctx, run.issue, variant, run.variants), recipients)
-        except DeliveryError:
-            # The transport knows nothing of this group went out (earlier groups are
-            # recorded): the batch's pending rest can be tried again later.
-            with run.step() as conn:
-                _move_batch(conn, claim.batch_id, "pending", now(), only_from="sending",
-                            holder=run.me)
-            raise
-        with run.step() as conn:
-            _record(ctx, conn, outcomes, now())
-            if i == last:  # the outcomes and the batch's end in one transaction
-                _move_batch(conn, claim.batch_id, "done", now(), only_from="sending",
-                            holder=run.me)
-        run.batch_seconds.observe(time.perf_counter() - handed)
-        by_outcome = Counter(o.status for o in outcomes)
-        for status, n in by_outcome.items():
-            metrics.RECIPIENTS.labels(run.issue.list_name, status).inc(n)
-        accepted += by_outcome[ACCEPTED]
-    if not groups:
-        with run.step() as conn:
+            return accepted
+        if not prepared:
             _move_batch(conn, claim.batch_id, "done", now(), only_from="sending",
                         holder=run.me)
+    if left:
+        metrics.RECIPIENTS.labels(run.issue.list_name, "skipped").inc(len(left))
+    last = len(prepared) - 1
+    for i, hand_over in enumerate(prepared):
+        if i:  # a batch's later segments go after its earlier ones are recorded
+            accepted += hand_overs.settle()
+        accepted += hand_overs.start(claim, hand_over, last=i == last)
     return accepted
 
 

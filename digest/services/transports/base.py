@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import random
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from email.message import EmailMessage
+from functools import partial
 from types import MappingProxyType, TracebackType
 from typing import ClassVar, NamedTuple, Self
 
@@ -67,6 +68,10 @@ class Outcome(NamedTuple):
     error: str | None = None
 
 
+# A batch made ready to go: calling it hands the batch over and gives its outcomes.
+HandOver = Callable[[], list[Outcome]]
+
+
 def build_message(issue: OutgoingIssue, recipient: OutgoingRecipient) -> EmailMessage:
     """The full message one recipient gets (for transports that send whole messages)."""
     html, text = issue.rendered.personalize(recipient.values)
@@ -84,6 +89,10 @@ class Transport(ABC):
     # is one claim, three database transactions and, after a crash, the most recipients
     # whose delivery can be uncertain.
     batch_size: ClassVar[int] = 500
+    # Whether a batch's hand-over (see prepare_batch) may run on a thread of its own while
+    # the sender prepares the next batch: for transports whose hand-over is mostly waiting
+    # on the network, with nothing of the caller's thread (its database connection) in it.
+    overlaps: ClassVar[bool] = False
 
     @classmethod
     @abstractmethod
@@ -100,6 +109,12 @@ class Transport(ABC):
     def send_batch(self, issue: OutgoingIssue,
                    recipients: Sequence[OutgoingRecipient]) -> list[Outcome]:
         """Send the issue to each recipient; one outcome each, in any order."""
+
+    def prepare_batch(self, issue: OutgoingIssue,
+                      recipients: Sequence[OutgoingRecipient]) -> HandOver:
+        """Do what comes before a batch's hand-over, on the caller's thread; return the
+        hand-over itself. By default everything is in the hand-over (``send_batch``)."""
+        return partial(self.send_batch, issue, recipients)
 
     def already_sent(self, issue: OutgoingIssue,
                      recipients: Sequence[OutgoingRecipient]) -> set[int]:
