@@ -23,6 +23,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from bytecode import compile_package
+
 ROOT = Path(__file__).resolve().parent.parent
 DIGEST = str(Path(sys.executable).parent / "digest")
 COMMANDS = [
@@ -70,6 +72,7 @@ def serve_ready(env: dict[str, str], cwd: Path) -> float:
 
 def main() -> None:
     runs = int(sys.argv[1]) if len(sys.argv) > 1 else 5
+    compile_package()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         env = {k: v for k, v in os.environ.items() if not k.startswith("DIGEST_")}

@@ -214,6 +214,8 @@ def main() -> None:
         return
     # Imported here, not at the top: the floor runs this file too, and must load nothing
     # but the sendgrid client.
+    from bytecode import compile_package
+    compile_package()
     sys.path.insert(0, str(ROOT))
     from digest.edges.demo import SAMPLE_FEEDS, SampleServer
     after_preview = "--after-preview" in sys.argv
