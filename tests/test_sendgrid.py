@@ -211,7 +211,7 @@ def _body_as_dicts(issue: OutgoingIssue, recipients: list[OutgoingRecipient]) ->
     return {
         "personalizations": [
             {"to": [{"email": r.email, "name": r.name} if r.name else {"email": r.email}],
-             "substitutions": r.values.values(), "headers": dict(r.headers),
+             "substitutions": r.values.values(), "headers": r.own_headers(),
              "custom_args": {"delivery_id": str(r.delivery_id),
                              "subscriber_id": str(r.subscriber_id)}}
             for r in recipients],
@@ -294,10 +294,14 @@ def test_the_request_text_is_the_body_a_dict_would_give() -> None:
     recipients = [OutgoingRecipient(
         i + 1, 100 + i, f"reader{i}@example.org", name,
         Recipient(f"https://d.example/u/{i}.abc", f"https://d.example/p/{i}.a&b", name),
-        {"List-Unsubscribe": f"<https://d.example/u/{i}.abc>",
-         "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}, f"<m{i}@x>")
+        # As a send makes them (the one-click headers only), and with a header more.
+        {"X-Entity-Ref-ID": f"ref {i} \u00e9 \"q\""} if i % 2 else {}, f"<m{i}@x>")
         for i, name in enumerate(names)]
     text = SendGridTransport(KEY).request_body(issue, recipients)
     assert text.isascii()
     assert json.loads(text) == _body_as_dicts(issue, recipients)
+    headers = [p["headers"] for p in json.loads(text)["personalizations"]]
+    assert headers[0] == {"List-Unsubscribe": "<https://d.example/u/0.abc>",
+                          "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}
+    assert headers[1]["X-Entity-Ref-ID"] == 'ref 1 \u00e9 "q"' and len(headers[1]) == 3
     assert schema_errors(json.loads(text)) == []

@@ -63,6 +63,7 @@ from digest.services.recording import add_batches
 from digest.services.reports import counts, failures
 from digest.services.transports import batch_size
 from digest.services.transports.base import (
+    NO_HEADERS,
     HandOver,
     Outcome,
     OutgoingIssue,
@@ -113,11 +114,9 @@ def outgoing_issue(mailing_list: MailingList, issue: Issue, ctx: Context, *,
         sandbox=sandbox)
 
 
-ONE_CLICK = "List-Unsubscribe=One-Click"
-
-
 class RecipientMaker:
-    """Makes an issue's recipients: their signed links, RFC 8058 headers and Message-ID.
+    """Makes an issue's recipients: their signed links (from which their RFC 8058
+    headers are made) and Message-ID.
 
     What every recipient shares (base URLs, the Message-ID's form) is worked out once;
     a send makes one recipient per reader.
@@ -133,14 +132,11 @@ class RecipientMaker:
 
     def __call__(self, delivery_id: int, subscriber_id: int, subscription_id: int,
                  email: str, name: str) -> OutgoingRecipient:
-        unsubscribe = self._unsubscribe + self._unsubscribe_token(subscription_id)
-        values = Recipient(unsubscribe,
+        values = Recipient(self._unsubscribe + self._unsubscribe_token(subscription_id),
                            self._preferences + self._preferences_token(subscription_id),
                            name)
-        return OutgoingRecipient(
-            delivery_id, subscriber_id, email, name, values,
-            {"List-Unsubscribe": f"<{unsubscribe}>", "List-Unsubscribe-Post": ONE_CLICK},
-            self._message_id % delivery_id)
+        return OutgoingRecipient(delivery_id, subscriber_id, email, name, values,
+                                 NO_HEADERS, self._message_id % delivery_id)
 
 
 def _ids(postgres: bool, ids: Sequence[int] | None = None) -> ColumnElement[bool]:

@@ -39,6 +39,7 @@ from digest.services import metrics
 from digest.services.logs import fields
 from digest.services.models import ACCEPTED, FAILED, UNCERTAIN
 from digest.services.transports.base import (
+    ONE_CLICK,
     HandOver,
     Outcome,
     OutgoingIssue,
@@ -158,15 +159,26 @@ class SendGridTransport(Transport):
             shared["mail_settings"] = {"sandbox_mode": {"enable": True}}
         q = _json_string
         k1, k2, k3, k4, k5, k6 = (q(token) for token in TOKENS)
+        one_click = f'"List-Unsubscribe-Post":{q(ONE_CLICK)}'
         people = []
         for r in recipients:
             to = (f'{{"email":{q(r.email)},"name":{q(r.name)}}}' if r.name
                   else f'{{"email":{q(r.email)}}}')
             v1, v2, v3, v4, v5, v6 = r.values.parts()
-            headers = ",".join([f"{q(k)}:{q(v)}" for k, v in r.headers.items()])
+            # A value that needs no HTML escaping is the same string in both parts
+            # (links always are): escaped for JSON once.
+            u1 = q(v1)
+            u2 = u1 if v2 is v1 else q(v2)
+            p1 = q(v3)
+            p2 = p1 if v4 is v3 else q(v4)
+            n1 = q(v5)
+            n2 = n1 if v6 is v5 else q(v6)
+            headers = (f'"List-Unsubscribe":{q(f"<{r.values.unsubscribe_url}>")},{one_click}'
+                       if not r.headers else
+                       ",".join([f"{q(k)}:{q(v)}" for k, v in r.own_headers().items()]))
             people.append(
-                f'{{"to":[{to}],"substitutions":{{{k1}:{q(v1)},{k2}:{q(v2)},{k3}:{q(v3)},'
-                f'{k4}:{q(v4)},{k5}:{q(v5)},{k6}:{q(v6)}}},"headers":{{{headers}}},'
+                f'{{"to":[{to}],"substitutions":{{{k1}:{u1},{k2}:{u2},{k3}:{p1},'
+                f'{k4}:{p2},{k5}:{n1},{k6}:{n2}}},"headers":{{{headers}}},'
                 f'"custom_args":{{"delivery_id":"{r.delivery_id:d}",'
                 f'"subscriber_id":"{r.subscriber_id:d}"}}}}')
         return ('{"personalizations":[' + ",".join(people) + "],"
