@@ -37,8 +37,6 @@ from subscribers.preferences import (
 from subscribers.tokens import InvalidToken
 
 log = logging.getLogger(__name__)
-ONE_CLICK = "List-Unsubscribe=One-Click"
-
 
 
 def routes(web: WebApp) -> list[tuple[str, Callable[..., Any], list[str]]]:
