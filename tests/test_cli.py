@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import re
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -196,6 +197,27 @@ def test_a_command_ends_its_process_with_everything_written(tmp_path: Path) -> N
     collected = digest("collect")
     assert collected.returncode == 0, collected.stderr
     assert collected.stderr.strip().endswith("}"), collected.stderr
+
+
+def test_away_from_a_terminal_log_lines_and_messages_stay_whole(
+        tmp_path: Path, feed_server: FeedServer) -> None:
+    # Run by cron or with its output in a file: each log line is one line with its time
+    # and level, and a long feed URL is whole in the log and in the summary, for grep.
+    broken = feed_server.add("/" + "/".join(["a-rather-long-folder"] * 5) + "/feed.xml",
+                             Route(status=503))
+    env = {"DIGEST_DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}", "PATH": "/usr/bin:/bin"}
+
+    def digest(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "digest", *argv], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=60)
+
+    assert digest("feeds", "add", broken).returncode == 0
+    collected = digest("collect")
+    assert collected.returncode == 0, collected.stderr
+    [warning] = [line for line in collected.stderr.splitlines() if "WARNING" in line]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d WARNING feed (\S+) failed: HTTP 503.*",
+                        warning)[1] == broken, collected.stderr
+    assert f"failed {broken}: HTTP 503" in collected.stdout + collected.stderr
 
 
 def test_the_cycle_collector_runs_once_a_command_has_its_database(tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""Logging set-up: rich text on a terminal or JSON lines for a log collector.
+"""Logging set-up: rich text on a terminal, plain lines elsewhere, or JSON lines for a
+log collector.
 
 Either way every record passes :class:`Redact` first, which takes out what must never
 reach a log: email addresses, signed tokens in links, API keys and bearer tokens. Log
@@ -81,6 +82,16 @@ def json_handler(stream: Any = None) -> logging.Handler:
     return handler
 
 
+def text_handler(stream: Any = None) -> logging.Handler:
+    """A handler writing one plain line per record, for a log file or cron's mail: the
+    time, the level and the message, never wrapped (rich's columns, away from a
+    terminal, wrap at 80 characters; they also took ~2 ms a line)."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s",
+                                           datefmt="%Y-%m-%d %H:%M:%S"))
+    return handler
+
+
 class LogWriter:
     """A file for a rich console that turns each line printed into a log record, so that
     with JSON logs a command's messages on stderr are JSON lines too."""
@@ -111,10 +122,12 @@ def configure(*, level: str, log_format: str, console: Console) -> None:
     handler: logging.Handler
     if log_format == "json":
         handler = json_handler()
-    else:
+    elif console.is_terminal:
         from rich.logging import RichHandler
         handler = RichHandler(console=console, show_path=False, rich_tracebacks=False)
         handler.setFormatter(logging.Formatter("%(message)s", datefmt="[%X]"))
+    else:
+        handler = text_handler(console.file)
     handler.addFilter(Redact())
     logging.basicConfig(level=level, handlers=[handler], force=True)
     if log_format == "json":

@@ -166,6 +166,10 @@ def cli(click_ctx: click.Context, config_path: str | None, overrides: tuple[str,
             raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--set")
         pairs[key.strip()] = value
     loaded = load_settings(config_path, overrides=pairs)
+    for console in (out, err):
+        # Away from a terminal (a log file, cron's mail, a pipe) a message stays one line,
+        # so a feed URL or an address in it is whole for grep and copying.
+        console.soft_wrap = console.soft_wrap or not console.is_terminal
     from digest.services.logs import configure
     configure(level="DEBUG" if verbose else loaded.settings.log_level,
               log_format=loaded.settings.log_format, console=err)
