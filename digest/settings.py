@@ -154,8 +154,9 @@ class Settings:
     log_level: str = setting("INFO", "Logging level: DEBUG, INFO, WARNING or ERROR.",
                              choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     log_format: str = setting(
-        "text", "Log lines as text (for a terminal) or json (one object per line, for a log "
-        "collector); addresses, tokens and keys are never logged.", choices=("text", "json"))
+        "text", "Log lines as text (rich columns on a terminal; elsewhere one plain line "
+        "each: time, level, message) or json (one object per line, for a log collector); "
+        "addresses, tokens and keys are never logged.", choices=("text", "json"))
 
     def replace(self, **changes: Any) -> Settings:
         """Return a copy with some settings changed (values are not re-validated)."""
