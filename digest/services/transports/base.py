@@ -43,13 +43,11 @@ class OutgoingIssue:
 
 
 NO_HEADERS: Mapping[str, str] = MappingProxyType({})
+ONE_CLICK = "List-Unsubscribe=One-Click"  # RFC 8058's List-Unsubscribe-Post value
 
 
 # Recipients and outcomes are named tuples: a send makes two million of them, and a tuple
 # is made in a third of the time of a frozen dataclass.
-ONE_CLICK = "List-Unsubscribe=One-Click"
-
-
 class OutgoingRecipient(NamedTuple):
     """One recipient of a batch, with the values and headers that are theirs alone.
 
