@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO, TypeVar, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, TextIO, TypeVar, cast
 
 from sqlalchemy import Connection, select, text, update
 
@@ -60,8 +60,7 @@ class ImportReport:
     rows: int = 0
 
 
-@dataclass(frozen=True)
-class _Row:
+class _Row(NamedTuple):  # a tuple: a frozen dataclass cost 0.6 µs more a row
     line: int
     email: str
     name: str
@@ -140,6 +139,8 @@ def _read(handle: TextIO, source: str, report: ImportReport,
             f"{source} line 1: no 'email' column in the header ({', '.join(header or [])})",
             hint="the first row names the columns: email, and optionally name, keywords")
     where = {name: columns.index(name) for name in HEADER_FIELDS if name in columns}
+    email_at = where["email"]
+    name_at, keywords_at = where.get("name", -1), where.get("keywords", -1)
     for line, fields, raw in records:
         if fields is None:
             report.rows += 1
@@ -154,20 +155,17 @@ def _read(handle: TextIO, source: str, report: ImportReport,
         if "\0" in raw:  # no database text column holds it (PostgreSQL refuses it)
             reject(line, "a NUL character in the row", fields)
             continue
-        if len(fields) <= where["email"]:
+        count = len(fields)
+        if count <= email_at:
             reject(line, "no email field (too few columns)", fields)
             continue
         try:
-            email = normalize_address(fields[where["email"]])
+            email = normalize_address(fields[email_at])
         except InvalidInputError as e:
             reject(line, str(e), fields)
             continue
-
-        def get(name: str, fields: list[str] = fields) -> str:
-            index = where.get(name)
-            return fields[index].strip() if index is not None and index < len(fields) else ""
-
-        yield _Row(line, email, get("name")[:300], _keywords(get("keywords")))
+        yield _Row(line, email, fields[name_at].strip()[:300] if 0 <= name_at < count else "",
+                   _keywords(fields[keywords_at].strip() if 0 <= keywords_at < count else ""))
 
 
 def import_csv(db: Database, list_name: str, path: Path, *, source: str = "import",
@@ -405,9 +403,10 @@ def _add_people(conn: Connection, people: list[tuple[str, str, str]],
                       f"\t{stamp}\n"
                       for pid, (email, key, name) in zip(ids, people, strict=True)))
         return [(pid, key) for pid, (_, key, _) in zip(ids, people, strict=True)]
+    stamp = _sqlite_time(now)  # once: formatting it cost 3 µs a row
     conn.exec_driver_sql(
         "INSERT INTO subscribers (email, email_key, name, created_at) VALUES (?, ?, ?, ?)",
-        [(email, key, name, _sqlite_time(now)) for email, key, name in people])
+        [(email, key, name, stamp) for email, key, name in people])
     keys = [key for _, key, _ in people]
     return [(pid, key) for pid, key in conn.execute(
         select(Subscriber.id, Subscriber.email_key)
