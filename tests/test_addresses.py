@@ -13,7 +13,9 @@ CASES = ["Alice.Reader@Example.ORG", "a..b@example.org", ".a@example.org", "a@ex
          "a+tag@sub.example.co.uk", "ünï@example.org", "a@ex..ample.org",
          "a@" + "x" * 64 + ".org", "a@123.45.67.89", "user@[1.2.3.4]",
          "a@example.invalid", "\"quoted local\"@example.org", "a@bücher.example",
-         "o'brien@example.ie", "a@example.org.", " spaced@example.org "]
+         "o'brien@example.ie", "a@example.org.", " spaced@example.org ", "a.@example.org",
+         "-a.b.c_d@example.org", "x" * 65 + "@example.org", "a@b@example.org",
+         "a\\b@example.org", "a@EXAMPLE.ORG", "a b@example.org"]
 
 
 def full(address: str) -> str:
