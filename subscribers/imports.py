@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     import psycopg
 
 _T = TypeVar("_T")
+_N = TypeVar("_N")
 
 CHUNK = 5000
 MAX_RECORD_LINES = 5
@@ -169,8 +170,13 @@ def _read(handle: TextIO, source: str, report: ImportReport,
 
 
 def import_csv(db: Database, list_name: str, path: Path, *, source: str = "import",
-               on_progress: Callable[[int], None] | None = None) -> ImportReport:
-    """Import subscribers from a CSV file into a list; see the module docstring."""
+               on_progress: Callable[[int, int], None] | None = None) -> ImportReport:
+    """Import subscribers from a CSV file into a list; see the module docstring.
+
+    ``on_progress(rows, expected)`` follows each chunk stored: the rows read up to it,
+    and how many the whole file holds at the rate of rows to bytes read so far (exact
+    on the last call).
+    """
     with db.session() as session:
         list_id = get_list(session, list_name).id
     report = ImportReport()
@@ -195,20 +201,24 @@ def import_csv(db: Database, list_name: str, path: Path, *, source: str = "impor
     parts = 2 if db.is_postgres else 1
     tallies = [ImportReport() for _ in range(parts)]
     shown = 0  # rows read up to the last chunk stored, as the progress callback has them
+    size = path.stat().st_size
 
-    def store(part: int, chunk: dict[str, _Row], rows: int) -> None:
+    def store(part: int, chunk: dict[str, _Row], read: tuple[int, int]) -> None:
         nonlocal shown
         _apply(db, list_id, chunk, tallies[part], source)
+        rows, consumed = read
         if on_progress and rows > shown:
             shown = rows
-            on_progress(rows)
+            on_progress(rows, max(rows, rows * size // max(consumed, 1)))
 
     try:
         with open(path, "rb") as raw:
             # surrogateescape keeps undecodable bytes visible, so that row alone is refused.
             text = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="surrogateescape",
                                     newline="")
-            chunks = _chunks(_read(text, str(path), report, reject), report, parts)
+            # Each chunk with how far into the file its rows were read, for the estimate.
+            chunks = ((part, chunk, (rows, raw.tell())) for part, chunk, rows in
+                      _chunks(_read(text, str(path), report, reject), report, parts))
             if parts > 1:
                 # The file is read on a thread of its own while the chunks before are
                 # stored, mostly by the server.
@@ -219,7 +229,7 @@ def import_csv(db: Database, list_name: str, path: Path, *, source: str = "impor
                 for part, chunk, rows in chunks:
                     store(part, chunk, rows)
         if on_progress:
-            on_progress(report.rows)
+            on_progress(report.rows, report.rows)
     finally:
         if rejects_file is not None:
             rejects_file.close()
@@ -256,8 +266,8 @@ def _chunks(rows: Iterator[_Row], report: ImportReport, parts: int,
 _DONE = object()
 
 
-def _fan_out(items: Iterator[tuple[int, _T, int]], parts: int,
-             handle: Callable[[int, _T, int], None], depth: int = 2) -> None:
+def _fan_out(items: Iterator[tuple[int, _T, _N]], parts: int,
+             handle: Callable[[int, _T, _N], None], depth: int = 2) -> None:
     """Call ``handle(part, item, n)`` for each of ``items``, which are produced on a
     thread of their own, at most ``depth`` ahead; each part's items are handled in
     order on a thread of its part (part 0 on this one). The first error, in the

@@ -220,6 +220,27 @@ def test_away_from_a_terminal_log_lines_and_messages_stay_whole(
     assert f"failed {broken}: HTTP 503" in collected.stdout + collected.stderr
 
 
+def test_an_import_away_from_a_terminal_logs_its_progress_in_tenths(tmp_path: Path) -> None:
+    # The file's size gives the estimate: a log line per tenth read, none claiming the
+    # end before it, and the exact count last.
+    with open(tmp_path / "people.csv", "w", encoding="utf-8") as out:
+        out.write("email,name,keywords\n")
+        out.writelines(f"reader.{i}@example.org,Reader {i},Iran\n" for i in range(60_000))
+    env = {"DIGEST_DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}", "PATH": "/usr/bin:/bin"}
+    for argv in (["lists", "create", "weekly"],
+                 ["subscribers", "import", "people.csv", "--list", "weekly"]):
+        done = subprocess.run([sys.executable, "-m", "digest", *argv], cwd=tmp_path,
+                              env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+    assert "60000 rows: 60000 added" in done.stdout
+    counts = [tuple(map(int, m.groups())) for m in
+              re.finditer(r"INFO +Importing people\.csv: (\d+) of (\d+)", done.stderr)]
+    assert len(counts) >= 5, done.stderr
+    assert counts[-1] == (60_000, 60_000)
+    assert all(rows < 60_000 and 50_000 <= expected <= 70_000 for rows, expected in
+               counts[:-1]), counts
+
+
 def test_the_cycle_collector_runs_once_a_command_has_its_database(tmp_path: Path) -> None:
     # Paused while a command loads its modules, it must be back before any long work (a
     # send, an import, `digest serve`), or their cyclic garbage would pile up.

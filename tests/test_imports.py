@@ -202,8 +202,9 @@ def test_a_long_file_in_many_chunks_keeps_file_order_per_person(
                   for i, person in enumerate(people)]
         lines.append(f"left@example.org,Left v{round_},")
     path = write(tmp_path / "long.csv", "\n".join(lines) + "\nnot-an-address,x,\n")
-    seen: list[int] = []
-    report = import_csv(any_ctx.db, "weekly", path, on_progress=seen.append)
+    seen: list[tuple[int, int]] = []
+    report = import_csv(any_ctx.db, "weekly", path,
+                        on_progress=lambda rows, expected: seen.append((rows, expected)))
     assert (report.added, report.suppressed) == (12, 50)
     # Rows met again in later chunks update what the earlier ones stored.
     assert (report.updated, report.unchanged) == (12 * 49, 0)
@@ -213,7 +214,9 @@ def test_a_long_file_in_many_chunks_keeps_file_order_per_person(
     assert rows == {**{person: (f"Reader {i} v49", ["K49"], "active")
                        for i, person in enumerate(people)},
                     "left@example.org": ("", [], "unsubscribed")}
-    assert seen == sorted(seen) and seen[-1] == 651
+    # Rows read so far, in order, each with an estimate of the whole; exact at the end.
+    assert [rows for rows, _ in seen] == sorted(rows for rows, _ in seen)
+    assert all(expected >= rows for rows, expected in seen) and seen[-1] == (651, 651)
     # Again: each row in turn is stored over the one before, and the last still wins.
     again = import_csv(any_ctx.db, "weekly", path)
     assert (again.added, again.updated, again.unchanged, again.suppressed) == (

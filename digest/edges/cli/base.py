@@ -139,8 +139,10 @@ def progress_bar(description: str, *, enabled: bool) -> Iterator[Callable[[int, 
     last = [-1]
 
     def log_line(done: int, total: int) -> None:
+        # A total that is an estimate (an import's rows) may shrink: a line only when
+        # another tenth is done, never a step back.
         step = done * 10 // total if total else 10
-        if step != last[0]:
+        if step > last[0]:
             last[0] = step
             log.info("%s: %d of %d", description, done, total)
 

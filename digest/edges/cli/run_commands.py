@@ -776,8 +776,7 @@ def subscribers_import(path: Path, list_name: str) -> None:
     """
     from subscribers.imports import import_csv
     with progress_bar(f"Importing {path.name}", enabled=_interactive()) as update:
-        report = import_csv(state().ctx.db, list_name, path,
-                            on_progress=lambda rows: update(rows, rows))
+        report = import_csv(state().ctx.db, list_name, path, on_progress=update)
     out.print(f"{report.rows} rows: {report.added} added, {report.updated} updated, "
               f"{report.unchanged} unchanged, {len(report.rejected)} rejected, "
               f"{report.suppressed} suppressed (left the list or forgotten; not re-added).")
