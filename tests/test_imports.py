@@ -177,6 +177,25 @@ def test_awkward_text_arrives_exactly_on_each_database(any_ctx: Context,
     assert again.added == 0 and again.unchanged == 5
 
 
+def test_keywords_chosen_on_the_preferences_page_compare_as_the_import_reads_them(
+        any_ctx: Context, tmp_path: Path) -> None:
+    # The import compares stored keyword lists however they were written (here by the
+    # preferences page, through the ORM): the same choice is unchanged, another updates.
+    from subscribers.preferences import save_preferences
+    create_list(any_ctx.db, "weekly")
+    added = add_subscriber(any_ctx.db, "weekly", "ayla@example.org", name="Ayla")
+    assert added.subscription_id is not None
+    save_preferences(any_ctx.db, added.subscription_id, keywords=["Türkiye", "سوريا"],
+                     paused=False)
+    same = write(tmp_path / "same.csv", "email,name,keywords\nayla@example.org,Ayla,"
+                 "Türkiye;سوريا\n")
+    assert import_csv(any_ctx.db, "weekly", same).unchanged == 1
+    other = write(tmp_path / "other.csv", "email,keywords\nAYLA@example.org,Iran\n")
+    assert import_csv(any_ctx.db, "weekly", other).updated == 1
+    [sub] = list_subscriptions(any_ctx.db, "weekly")
+    assert sub.keywords == ["Iran"]
+
+
 def test_a_long_file_in_many_chunks_keeps_file_order_per_person(
         any_ctx: Context, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Chunks of 3 addresses: on PostgreSQL two connections store them side by side,
