@@ -15,6 +15,7 @@ import csv
 import gc
 import io
 import json
+import logging
 import queue
 import re
 import threading
@@ -38,6 +39,8 @@ from subscribers.subscriptions import refused, segment_of
 
 if TYPE_CHECKING:
     import psycopg
+
+log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 _N = TypeVar("_N")
@@ -181,16 +184,16 @@ def import_csv(db: Database, list_name: str, path: Path, *, source: str = "impor
     with db.session() as session:
         list_id = get_list(session, list_name).id
     report = ImportReport()
-    rejects_path = path.with_name(path.stem + ".rejects.csv")
+    rejects_path: Path | None = None
     rejects_file: TextIO | None = None
     rejects: Any = None  # a csv writer, made on the first rejected row
 
     def reject(line: int, reason: str, fields: list[str]) -> None:
-        nonlocal rejects_file, rejects
+        nonlocal rejects_file, rejects, rejects_path
         report.rejected.append((line, reason))
         if rejects is None:
-            rejects_file = open(rejects_path, "w", encoding="utf-8", newline="")  # noqa: SIM115
-            rejects = csv.writer(rejects_file)
+            rejects_file, rejects_path = _open_rejects(path)
+            rejects = csv.writer(rejects_file) if rejects_file else csv.writer(io.StringIO())
             rejects.writerow(["line", "reason", "fields"])
         rejects.writerow([line, reason, *[f.encode("utf-8", "replace").decode() for f in
                                           fields]])
@@ -217,8 +220,10 @@ def import_csv(db: Database, list_name: str, path: Path, *, source: str = "impor
             # surrogateescape keeps undecodable bytes visible, so that row alone is refused.
             text = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="surrogateescape",
                                     newline="")
-            # Each chunk with how far into the file its rows were read, for the estimate.
-            chunks = ((part, chunk, (rows, raw.tell())) for part, chunk, rows in
+            # Each chunk with how far into the file its rows were read, for the estimate
+            # (a pipe has no size: its rows so far are all it is known to hold).
+            tell = raw.tell if raw.seekable() else lambda: size
+            chunks = ((part, chunk, (rows, tell())) for part, chunk, rows in
                       _chunks(_read(text, str(path), report, reject), report, parts))
             if parts > 1:
                 # The file is read on a thread of its own while the chunks before are
@@ -241,6 +246,20 @@ def import_csv(db: Database, list_name: str, path: Path, *, source: str = "impor
             report.suppressed += tally.suppressed
     report.rejects_path = rejects_path if report.rejected else None
     return report
+
+
+def _open_rejects(source: Path) -> tuple[TextIO | None, Path | None]:
+    """The rejects CSV, opened beside the input file, else (the input is a pipe such as
+    ``<(…)``, or its folder cannot be written) in the working folder; (None, None) when
+    neither can be written, the rejected rows then being only in the report."""
+    name = source.stem + ".rejects.csv"
+    places = [source.with_name(name)] if source.is_file() else []
+    for where in dict.fromkeys([*places, Path.cwd() / name]):
+        try:
+            return open(where, "w", encoding="utf-8", newline=""), where
+        except OSError as e:
+            log.warning("cannot write the rejected rows to %s: %s", where, e.strerror or e)
+    return None, None
 
 
 def _chunks(rows: Iterator[_Row], report: ImportReport, parts: int,

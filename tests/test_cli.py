@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import os
 import re
 import subprocess
 import sys
@@ -239,6 +240,28 @@ def test_an_import_away_from_a_terminal_logs_its_progress_in_tenths(tmp_path: Pa
     assert counts[-1] == (60_000, 60_000)
     assert all(rows < 60_000 and 50_000 <= expected <= 70_000 for rows, expected in
                counts[:-1]), counts
+
+
+def test_an_import_from_a_pipe_keeps_its_rejects_in_the_working_folder(tmp_path: Path) -> None:
+    # `digest subscribers import <(…)`: the input is /dev/fd/N, which has no size to
+    # estimate from and no folder to write beside.
+    env = {"DIGEST_DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}", "PATH": "/usr/bin:/bin"}
+    digest = [sys.executable, "-m", "digest"]
+    assert subprocess.run([*digest, "lists", "create", "weekly"], cwd=tmp_path, env=env,
+                          capture_output=True, timeout=60).returncode == 0
+    read_end, write_end = os.pipe()
+    with subprocess.Popen([*digest, "subscribers", "import", f"/dev/fd/{read_end}", "--list",
+                           "weekly"], cwd=tmp_path, env=env, pass_fds=(read_end,),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as child:
+        os.close(read_end)
+        with os.fdopen(write_end, "w") as feed:
+            feed.write("email,name\nann@example.org,Ann\nnot-an-address,Bo\n")
+        printed, logged = child.communicate(timeout=60)
+    assert child.returncode == 0, logged
+    assert "2 rows: 1 added" in printed and "line 3: 'not-an-address'" in printed
+    rejects = tmp_path / f"{read_end}.rejects.csv"
+    assert f"Rejected rows are in {rejects}." in printed
+    assert "not-an-address,Bo" in rejects.read_text(encoding="utf-8")
 
 
 def test_the_cycle_collector_runs_once_a_command_has_its_database(tmp_path: Path) -> None:
