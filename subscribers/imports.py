@@ -254,7 +254,9 @@ def _open_rejects(source: Path) -> tuple[TextIO | None, Path | None]:
     neither can be written, the rejected rows then being only in the report."""
     name = source.stem + ".rejects.csv"
     places = [source.with_name(name)] if source.is_file() else []
-    for where in dict.fromkeys([*places, Path.cwd() / name]):
+    if not places or places[0].absolute().parent != Path.cwd():
+        places.append(Path.cwd() / name)
+    for where in places:
         try:
             return open(where, "w", encoding="utf-8", newline=""), where
         except OSError as e:
