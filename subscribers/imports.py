@@ -424,8 +424,8 @@ def _apply(db: Database, list_id: int, rows: dict[str, _Row], report: ImportRepo
 
 
 @lru_cache(maxsize=4096)  # the stored JSON text of a list's few keyword choices
-def _stored_keywords(stored: str) -> tuple[str, ...]:
-    return tuple(json.loads(stored))
+def _stored_keywords(stored: str | None) -> tuple[str, ...]:
+    return tuple(json.loads(stored) or ()) if stored else ()
 
 
 # New rows go in below SQLAlchemy's statement layer, which spent ~5 µs a row turning
