@@ -15,6 +15,7 @@ from digest.errors import InvalidInputError
 if TYPE_CHECKING:
     from email_validator import ValidatedEmail
 
+
 # Plain ASCII addresses, the great majority, take a fast path: one match of the whole
 # address, its local part by email-validator's own dot-atom rule, and the domain by a full
 # validation cached per domain (validating a domain is most of the cost, and lists share

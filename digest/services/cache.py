@@ -127,6 +127,7 @@ class FileCache:
         entries = list(self.folder.glob("*.txt"))
         if len(entries) <= self.limit:
             return
+
         def made(p: Path) -> float:
             try:
                 return p.stat().st_mtime

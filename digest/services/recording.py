@@ -45,8 +45,10 @@ def section_summary(sections: list[Section]) -> list[dict[str, Any]]:
     """Sections as stored with an issue: title, key and entry count."""
     return [{"title": s.title, "key": s.key, "count": len(s.entries)} for s in sections]
 
+
 class IssueTaken(DigestError):
     """Another process recorded the same issue of the list a moment earlier."""
+
 
 def record_issue(ctx: Context, draft: Draft, *, now: datetime | None = None,
                  status: str = "sending") -> int:
@@ -60,6 +62,7 @@ def record_issue(ctx: Context, draft: Draft, *, now: datetime | None = None,
     except IntegrityError as e:
         raise IssueTaken(f"issue {draft.number} of {draft.list_name} was started by another "
                          "process at the same moment") from e
+
 
 def _record_issue(ctx: Context, draft: Draft, now: datetime, status: str) -> int:
     with ctx.db.session() as session:
@@ -80,7 +83,9 @@ def _record_issue(ctx: Context, draft: Draft, now: datetime, status: str) -> int
             add_batch_ranges(session, issue.id, first, last, batch_size(ctx.settings), now)
         return issue.id
 
+
 NOTHING_MATCHES = "none of your keywords has anything new in this issue"
+
 
 def _add_deliveries(ctx: Context, session: Session, draft: Draft, issue_id: int,
                     now: datetime) -> tuple[int | None, int | None]:
@@ -143,6 +148,7 @@ def _add_deliveries(ctx: Context, session: Session, draft: Draft, issue_id: int,
                                       .where(Delivery.issue_id == issue_id)).one()
     return first, last
 
+
 def add_batch_ranges(session: Session, issue_id: int, first: int, last: int, size: int,
                      now: datetime) -> None:
     """Cut the ids ``first``…``last`` of a newly recorded issue into send batches of at most
@@ -151,6 +157,7 @@ def add_batch_ranges(session: Session, issue_id: int, first: int, last: int, siz
         {"issue_id": issue_id, "first_id": start, "last_id": min(last, start + size - 1),
          "status": "pending", "updated_at": now}
         for start in range(first, last + 1, size)])
+
 
 def add_batches(session: Session, issue_id: int, size: int, now: datetime,
                 status: str = "pending") -> None:
@@ -166,6 +173,7 @@ def add_batches(session: Session, issue_id: int, size: int, now: datetime,
         select(literal(issue_id), func.min(numbered.c.id), func.max(numbered.c.id),
                literal("pending"), literal(now, type_=SendBatch.updated_at.type))
         .group_by(numbered.c.batch)))
+
 
 def unfinished_issue(session: Session, list_id: int, *,
                      with_uncertain: bool = False) -> Issue | None:
@@ -185,11 +193,13 @@ def unfinished_issue(session: Session, list_id: int, *,
         found = session.get(Issue, latest) if latest is not None else None
     return found
 
+
 def audience_size(ctx: Context, list_id: int) -> int:
     """How many subscriptions of a list are active (would receive an issue now)."""
     with ctx.db.session() as session:
         return session.scalar(select(func.count()).select_from(Subscription).where(
             Subscription.list_id == list_id, Subscription.status == "active")) or 0
+
 
 def discard_sandbox_issues(ctx: Context, list_id: int) -> None:
     """Delete a list's sandbox issues: they validated a send and must hold no entries."""

@@ -171,6 +171,7 @@ def create_app(ctx: Context, *,
                    session_cookie="digest_session", same_site="lax", https_only=https,
                    max_age=ctx.settings.session_hours * 3600),
     ]
+
     async def http_error(request: Request, exc: Exception) -> Response:
         # Starlette's own 404/405 are bare text; every page of ours has a title and a lang.
         status = getattr(exc, "status_code", 500)

@@ -44,7 +44,6 @@ from subscribers.lists import get_list
 log = logging.getLogger(__name__)
 
 
-
 def _safe_next(target: str) -> str:
     """Only local paths: a sign-in link must not send editors elsewhere."""
     return target if target.startswith("/") and not target.startswith("//") else "/editor"

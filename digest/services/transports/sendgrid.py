@@ -54,6 +54,8 @@ log = logging.getLogger(__name__)
 
 def _error(code: int | str) -> None:
     metrics.TRANSPORT_ERRORS.labels("sendgrid", str(code)).inc()
+
+
 MAX_RECIPIENTS = 1000
 JSON_TEXT = {"Content-Type": "application/json; charset=utf-8"}
 _json_string = encode_basestring_ascii  # a str as a JSON string literal, in C
@@ -201,7 +203,6 @@ class SendGridTransport(Transport):
             reset = float(error.headers.get("X-RateLimit-Reset"))
         wait = reset - time.time() if reset else backoff(attempt, self.max_wait)
         return min(max(wait, 0.05), self.max_wait)
-
 
     def send_batch(self, issue: OutgoingIssue,
                    recipients: Sequence[OutgoingRecipient]) -> list[Outcome]:

@@ -124,7 +124,6 @@ class SMTPTransport(Transport):
                 self.conn.quit()
             self._drop()
 
-
     def _pace(self) -> None:
         if self.interval:
             wait = self._last_send + self.interval - time.monotonic()
