@@ -16,6 +16,7 @@ import gc
 import io
 import json
 import logging
+import os
 import queue
 import re
 import threading
@@ -193,7 +194,7 @@ def import_csv(db: Database, list_name: str, path: Path, *, source: str = "impor
         report.rejected.append((line, reason))
         if rejects is None:
             rejects_file, rejects_path = _open_rejects(path)
-            rejects = csv.writer(rejects_file) if rejects_file else csv.writer(io.StringIO())
+            rejects = csv.writer(rejects_file)
             rejects.writerow(["line", "reason", "fields"])
         rejects.writerow([line, reason, *[f.encode("utf-8", "replace").decode() for f in
                                           fields]])
@@ -248,10 +249,11 @@ def import_csv(db: Database, list_name: str, path: Path, *, source: str = "impor
     return report
 
 
-def _open_rejects(source: Path) -> tuple[TextIO | None, Path | None]:
+def _open_rejects(source: Path) -> tuple[TextIO, Path | None]:
     """The rejects CSV, opened beside the input file, else (the input is a pipe such as
-    ``<(…)``, or its folder cannot be written) in the working folder; (None, None) when
-    neither can be written, the rejected rows then being only in the report."""
+    ``<(…)``, or its folder cannot be written) in the working folder; when neither can be
+    written, the null device and no path, the rejected rows then being only in the
+    report (held nowhere else, however many)."""
     name = source.stem + ".rejects.csv"
     places = [source.with_name(name)] if source.is_file() else []
     if not places or places[0].absolute().parent != Path.cwd():
@@ -261,7 +263,7 @@ def _open_rejects(source: Path) -> tuple[TextIO | None, Path | None]:
             return open(where, "w", encoding="utf-8", newline=""), where
         except OSError as e:
             log.warning("cannot write the rejected rows to %s: %s", where, e.strerror or e)
-    return None, None
+    return open(os.devnull, "w", encoding="utf-8", newline=""), None
 
 
 def _chunks(rows: Iterator[_Row], report: ImportReport, parts: int,
