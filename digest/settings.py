@@ -65,6 +65,11 @@ class Settings:
     fetch_max_bytes: int = setting(10_000_000, "Largest feed body accepted, in bytes.")
     fetch_max_redirects: int = setting(5, "Most redirects followed for one feed.")
     fetch_concurrency: int = setting(10, "Feeds fetched at the same time.")
+    fetch_allow_private: list[str] = setting(
+        [], "Private networks (CIDR, e.g. 127.0.0.1/32) that URLs chosen by content may "
+        "reach: feed images being sized, links being checked, every feed's redirects. "
+        "Empty: loopback, private, link-local, CGNAT, multicast and reserved addresses "
+        "are refused (feed URLs added by hand are fetched as given).")
     image_size_timeout: float = setting(
         5.0, "Seconds to learn the size of a feed image whose feed gives none (its first "
         "64 KiB are read once, when collected); 0: never. Emails leave out images of "

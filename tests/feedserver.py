@@ -35,20 +35,22 @@ class _Server(ThreadingHTTPServer):
 
 
 class FeedServer:
-    """Serve routes on 127.0.0.1:0; records every request's headers. Over HTTPS when
-    given a certificate and its key (PEM files)."""
+    """Serve routes on 127.0.0.1:0 (or another loopback ``host``); records every
+    request's headers. Over HTTPS when given a certificate and its key (PEM files)."""
 
-    def __init__(self, tls: tuple[Path, Path] | None = None) -> None:
+    def __init__(self, tls: tuple[Path, Path] | None = None, host: str = "127.0.0.1") -> None:
         self.routes: dict[str, Route] = {}
-        self.requests: list[tuple[str, dict[str, str]]] = []
-        self.httpd = _Server(("127.0.0.1", 0), self._handler())
+        self.requests: list[tuple[str, dict[str, str]]] = []  # GETs: path, headers
+        self.seen: list[tuple[str, str]] = []  # every request: method, path
+        self.httpd = _Server((host, 0), self._handler())
         scheme = "http"
         if tls is not None:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             context.load_cert_chain(*tls)
             self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
             scheme = "https"
-        self.base = f"{scheme}://127.0.0.1:{self.httpd.server_address[1]}"
+        self.port: int = self.httpd.server_address[1]
+        self.base = f"{scheme}://{host}:{self.port}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
 
@@ -77,7 +79,12 @@ class FeedServer:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
+            def do_HEAD(self) -> None:
+                server.seen.append(("HEAD", self.path))
+                self.send_error(501)  # as without this method: checkers fall back to GET
+
             def do_GET(self) -> None:
+                server.seen.append(("GET", self.path))
                 server.requests.append((self.path, dict(self.headers)))
                 route = server.routes.get(self.path)
                 if route is None:

@@ -61,7 +61,9 @@ def test_one_failing_feed_never_stops_the_others(ctx: Context,
     for path, route in bad.items():
         add_feed(ctx.db, feed_server.add(path, route), path)
     add_feed(ctx.db, good, "good")
-    settings = ctx.settings.replace(fetch_timeout=1.5, fetch_max_bytes=1_000_000)
+    # The redirect loop stays on this loopback server: allowed, so the limit is what stops it.
+    settings = ctx.settings.replace(fetch_timeout=1.5, fetch_max_bytes=1_000_000,
+                                    fetch_allow_private=["127.0.0.1/32"])
     started = time.monotonic()
     report = collect(ctx.db, settings)
     elapsed = time.monotonic() - started
@@ -107,8 +109,18 @@ def test_a_feed_that_failed_to_parse_is_fetched_in_full_next_time(
 def test_redirects_are_followed_up_to_the_limit(ctx: Context, feed_server: FeedServer) -> None:
     feed_server.add("/final.xml", body=rss([item(1)]))
     feed_server.add("/r1", redirect_to="/final.xml")
-    add_feed(ctx.db, feed_server.url("/r1"))
-    assert collect(ctx.db, ctx.settings).new == 1
+    for n in range(2, 6):  # /r5 → /r4 → … → /r1 → /final.xml: five redirects
+        feed_server.add(f"/r{n}", redirect_to=f"/r{n - 1}")
+    feed_server.add("/r6", redirect_to="/r5")
+    add_feed(ctx.db, feed_server.url("/r5"), "five")
+    add_feed(ctx.db, feed_server.url("/r6"), "six")
+    # Redirects are checked like any URL chosen by content: this server is loopback.
+    settings = ctx.settings.replace(fetch_allow_private=["127.0.0.1/32"])
+    report = {f.url: f for f in collect(ctx.db, settings).feeds}
+    assert report[feed_server.url("/r5")].status == "ok"
+    assert report[feed_server.url("/r5")].new == 1
+    assert report[feed_server.url("/r6")].error == "more than 5 redirects (a loop?)"
+    assert feed_server.hits("/final.xml")[0]["User-Agent"] == USER_AGENT
 
 
 def test_entries_without_dates_are_dated_when_first_seen(ctx: Context,

@@ -59,15 +59,19 @@ def sent(ctx: Context, list_name: str = "weekly") -> list[bytes]:
     return [p.read_bytes() for p in sorted(Path(ctx.settings.outbox_dir).rglob("*.eml"))]
 
 
+# The feed server is on loopback: image sizing and the link check may reach it only so.
+LOOPBACK = ["127.0.0.1/32"]
+
+
 def desk(tmp_path: Path, feed_server: FeedServer, items: list[dict[str, object]], *,
          language: str = "en", keywords: list[str] | None = None,
-         name: str = "weekly") -> Context:
+         name: str = "weekly", **changes: object) -> Context:
     """A list with one reader and one feed of ``items``, collected."""
     folder = tmp_path / name
     folder.mkdir()
     ctx = Context.open(make_settings(folder, f"sqlite:///{folder}/d.db",
                                      outbox_dir=str(folder / "outbox"),
-                                     keyword_order=["Syria", "Iran"]))
+                                     keyword_order=["Syria", "Iran"], **changes))
     add_feed(ctx.db, feed_server.add(f"/{name}.xml", body=rss(items)), "Desk")
     collect(ctx.db, ctx.settings)
     create_list(ctx.db, "weekly", "The Weekly Recap")
@@ -384,8 +388,10 @@ def test_images_read_also_keywords_and_the_keyword_page(tmp_path: Path,
     item["summary"] = (f'<p>Standfirst one. Standfirst two.</p><img src="{feed_server.base}'
                        '/img/map.png" alt="A map of the front"><p>Read also: <a href='
                        '"https://news.example/r/9">Recap 9: Earlier</a></p>')
-    ctx = desk(tmp_path, feed_server, [item, recap(2, tags=["Iran"])])
-    env = {"DIGEST_DATABASE_URL": ctx.settings.database_url, "PATH": "/usr/bin:/bin"}
+    ctx = desk(tmp_path, feed_server, [item, recap(2, tags=["Iran"])],
+               fetch_allow_private=LOOPBACK)
+    env = {"DIGEST_DATABASE_URL": ctx.settings.database_url, "PATH": "/usr/bin:/bin",
+           "DIGEST_FETCH_ALLOW_PRIVATE": ",".join(LOOPBACK)}
     edit = subprocess.run([sys.executable, "-m", "digest", "lists", "edit", "weekly",
                            "--logo", f"{feed_server.base}/img/logo.png", "--logo-alt",
                            "The Weekly Recap", "--lead-length", "60"],
@@ -420,7 +426,7 @@ def test_preview_check_links_finds_the_broken_and_the_redirecting(
              for n, path in enumerate(["ok", "gone", "moved"], 1)]
     ctx = desk(tmp_path, feed_server, items)
     env = {"DIGEST_DATABASE_URL": ctx.settings.database_url, "PATH": "/usr/bin:/bin",
-           "COLUMNS": "200"}
+           "COLUMNS": "200", "DIGEST_FETCH_ALLOW_PRIVATE": ",".join(LOOPBACK)}
     run = subprocess.run([sys.executable, "-m", "digest", "preview", "--list", "weekly",
                           "--out", str(tmp_path / "p.html"), "--check-links"],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
@@ -444,7 +450,7 @@ def test_the_editors_issue_page_marks_broken_and_redirecting_links(
     items = [dict(recap(n, tags=[tag]), link=f"{feed_server.base}/{path}")
              for n, (path, tag) in enumerate([("ok", "Iran"), ("gone", "Iran"),
                                               ("moved", "Syria")], 1)]
-    ctx = desk(tmp_path, feed_server, items)
+    ctx = desk(tmp_path, feed_server, items, fetch_allow_private=LOOPBACK)
     add_editor(ctx.db, "amal", "a long enough password")
     client = TestClient(create_app(ctx), base_url="https://digest.example")
     form = client.get("/login")

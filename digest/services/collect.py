@@ -315,7 +315,8 @@ def collect(db: Database, settings: Settings, *, now: datetime | None = None,
         on_start(len(requests))
     limits = FetchLimits(timeout=settings.fetch_timeout, max_bytes=settings.fetch_max_bytes,
                          max_redirects=settings.fetch_max_redirects,
-                         concurrency=settings.fetch_concurrency)
+                         concurrency=settings.fetch_concurrency,
+                         allow_private=tuple(settings.fetch_allow_private))
     parser = _Parser(settings, len(requests))
 
     def fetched(result: FetchResult) -> None:
@@ -330,7 +331,8 @@ def collect(db: Database, settings: Settings, *, now: datetime | None = None,
     finally:
         parser.close()
     if settings.image_size_timeout > 0:
-        measure_images(db, since=now, timeout=settings.image_size_timeout)
+        measure_images(db, since=now, timeout=settings.image_size_timeout,
+                       allow_private=settings.fetch_allow_private)
     from digest.services import metrics
     metrics.COLLECT_SECONDS.observe(time.perf_counter() - started)
     for feed_report in report.feeds:
@@ -403,10 +405,12 @@ def _store_one(session: Session, result: FetchResult, parsed: ParsedFeed | str,
     return feed_report
 
 
-def measure_images(db: Database, *, since: datetime, timeout: float) -> int:
+def measure_images(db: Database, *, since: datetime, timeout: float,
+                   allow_private: list[str] | None = None) -> int:
     """Learn the size of the images of entries stored or changed since ``since`` whose
     feed gave none, from their first bytes; return how many were measured. An image whose
-    size stays unknown is left out of emails (they need one)."""
+    size stays unknown is left out of emails (they need one). Images on private addresses
+    are not requested unless ``allow_private`` (fetch_allow_private) opens them."""
     with db.session() as session:
         wanted = session.execute(select(Entry.id, Entry.image_url).where(
             Entry.image_url.is_not(None), Entry.image_width.is_(None),
@@ -414,7 +418,8 @@ def measure_images(db: Database, *, since: datetime, timeout: float) -> int:
     if not wanted:
         return 0
     from digest.services.fetch import image_sizes
-    sizes = image_sizes(sorted({url for _, url in wanted if url}), timeout=timeout)
+    sizes = image_sizes(sorted({url for _, url in wanted if url}), timeout=timeout,
+                        allow_private=allow_private or [])
     measured = 0
     with db.session() as session:
         for entry_id, url in wanted:

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from digest import __version__
-from digest.services import tls
 
 # httpx's own command-line client (httpx/_main.py) loads rich's progress bars, syntax
 # highlighting and pygments whenever click and rich are installed, as they are here: 14 ms
@@ -20,6 +21,9 @@ sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
 
 import httpx  # noqa: E402
 
+from digest.services import outbound  # noqa: E402  (after httpx: see above)
+
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 R = TypeVar("R")
 USER_AGENT = f"recap-digest/{__version__} (+https://github.com/recap-digest/recap-digest)"
@@ -50,19 +54,47 @@ class FetchResult:
 
 @dataclass(frozen=True)
 class FetchLimits:
-    """Bounds on one fetch."""
+    """Bounds on one fetch, and the private networks its redirects may reach."""
 
     timeout: float = 20.0
     max_bytes: int = 10_000_000
     max_redirects: int = 5
     concurrency: int = 10
+    allow_private: tuple[str, ...] = ()  # the fetch_allow_private setting
 
 
 class _TooLarge(Exception):
     pass
 
 
-async def _fetch_one(client: httpx.AsyncClient, request: FetchRequest,
+@dataclass(frozen=True)
+class _Clients:
+    """The clients of one fetch: ``given`` reaches the operator's feed URLs as they are,
+    ``guarded`` follows their redirects, every hop checked (:mod:`outbound`)."""
+
+    given: httpx.AsyncClient
+    guarded: httpx.AsyncClient
+    max_redirects: int
+
+    @asynccontextmanager
+    async def get(self, url: str, headers: dict[str, str]) -> AsyncIterator[httpx.Response]:
+        """The answer to GET ``url`` at the end of its redirects, streamed."""
+        response = await self.given.send(self.given.build_request("GET", url, headers=headers),
+                                         stream=True)
+        try:
+            hop = response.next_request
+            if hop is not None:
+                await response.aclose()
+                if self.max_redirects < 1:
+                    raise httpx.TooManyRedirects("Exceeded maximum allowed redirects.",
+                                                 request=hop)
+                response = await self.guarded.send(hop, stream=True)
+            yield response
+        finally:
+            await response.aclose()
+
+
+async def _fetch_one(clients: _Clients, request: FetchRequest,
                      limits: FetchLimits) -> FetchResult:
     headers = {}
     if request.etag:
@@ -71,7 +103,7 @@ async def _fetch_one(client: httpx.AsyncClient, request: FetchRequest,
         headers["If-Modified-Since"] = request.last_modified
 
     async def run() -> FetchResult:
-        async with client.stream("GET", request.url, headers=headers) as response:
+        async with clients.get(request.url, headers) as response:
             if response.status_code == 304:
                 return FetchResult(request.url, "not_modified", etag=request.etag,
                                    last_modified=request.last_modified)
@@ -106,6 +138,8 @@ async def _fetch_one(client: httpx.AsyncClient, request: FetchRequest,
     except httpx.TooManyRedirects:
         return FetchResult(request.url, "error",
                            error=f"more than {limits.max_redirects} redirects (a loop?)")
+    except outbound.Refused as e:
+        return FetchResult(request.url, "error", error=f"redirect to {e.url} {e.reason}")
     except httpx.InvalidURL as e:
         return FetchResult(request.url, "error", error=f"invalid URL: {e}")
     except httpx.HTTPError as e:
@@ -118,23 +152,26 @@ async def fetch_all_async(requests: Sequence[FetchRequest], limits: FetchLimits,
                           ) -> list[FetchResult]:
     """Fetch every feed concurrently; results come back in the order asked."""
     semaphore = asyncio.Semaphore(max(1, limits.concurrency))
-    timeout = httpx.Timeout(limits.timeout)
-    async with httpx.AsyncClient(
-            follow_redirects=True, max_redirects=limits.max_redirects, timeout=timeout,
-            verify=tls.context(),
-            headers={"User-Agent": USER_AGENT,
-                     "Accept": "application/atom+xml, application/rss+xml, "
-                               "application/xml;q=0.9, text/xml;q=0.9, */*;q=0.1"},
-            limits=httpx.Limits(max_connections=max(1, limits.concurrency))) as client:
+    policy = outbound.AddressPolicy.allowing(limits.allow_private)
+    options: dict[str, Any] = {
+        "timeout": httpx.Timeout(limits.timeout), "concurrency": limits.concurrency,
+        "headers": {"User-Agent": USER_AGENT,
+                    "Accept": "application/atom+xml, application/rss+xml, "
+                              "application/xml;q=0.9, text/xml;q=0.9, */*;q=0.1"}}
+    # The first hop is one of the redirects allowed, so the guarded client follows one less.
+    async with outbound.client(None, **options) as given, outbound.client(
+            policy, follow_redirects=True, max_redirects=max(0, limits.max_redirects - 1),
+            **options) as guarded:
+        clients = _Clients(given, guarded, limits.max_redirects)
 
-        async def guarded(request: FetchRequest) -> FetchResult:
+        async def bounded(request: FetchRequest) -> FetchResult:
             async with semaphore:
-                result = await _fetch_one(client, request, limits)
+                result = await _fetch_one(clients, request, limits)
             if on_done is not None:
                 on_done(result)
             return result
 
-        return list(await asyncio.gather(*(guarded(r) for r in requests)))
+        return list(await asyncio.gather(*(bounded(r) for r in requests)))
 
 
 def fetch_all(requests: Sequence[FetchRequest], limits: FetchLimits,
@@ -170,7 +207,11 @@ async def _image_size(client: httpx.AsyncClient, url: str) -> tuple[int, int] | 
                 head += chunk
                 if len(head) >= FIRST_BYTES:
                     break
-    except httpx.HTTPError:
+    except outbound.Refused as e:
+        where = url if e.url == url else f"{url} (redirected to {e.url})"
+        log.warning("image %s: size unknown, %s", where, e.reason)
+        return None
+    except (httpx.HTTPError, httpx.InvalidURL):
         return None
     return image_size(bytes(head))
 
@@ -199,15 +240,18 @@ async def each_bounded(items: Sequence[T], work: Callable[[T], Awaitable[R]], *,
     return [task.result() if task in done else None for task in tasks]
 
 
-def image_sizes(urls: Sequence[str], *, timeout: float = 5.0,
-                concurrency: int = 8) -> dict[str, tuple[int, int]]:
+def image_sizes(urls: Sequence[str], *, timeout: float = 5.0, concurrency: int = 8,
+                allow_private: Sequence[str] = ()) -> dict[str, tuple[int, int]]:
     """The pixel sizes of images by URL, from their first bytes; unknown ones left out.
-    Each image within ``timeout`` seconds, all of them within four times that."""
+    Each image within ``timeout`` seconds, all of them within four times that. Feeds name
+    these URLs, so every request and redirect is guarded: private addresses are refused
+    (and logged) unless ``allow_private`` (CIDR networks) opens them."""
+    policy = outbound.AddressPolicy.allowing(allow_private)
 
     async def run() -> dict[str, tuple[int, int]]:
-        async with httpx.AsyncClient(timeout=timeout, follow_redirects=True,
-                                     verify=tls.context(),
-                                     headers={"User-Agent": USER_AGENT}) as client:
+        async with outbound.client(policy, timeout=timeout, follow_redirects=True,
+                                   concurrency=concurrency,
+                                   headers={"User-Agent": USER_AGENT}) as client:
             sizes = await each_bounded(urls, lambda url: _image_size(client, url),
                                        concurrency=concurrency, timeout=timeout,
                                        deadline=timeout * 4, on_timeout=lambda url: None)

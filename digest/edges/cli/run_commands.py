@@ -273,7 +273,7 @@ def _links_ok(ctx: Context, draft: Draft) -> bool:
     from digest.services.linkcheck import check_links, issue_links
     urls = issue_links(draft.rendered.html, ctx.settings.base_url)
     with err.status(f"Checking {len(urls)} links…"):
-        results = check_links(urls)
+        results = check_links(urls, allow_private=ctx.settings.fetch_allow_private)
     broken = [r for r in results if r.broken]
     other = [r for r in results if r.state in ("redirect", "unchecked")]
     if broken or other:
@@ -593,8 +593,9 @@ def lists_edit(name: str, title: str | None, when_nothing_matches: str | None,
     size = (logo_width, logo_height) if logo_width and logo_height else None
     if logo_url and size is None:
         from digest.services.fetch import image_sizes
-        size = image_sizes([logo_url], timeout=state().loaded.settings.fetch_timeout
-                           ).get(logo_url)
+        settings = state().loaded.settings
+        size = image_sizes([logo_url], timeout=settings.fetch_timeout,
+                           allow_private=settings.fetch_allow_private).get(logo_url)
         if size is None:
             raise InvalidInputError(f"could not read the size of the logo {logo_url}",
                                     hint="give it with --logo-width and --logo-height")

@@ -120,7 +120,8 @@ def routes(web: WebApp) -> list[tuple[str, Callable[..., Any], list[str]]]:
             if shown is not None and request.query_params.get("check_links"):
                 from digest.services.linkcheck import check_links, issue_links
                 checked = {r.url: r for r in check_links(
-                    issue_links(shown.html, ctx.settings.base_url))}
+                    issue_links(shown.html, ctx.settings.base_url),
+                    allow_private=ctx.settings.fetch_allow_private)}
             version, by = edit_version(ctx, name)
             draft = shown.draft if shown is not None else None
             return {"list_name": name, "list_title": title, "shown": shown,
