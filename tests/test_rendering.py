@@ -1,4 +1,4 @@
-"""Rendering an issue: golden files, placeholders, phone layout, size warning."""
+"""Rendering an issue: golden files, per-recipient slots, phone layout, size warning."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ import pytest
 from digest.core.feeds import Image, parse_feed
 from digest.core.grouping import Item, KeywordConfig, group
 from digest.core.rendering import (
-    PLACEHOLDERS,
     IssueContent,
     Recipient,
     RenderedIssue,
@@ -79,23 +78,59 @@ def test_golden_files(case: str, renderer: Renderer) -> None:
     assert text == expected_txt.read_text(encoding="utf-8")
 
 
-def test_placeholders_survive_inlining_and_are_filled_per_recipient(
+def test_slots_survive_inlining_and_are_filled_per_recipient(
         rendered: RenderedIssue) -> None:
-    for html_token, text_token in PLACEHOLDERS.values():
-        assert re.fullmatch(r"[A-Za-z0-9_-]+", html_token)
-        assert re.fullmatch(r"[A-Za-z0-9_-]+", text_token)
-    assert 'href="__DIGEST_UNSUBSCRIBE_URL__"' in rendered.html
-    assert "__DIGEST_UNSUBSCRIBE_URL_TEXT__" in rendered.text
+    assert all(re.fullmatch(r"[A-Za-z0-9_-]+", token) for token in rendered.tokens)
+    unsubscribe, unsubscribe_text = rendered.tokens[:2]
+    assert f'href="{unsubscribe}"' in rendered.html and rendered.html.count(unsubscribe) == 1
+    assert rendered.text.count(unsubscribe_text) == 1
     html, text = rendered.personalize(READER)
     assert 'href="https://digest.example/u/TOKEN.sig"' in html
     assert "Hi Alice &lt;&amp;&gt; Reader," in html          # escaped in HTML
     assert "Hi Alice <&> Reader," in text                   # as is in text
     assert "Unsubscribe: https://digest.example/u/TOKEN.sig" in text
-    assert "__DIGEST_" not in html.replace("__DIGEST\u200b_", "")
-    # A placeholder-looking string from a feed is never filled in.
-    assert "Alice" not in html.split("Nobody is called")[1].split("</p>")[0]
+    # A placeholder-looking string from a feed is shown as the feed wrote it.
+    feeds_own = "Nobody is called __DIGEST_NAME__ here."
+    assert feeds_own in html and feeds_own in text
+    assert "__DIGEST_" not in html.replace(feeds_own, "")
+    assert "__DIGEST_" not in text.replace(feeds_own, "")
+    assert html.count("Alice") == 1 and text.count("Alice") == 1
     other, _ = rendered.personalize(Recipient("https://x/u/2", "https://x/p/2", ""))
     assert "Hi there," in other and "https://x/u/2" in other
+
+
+def test_the_same_issue_renders_to_the_same_strings(renderer: Renderer) -> None:
+    """The slots' markers are made from the content: a preview and the send give
+    premailer the same document (the inline cache's key) and keep the same strings."""
+    first, second = render_case("basic", renderer), render_case("basic", renderer)
+    assert (first.html, first.text, first.tokens) == (second.html, second.text,
+                                                      second.tokens)
+    kept: dict[str, str] = {}
+
+    class Cache:
+        def get(self, key: str) -> str | None:
+            return kept.get(key)
+
+        def put(self, key: str, value: str) -> None:
+            kept[key] = value
+
+    render_case("basic", Renderer(inline_cache=Cache()))
+    again = Renderer(inline_cache=Cache())
+    assert render_case("basic", again).html == first.html
+    assert not again.inliner_loaded  # the inlined email came from the cache
+
+
+def test_a_rendering_made_again_from_its_strings_finds_its_slots(
+        rendered: RenderedIssue) -> None:
+    kept = RenderedIssue(rendered.subject, rendered.html, rendered.text, "")
+    assert kept.tokens == rendered.tokens
+    assert kept.personalize(READER) == rendered.personalize(READER)
+    # Strings changed after rendering no longer prove their slots: nothing is filled in.
+    changed = RenderedIssue(rendered.subject, rendered.html.replace("Golden", "Gilded"),
+                            rendered.text, "")
+    html, text = changed.personalize(READER)
+    assert "TOKEN.sig" not in html + text and "Alice" not in html + text
+    assert changed.tokens != rendered.tokens and rendered.tokens[0] in html
 
 
 def test_email_layout(rendered: RenderedIssue) -> None:

@@ -73,14 +73,16 @@ def test_batches_follow_the_published_schema_and_limits(newsroom: Context,
         assert [c["type"] for c in body["content"]] == ["text/plain", "text/html"]
         assert body["categories"] == ["weekly"]
         assert body["custom_args"] == {"issue_id": "1", "list": "weekly"}
-        html = body["content"][1]["value"]
+        text, html = body["content"][0]["value"], body["content"][1]["value"]
+        # The substitution keys are the issue's own markers, found in what was sent.
+        key = RenderedIssue(body["subject"], html, text, "").tokens[0]
         for p in body["personalizations"]:
             unsubscribe = p["headers"]["List-Unsubscribe"]
             assert p["headers"]["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
             url = unsubscribe[1:-1]
             # The HTML goes once; each recipient's link arrives through substitutions.
-            assert p["substitutions"]["__DIGEST_UNSUBSCRIBE_URL__"] == url
-            assert "__DIGEST_UNSUBSCRIBE_URL__" in html and url not in html
+            assert p["substitutions"][key] == url
+            assert html.count(key) == 1 and url not in html
             assert all(isinstance(v, str) for v in p["custom_args"].values())
             assert p["custom_args"]["delivery_id"].isdigit()
     assert sum(standin.accepted.values()) == 5 and max(standin.accepted.values()) == 1
@@ -211,7 +213,8 @@ def _body_as_dicts(issue: OutgoingIssue, recipients: list[OutgoingRecipient]) ->
     return {
         "personalizations": [
             {"to": [{"email": r.email, "name": r.name} if r.name else {"email": r.email}],
-             "substitutions": r.values.values(), "headers": r.own_headers(),
+             "substitutions": issue.rendered.substitutions(r.values),
+             "headers": r.own_headers(),
              "custom_args": {"delivery_id": str(r.delivery_id),
                              "subscriber_id": str(r.subscriber_id)}}
             for r in recipients],

@@ -1,18 +1,50 @@
 """Render an issue into the HTML and text of one email. Pure: data in, strings out.
 
-The HTML is rendered and its CSS inlined once per issue. Values that differ per
-recipient (unsubscribe URL, name) stand in it as placeholder tokens of
-``[A-Za-z0-9_-]`` only — premailer percent-encodes anything else inside an href —
-and are filled in afterwards by :meth:`RenderedIssue.personalize`.
+The HTML is rendered and its CSS inlined once per issue; the values that differ per
+recipient (unsubscribe and preferences links, name) are filled in afterwards by
+:meth:`RenderedIssue.personalize`, at *slots* that only the templates can make.
+
+A slot is a marker ``__DIGEST_<code><tag>__``: its code (one of :data:`SLOT_CODES`)
+names the value, its tag of 22 characters is shared by every slot of one rendering, and
+it is made of ``[A-Za-z0-9_-]`` only, which premailer leaves as it is inside an href.
+Why no feed text can become a slot, whatever it holds:
+
+1. The templates print their markers with a tag of 128 random bits drawn for this
+   rendering (:mod:`secrets`). Feed text was written before the draw and cannot hold
+   it, so splitting Jinja2's output at that tag's markers finds exactly the template's
+   slots and, between them, literal text (the feed's included).
+2. The slots are then marked again with a tag that is a hash of the rendering with its
+   slots taken out: subject, HTML and text, each split at its slots (:func:`_tag`). For
+   feed text to hold a marker with that tag it would have to contain the hash of a
+   document that contains it: a fixed point of SHA-256, which nobody can find. Unlike
+   the random tag, this one is the same for the same content, so premailer's input (the
+   inline cache's key) is the same from one rendering of an issue to the next.
+3. After inlining, the HTML is split at that tag once more (premailer's output is a
+   function of its input, which the tag covers) and marked with the hash of the inlined
+   rendering. The strings kept with an issue thus prove their own slots: a
+   :class:`RenderedIssue` made again from them (a resumed send, the archive) reads the
+   tag off the last marker of its HTML (or of its text), and takes it only if it is the
+   hash of the rendering split at it (:func:`_find_slots`), which nothing else can be,
+   as above. The templates print nothing from a feed after their last slot (the footer
+   links), and every rendering checks that its strings read back to its own tag.
+
+Filling in joins the literal pieces with one recipient's values and never reads the text
+again, so a marker-shaped string from a feed (an old ``__DIGEST_NAME__``, a made-up or a
+stale tag) is shown exactly as the feed wrote it. SendGrid's substitutions take the same
+markers as keys (:attr:`RenderedIssue.tokens`): replacing every occurrence of each in the
+subject and content, SendGrid meets only the slots.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import html
 import importlib
 import importlib.util
 import logging
 import re
+import secrets
 import sys
 import textwrap
 import threading
@@ -34,20 +66,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PLACEHOLDER_PREFIX = "__DIGEST_"
-# Each per-recipient value has a token for HTML (escaped) and one for text (raw).
-PLACEHOLDERS = {
-    "unsubscribe_url": ("__DIGEST_UNSUBSCRIBE_URL__", "__DIGEST_UNSUBSCRIBE_URL_TEXT__"),
-    "preferences_url": ("__DIGEST_PREFERENCES_URL__", "__DIGEST_PREFERENCES_URL_TEXT__"),
-    "name": ("__DIGEST_NAME__", "__DIGEST_NAME_TEXT__"),
-}
-_UNSUBSCRIBE_HTML, _UNSUBSCRIBE_TEXT = PLACEHOLDERS["unsubscribe_url"]
-_PREFERENCES_HTML, _PREFERENCES_TEXT = PLACEHOLDERS["preferences_url"]
-_NAME_HTML, _NAME_TEXT = PLACEHOLDERS["name"]
-# Every placeholder token, in the order of Recipient.parts().
-TOKENS = (_UNSUBSCRIBE_HTML, _UNSUBSCRIBE_TEXT, _PREFERENCES_HTML, _PREFERENCES_TEXT,
-          _NAME_HTML, _NAME_TEXT)
-_TOKEN = re.compile(r"(__DIGEST_[A-Z_]+?__)")
+MARKER_PREFIX = "__DIGEST_"
+# One code a per-recipient value and part, in the order of Recipient.parts():
+# unsubscribe link (HTML, text), preferences link (HTML, text), name (HTML, text).
+SLOT_CODES = "UuPpNn"
+# What the templates call each value: ``ph`` in the HTML, ``ph_text`` in the text.
+_SLOT_NAMES = {"unsubscribe_url": "Uu", "preferences_url": "Pp", "name": "Nn"}
+_TAG_BYTES = 16  # 128 bits: 22 characters of URL-safe base64
+_MARKER = re.compile(r"__DIGEST_([UuPpNn])([A-Za-z0-9_-]{22})__")
+# Part of what a tag hashes: another use of the same hash never makes the same tags.
+_TAG_CONTEXT = b"recap-digest slots 1\0"
 GMAIL_CLIP_BYTES = 102_000
 
 
@@ -127,15 +155,12 @@ class Recipient(NamedTuple):
     preferences_url: str
     name: str = ""
 
-    def values(self) -> dict[str, str]:
-        """Placeholder token → value, escaped for the part it goes into."""
-        return dict(zip(TOKENS, self.parts(), strict=True))
-
     def parts(self) -> tuple[str, str, str, str, str, str]:
-        """The values of :data:`TOKENS`, in their order."""
+        """The values of the slots, in the order of :data:`SLOT_CODES` (escaped for the
+        HTML, as they are for the text)."""
         unsubscribe, preferences = self.unsubscribe_url, self.preferences_url
         greeting = self.name.strip() or "there"
-        if _SPECIAL(unsubscribe + preferences + greeting) is None:  # links made of tokens
+        if _SPECIAL(unsubscribe + preferences + greeting) is None:  # links never need it
             return unsubscribe, unsubscribe, preferences, preferences, greeting, greeting
         escape = html.escape
         return (escape(unsubscribe), unsubscribe, escape(preferences), preferences,
@@ -146,22 +171,116 @@ class Recipient(NamedTuple):
 _SPECIAL = re.compile("[&<>\"']").search
 
 
+def _marker(code: str, tag: str) -> str:
+    """The marker of one slot."""
+    return f"{MARKER_PREFIX}{code}{tag}__"
+
+
+def _template_markers(tag: str) -> dict[str, dict[str, str]]:
+    """The markers the templates print, as ``ph`` (HTML) and ``ph_text`` (text)."""
+    return {"ph": {name: _marker(codes[0], tag) for name, codes in _SLOT_NAMES.items()},
+            "ph_text": {name: _marker(codes[1], tag) for name, codes in _SLOT_NAMES.items()}}
+
+
+class _Split(NamedTuple):
+    """A document cut at its slots: the literal text around them, and each slot's code."""
+
+    chunks: tuple[str, ...]  # one more than codes
+    codes: str
+
+    @classmethod
+    def at(cls, document: str, tag: str) -> _Split:
+        """``document`` cut at the markers of ``tag`` (and nowhere else)."""
+        pieces = re.split(f"{MARKER_PREFIX}([{SLOT_CODES}]){re.escape(tag)}__", document)
+        return cls(tuple(pieces[0::2]), "".join(pieces[1::2]))
+
+    def marked(self, tag: str) -> str:
+        """The document again, its slots marked with ``tag``."""
+        out = [self.chunks[0]]
+        for code, chunk in zip(self.codes, self.chunks[1:], strict=True):
+            out += (_marker(code, tag), chunk)
+        return "".join(out)
+
+
+def _tag(subject: str, html_part: _Split, text_part: _Split) -> str:
+    """The tag of a rendering: a hash of all of it but its markers (see the module's
+    docstring for why no feed text can hold it)."""
+    digest = hashlib.sha256(_TAG_CONTEXT)
+    # Each piece after its length: one sequence of pieces gives one input, and the codes
+    # say how many chunks follow them.
+    for piece in (subject, html_part.codes, *html_part.chunks, text_part.codes,
+                  *text_part.chunks):
+        data = piece.encode("utf-8", "surrogatepass")
+        digest.update(len(data).to_bytes(8, "big"))
+        digest.update(data)
+    return base64.urlsafe_b64encode(digest.digest()[:_TAG_BYTES]).decode("ascii").rstrip("=")
+
+
 class _Filler:
-    """A string split once at its placeholders, then joined with values per recipient."""
+    """A document's literal pieces with a place for each slot's value, joined per
+    recipient."""
 
-    def __init__(self, template: str) -> None:
-        self.parts = _TOKEN.split(template)
+    __slots__ = ("_pieces", "_slots")
 
-    def fill(self, values: Mapping[str, str]) -> str:
-        parts = self.parts.copy()
-        for i in range(1, len(parts), 2):
-            parts[i] = values.get(parts[i], parts[i])
-        return "".join(parts)
+    def __init__(self, split: _Split) -> None:
+        self._pieces = [split.chunks[0]]
+        slots = []
+        for code, chunk in zip(split.codes, split.chunks[1:], strict=True):
+            slots.append((len(self._pieces), SLOT_CODES.index(code)))
+            self._pieces += ("", chunk)
+        self._slots = tuple(slots)
+
+    def fill(self, values: Sequence[str]) -> str:
+        """The document with ``values`` (in :data:`SLOT_CODES` order) at its slots."""
+        pieces = self._pieces.copy()
+        for position, which in self._slots:
+            pieces[position] = values[which]
+        return "".join(pieces)
+
+
+class _Slots(NamedTuple):
+    """Where a rendering's per-recipient values go, and the markers that stand there."""
+
+    tag: str
+    html: _Filler
+    text: _Filler
+
+
+def _last_marker(document: str) -> re.Match[str] | None:
+    """The last marker-shaped string of ``document``, looking back from its end."""
+    end = len(document)
+    while (start := document.rfind(MARKER_PREFIX, 0, end)) >= 0:
+        found = _MARKER.match(document, start)
+        if found is not None:
+            return found
+        end = start + len(MARKER_PREFIX) - 1  # "__DIGEST__DIGEST_": they may overlap
+    return None
+
+
+def _find_slots(subject: str, html_part: str, text_part: str) -> _Slots:
+    """The slots of a rendering kept as strings: those of the tag on the last marker of
+    its HTML (or of its text) if that tag is the rendering's own hash; else none, and
+    all of it is literal text."""
+    for part in (html_part, text_part):
+        last = _last_marker(part)
+        if last is None:
+            continue
+        tag = last[2]
+        html_split, text_split = _Split.at(html_part, tag), _Split.at(text_part, tag)
+        if _tag(subject, html_split, text_split) == tag:
+            return _Slots(tag, _Filler(html_split), _Filler(text_split))
+    html_split, text_split = _Split((html_part,), ""), _Split((text_part,), "")
+    return _Slots(_tag(subject, html_split, text_split), _Filler(html_split),
+                  _Filler(text_split))
 
 
 @dataclass(frozen=True)
 class RenderedIssue:
-    """An issue's subject, inlined HTML and text, with placeholders for each recipient."""
+    """An issue's subject, inlined HTML and text, with slots for each recipient's values.
+
+    Made by :meth:`Renderer.render_issue`, or again from the strings an issue keeps:
+    the slots are found in them (see the module's docstring).
+    """
 
     subject: str
     html: str
@@ -170,24 +289,29 @@ class RenderedIssue:
     warnings: tuple[str, ...] = field(default=())
 
     @cached_property
-    def _fillers(self) -> tuple[_Filler, _Filler]:
-        return _Filler(self.html), _Filler(self.text)
+    def _slots(self) -> _Slots:
+        return _find_slots(self.subject, self.html, self.text)
+
+    @property
+    def tokens(self) -> tuple[str, ...]:
+        """The markers that stand at the slots, in the order of :meth:`Recipient.parts`
+        (SendGrid's substitution keys)."""
+        tag = self._slots.tag
+        return tuple(_marker(code, tag) for code in SLOT_CODES)
+
+    def substitutions(self, recipient: Recipient) -> dict[str, str]:
+        """Marker → value, for one recipient: what SendGrid puts in place of each."""
+        return dict(zip(self.tokens, recipient.parts(), strict=True))
 
     def personalize(self, recipient: Recipient) -> tuple[str, str]:
         """The HTML and text one recipient gets."""
-        values = recipient.values()
-        html_filler, text_filler = self._fillers
-        return html_filler.fill(values), text_filler.fill(values)
+        slots, values = self._slots, recipient.parts()
+        return slots.html.fill(values), slots.text.fill(values)
 
     @property
     def html_bytes(self) -> int:
         """Size of the HTML part as sent, in bytes."""
         return len(self.html.encode("utf-8"))
-
-
-def neutralize(text: str) -> str:
-    """Break any placeholder-looking text from a feed, so it is never filled in."""
-    return text.replace(PLACEHOLDER_PREFIX, "__DIGEST\u200b_")
 
 
 def _wrap(text: str, width: int = 72, indent: str = "", subsequent: str | None = None) -> str:
@@ -364,12 +488,10 @@ class Renderer:
             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
             extensions=["jinja2.ext.do"], bytecode_cache=bytecode_cache)
         self.env.filters.update(wrap=_wrap, plain=html_to_text, longdate=long_date,
-                                neutral=neutralize, sentences=sentence_cut,
+                                sentences=sentence_cut,
                                 email_summary=email_summary, underline=underline)
         self.env.globals.update(fitted=fitted, TextLinks=TextLinks, COLUMN=COLUMN,
                                 TEXT_WIDTH=TEXT_WIDTH)
-        self.env.globals["ph"] = {k: v[0] for k, v in PLACEHOLDERS.items()}
-        self.env.globals["ph_text"] = {k: v[1] for k, v in PLACEHOLDERS.items()}
         self.size_warning = size_warning
         self._inline_cache = inline_cache
         self._premailer: Any = None  # made at the first document not in the cache
@@ -412,20 +534,37 @@ class Renderer:
         return result
 
     def render_issue(self, content: IssueContent) -> RenderedIssue:
-        """Render the issue's email once; personalize afterwards per recipient."""
+        """Render the issue's email once; personalize afterwards per recipient.
+
+        Each step of the module docstring's three is marked below.
+        """
+        drawn = secrets.token_urlsafe(_TAG_BYTES)  # 1: the templates' own markers
         context = {"issue": content, "sections": content.sections,
-                   "preheader": content.preheader, "sender": content.sender}
-        markup = self.env.get_template("email/issue.html").render(context)
-        inlined = self.inline(markup)
+                   "preheader": content.preheader, "sender": content.sender,
+                   **_template_markers(drawn)}
+        markup = _Split.at(self.env.get_template("email/issue.html").render(context), drawn)
         text = self.env.get_template("email/issue.txt").render(context)
-        text = re.sub(r"\n{3,}", "\n\n", text).strip() + "\n"
+        text_split = _Split.at(re.sub(r"\n{3,}", "\n\n", text).strip() + "\n", drawn)
+        given = _tag(content.subject, markup, text_split)  # 2: the same for the same issue
+        inlined = _Split.at(self.inline(markup.marked(given)), given)
+        if inlined.codes != markup.codes:
+            raise RuntimeError(f"inlining changed the email's slots from {markup.codes!r} "
+                               f"to {inlined.codes!r}")
+        tag = _tag(content.subject, inlined, text_split)  # 3: what the kept strings prove
+        html_part = inlined.marked(tag)
         warnings = []
-        size = len(inlined.encode("utf-8"))
+        size = len(html_part.encode("utf-8"))
         if size > self.size_warning:
             warnings.append(
                 f"the HTML is {size / 1000:.0f} KB; Gmail clips messages near "
                 f"{GMAIL_CLIP_BYTES // 1000} KB and hides the rest (unsubscribe link included)")
         for warning in warnings:
             log.warning("issue %s #%s: %s", content.list_name, content.number, warning)
-        return RenderedIssue(content.subject, inlined, text, content.preheader,
-                             tuple(warnings))
+        rendered = RenderedIssue(content.subject, html_part, text_split.marked(tag),
+                                 content.preheader, tuple(warnings))
+        if rendered._slots.tag != tag:
+            # Made again from its strings, the issue would have no slots: the template
+            # printed something that looks like a marker after its last slot.
+            raise RuntimeError("the email's last slot is not the last marker in it: the "
+                               "templates must print no entry text after their footer")
+        return rendered

@@ -33,7 +33,6 @@ from typing import Any, Self
 from python_http_client import exceptions as sg_errors
 from sendgrid import SendGridAPIClient
 
-from digest.core.rendering import TOKENS
 from digest.errors import ConfigError, DeliveryError
 from digest.services import metrics
 from digest.services.logs import fields
@@ -160,7 +159,8 @@ class SendGridTransport(Transport):
         if issue.sandbox:
             shared["mail_settings"] = {"sandbox_mode": {"enable": True}}
         q = _json_string
-        k1, k2, k3, k4, k5, k6 = (q(token) for token in TOKENS)
+        # The issue's own markers, which stand only where its templates put them.
+        k1, k2, k3, k4, k5, k6 = (q(token) for token in rendered.tokens)
         one_click = f'"List-Unsubscribe-Post":{q(ONE_CLICK)}'
         people = []
         for r in recipients:
