@@ -65,6 +65,10 @@ def hostile(target: FeedServer, path: str) -> dict[str, str]:
             "refused: localhost resolves to 127.0.0.1, a loopback address",
         f"http://[::ffff:127.0.0.1]:{port}{path}":
             "refused: ::ffff:127.0.0.1 is a loopback address",
+        # Numeric spellings the resolver reads as 127.0.0.1: judged by that address.
+        f"http://2130706433:{port}{path}":
+            "refused: 2130706433 resolves to 127.0.0.1, a loopback address",
+        f"http://127.1:{port}{path}": "refused: 127.1 resolves to 127.0.0.1, a loopback",
         f"http://0.0.0.0:{port}{path}": "refused: 0.0.0.0 is an unspecified address",
         f"http://[::1]:{port}{path}": "refused: ::1 is a loopback address",
         "http://169.254.169.254/latest/meta-data/iam": "refused: 169.254.169.254 is a "
