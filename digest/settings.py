@@ -135,11 +135,18 @@ class Settings:
     subscribe_per_ip_per_hour: int = setting(
         20, "Most subscribe requests from one IP address in an hour (the form).")
     login_attempts_per_15_minutes: int = setting(
-        5, "Most failed sign-ins for one name or IP address in 15 minutes.")
-    session_hours: int = setting(12, "Hours an editor stays signed in.")
+        5, "Most failed sign-ins from one IP address in 15 minutes; then that address waits "
+        "out the window. Names are never locked: a stranger cannot lock an editor out.")
+    login_delay_seconds: float = setting(
+        1.0, "Seconds an IP address waits after a failed sign-in before it may try again, "
+        "doubled after each further failure in 15 minutes.")
+    session_hours: int = setting(
+        12, "Hours an editor stays signed in. Sessions are kept in the database: signing "
+        "out, a new password or `digest editors remove` ends every session of that editor.")
     sendgrid_webhook_public_key: str = setting(
         "", "SendGrid's Event Webhook verification key (base64, from Mail Settings → Signed "
-        "Event Webhook). Set: unsigned, forged or stale events are refused.")
+        "Event Webhook). Set: unsigned, forged or stale events are refused. Empty: "
+        "/webhooks/sendgrid refuses every event (403).")
     forwarded_allow_ips: str = setting(
         "", "Addresses of the reverse proxies in front of `digest serve` (comma-separated, "
         "or *), whose X-Forwarded-For and X-Forwarded-Proto are believed: rate limits and "
@@ -149,6 +156,13 @@ class Settings:
         "made from this machine (loopback, not through a proxy).", secret=True)
     webhook_max_age_seconds: int = setting(
         600, "Oldest signed webhook timestamp accepted, in seconds (replays are refused).")
+    web_max_form_bytes: int = setting(
+        1_000_000, "Largest request body the web app reads, in bytes (forms, sign-in, the "
+        "workbench); a bigger one is answered 413 once it passes this, at once when its "
+        "Content-Length says so.")
+    web_max_webhook_bytes: int = setting(
+        5_000_000, "Largest body /webhooks/sendgrid reads, in bytes; a bigger one is "
+        "answered 413 the same way.")
 
     # Schedules
     schedule_retries: int = setting(

@@ -460,7 +460,9 @@ def test_the_editors_issue_page_marks_broken_and_redirecting_links(
                                 "password": "a long enough password"})
     page = client.get("/editor/lists/weekly")
     assert "Check every link" in page.text and "Broken:" not in page.text
-    checked = client.get("/editor/lists/weekly?check_links=1").text
+    token = re.search(r'name="csrf" value="([^"]+)"', page.text)
+    assert token
+    checked = client.post("/editor/lists/weekly/links", data={"csrf": token[1]}).text
     assert 'href="#s1"' in page.text and "1 broken, 1 redirecting" in checked
     assert re.search(r'class="link-broken"><strong>Broken:</strong> <a href="'
                      + re.escape(f"{feed_server.base}/gone") + r'"[^>]*>[^<]*</a> <span '

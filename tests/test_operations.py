@@ -219,6 +219,9 @@ class Serve:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
+        # /healthz tells its details only to the monitor (and signed-in editors).
+        token = env.get("DIGEST_METRICS_TOKEN")
+        self.auth = {"Authorization": f"Bearer {token}"} if token else {}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "digest", "serve", "--port", str(self.port), *extra],
             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log.open("w"))
@@ -233,7 +236,7 @@ class Serve:
                 time.sleep(0.2)
 
     def health(self) -> httpx.Response:
-        return httpx.get(f"{self.url}/healthz", timeout=5)
+        return httpx.get(f"{self.url}/healthz", headers=self.auth, timeout=5)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc.poll() is None:
@@ -273,6 +276,8 @@ def test_healthz_and_metrics_on_serve(tmp_path: Path, sqlite_url: str,
     assert health.status_code == 200 and health.headers["content-type"] == "application/json"
     assert health.json() == {"status": "ok", "database": "reachable", "schema": HEAD_REVISION,
                              "schema_at_head": True, "scheduler": "leader"}
+    # Without the token (even from this machine, once a token is set): only ok or not.
+    assert httpx.get(f"{server.url}/healthz").json() == {"status": "ok"}
     httpx.get(f"{server.url}/subscribe")
     httpx.get(f"{server.url}/u/not-a-token")
     assert httpx.get(f"{server.url}/metrics").status_code == 401
@@ -328,13 +333,13 @@ def test_two_instances_share_one_allowance_and_see_the_real_client(
     ctx = Context.open(make_settings(tmp_path, sqlite_url))
     add_editor(ctx.db, "amal", "a long enough password")
     env = serve_env(ctx, DIGEST_FORWARDED_ALLOW_IPS="127.0.0.1",
-                    DIGEST_LOGIN_ATTEMPTS_PER_15_MINUTES="4")
+                    DIGEST_LOGIN_ATTEMPTS_PER_15_MINUTES="4", DIGEST_LOGIN_DELAY_SECONDS="0")
     one = Serve(env, tmp_path / "one.log", "--no-scheduler")
     two = Serve(env, tmp_path / "two.log", "--no-scheduler")
     servers.extend([one, two])
     attacker = "203.0.113.9"
-    # Four wrong passwords from one address, alternating between the instances (each a
-    # different name, so only the address's allowance is spent)…
+    # Four wrong passwords from one address, alternating between the instances (no wait
+    # between tries here, to reach the lock-out at once)…
     for i in range(4):
         assert sign_in((one, two)[i % 2].url, f"guess{i}", "wrong", attacker) == 401
     # …use it up on both: the fifth is refused wherever it lands, even with the right one.

@@ -1,4 +1,11 @@
-"""Editor accounts (scrypt-hashed passwords) and the audit log of what they changed."""
+"""Editor accounts (scrypt-hashed passwords), their sessions, and the audit log of what
+they changed.
+
+A session is a row of ``editor_sessions``: the browser's cookie carries a random id and
+the row only that id's hash, so the database decides on every request whether the
+session still stands. Signing out, a new password and removing the editor delete every
+row of that editor at once, whatever copies of the cookie exist.
+"""
 
 from __future__ import annotations
 
@@ -8,19 +15,22 @@ import hmac
 import re
 import secrets
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
 
 from digest.errors import InvalidInputError
 from digest.services.db import Database, utcnow
-from digest.services.models import AuditEntry, Editor
+from digest.services.models import AuditEntry, Editor, EditorSession
 
 # scrypt, as OWASP recommends it: N=2^15, r=8, p=1 (32 MiB, ~50 ms here).
 _N, _R, _P = 2 ** 15, 8, 1
 _NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,100}$")
 # A hash to compare against when the name is unknown, so timing tells nothing.
 _DUMMY: str | None = None
+# A session's last-seen time is written at most this often, not on every request.
+_TOUCH_EVERY = timedelta(minutes=1)
 
 
 def hash_password(password: str) -> str:
@@ -46,8 +56,9 @@ def check_password(password: str, stored: str) -> bool:
     return hmac.compare_digest(computed, base64.b64decode(digest))
 
 
-def add_editor(db: Database, name: str, password: str) -> None:
-    """Create an editor account, or set a new password for an existing one."""
+def add_editor(db: Database, name: str, password: str) -> bool:
+    """Create an editor account (True), or set a new password for an existing one, which
+    ends its sessions (False)."""
     if not _NAME.match(name):
         raise InvalidInputError(f"editor name {name!r} may hold letters, digits and . _ @ - "
                                 "(up to 100)")
@@ -58,8 +69,12 @@ def add_editor(db: Database, name: str, password: str) -> None:
         editor = session.scalars(select(Editor).where(Editor.name == name)).first()
         if editor is None:
             session.add(Editor(name=name, password_hash=hashed))
-        else:
-            editor.password_hash = hashed
+            return True
+        editor.password_hash = hashed
+        # A new password is often the answer to a leaked one: every browser signed in
+        # with the old one is signed out.
+        _end_sessions(session, editor.id)
+        return False
 
 
 def authenticate(db: Database, name: str, password: str) -> bool:
@@ -85,13 +100,68 @@ def list_editors(db: Database) -> list[tuple[str, datetime | None]]:
 
 
 def remove_editor(db: Database, name: str) -> bool:
-    """Delete an editor account; True if there was one."""
+    """Delete an editor account and end its sessions; True if there was one."""
     with db.session() as session:
         editor = session.scalars(select(Editor).where(Editor.name == name)).first()
         if editor is None:
             return False
+        _end_sessions(session, editor.id)
         session.delete(editor)
         return True
+
+
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def _end_sessions(session: Session, editor_id: int) -> int:
+    mine = EditorSession.editor_id == editor_id
+    count = session.scalar(select(func.count()).select_from(EditorSession).where(mine)) or 0
+    session.execute(delete(EditorSession).where(mine))
+    return count
+
+
+def start_session(db: Database, name: str, hours: float) -> str:
+    """A new session of the editor ``name`` for ``hours``: the random id for its cookie.
+
+    Sessions that have expired (anyone's) are deleted on the way, so the table holds
+    only live ones.
+    """
+    token, now = secrets.token_urlsafe(32), utcnow()
+    with db.session() as session:
+        editor_id = session.scalar(select(Editor.id).where(Editor.name == name))
+        if editor_id is None:
+            raise InvalidInputError(f"no editor named {name!r}")
+        session.execute(delete(EditorSession).where(EditorSession.expires_at <= now))
+        session.add(EditorSession(token_hash=_token_hash(token), editor_id=editor_id,
+                                  created_at=now, last_seen_at=now,
+                                  expires_at=now + timedelta(hours=hours)))
+    return token
+
+
+def session_editor(db: Database, token: str) -> str | None:
+    """The name of the editor whose live session ``token`` is, or None (signed out,
+    expired, removed, or never a session)."""
+    now = utcnow()
+    with db.session() as session:
+        found = session.execute(
+            select(EditorSession, Editor.name)
+            .join(Editor, Editor.id == EditorSession.editor_id)
+            .where(EditorSession.token_hash == _token_hash(token),
+                   EditorSession.expires_at > now)).first()
+        if found is None:
+            return None
+        row, name = found
+        if now - row.last_seen_at >= _TOUCH_EVERY:
+            row.last_seen_at = now
+        return str(name)
+
+
+def end_sessions(db: Database, name: str) -> int:
+    """End every session of the editor ``name`` (sign out everywhere); how many there were."""
+    with db.session() as session:
+        editor_id = session.scalar(select(Editor.id).where(Editor.name == name))
+        return 0 if editor_id is None else _end_sessions(session, editor_id)
 
 
 @dataclass(frozen=True)

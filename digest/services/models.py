@@ -185,6 +185,20 @@ class Editor(Base):
     last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
+class EditorSession(Base):
+    """One signed-in browser of an editor. Its cookie carries a random id; only that id's
+    hash is kept, so reading this table signs nobody in. Deleting the row ends it."""
+
+    __tablename__ = "editor_sessions"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    editor_id: Mapped[int] = mapped_column(ForeignKey("editors.id", ondelete="CASCADE"),
+                                           index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
 class AuditEntry(Base):
     """One change made by an editor (or the scheduler), with who and when."""
 

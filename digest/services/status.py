@@ -79,6 +79,8 @@ class Status:
     lists: list[ListHealth] = field(default_factory=list)
     suppressions_this_week: int = 0
     needs_attention: list[str] = field(default_factory=list)
+    # Worth knowing, but nothing is wrong: they do not make `digest status` exit 1.
+    notes: list[str] = field(default_factory=list)
 
     @property
     def healthy(self) -> bool:
@@ -166,6 +168,12 @@ def gather(ctx: Context, now: datetime | None = None) -> Status:
             select(func.count()).select_from(Suppression)
             .where(Suppression.created_at >= week_ago)) or 0
 
+    if not ctx.settings.sendgrid_webhook_public_key:
+        status.notes.append(
+            "the SendGrid webhook (/webhooks/sendgrid) refuses every event, so no bounce "
+            "or spam report is applied: set sendgrid_webhook_public_key to the "
+            "verification key SendGrid shows under Settings → Mail Settings → Signed "
+            "Event Webhook (in digest.toml, or DIGEST_SENDGRID_WEBHOOK_PUBLIC_KEY)")
     for view in list_schedules(ctx.db, now=now, count=1):
         run = last_runs.get(view.id)
         status.schedules.append(ScheduleHealth(

@@ -500,6 +500,8 @@ def status_cmd(as_json: bool) -> None:
                             f"[red]{li.uncertain}[/red]" if li.uncertain else "0")
     out.print(lists_table)
     out.print(f"Suppressions added this week: {status.suppressions_this_week}")
+    for note in status.notes:
+        out.print(f"Note: {note}", markup=False)
     if status.healthy:
         out.print("[green]Nothing needs a person.[/green]")
         return

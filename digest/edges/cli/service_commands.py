@@ -235,8 +235,10 @@ def editors_add(name: str, password_stdin: bool) -> None:
     else:
         password = click.prompt("Password", hide_input=True, confirmation_prompt=True,
                                 err=True)
-    add_editor(state().ctx.db, name, password)
-    out.print(f"Editor {name} can sign in.")
+    if add_editor(state().ctx.db, name, password):
+        out.print(f"Editor {name} can sign in.")
+    else:
+        out.print(f"New password for {name}; every session of theirs has ended.")
 
 
 @editors_group.command("list")
@@ -254,11 +256,24 @@ def editors_list() -> None:
 @click.argument("name")
 @boundary
 def editors_remove(name: str) -> None:
-    """Delete an editor account."""
+    """Delete an editor account; every session of theirs ends at once."""
     from digest.services.editors import remove_editor
     if not remove_editor(state().ctx.db, name):
         raise InvalidInputError(f"no editor named {name!r}")
-    out.print(f"Removed editor {name}.")
+    out.print(f"Removed editor {name}; every session of theirs has ended.")
+
+
+@editors_group.command("sign-out")
+@click.argument("name")
+@boundary
+def editors_sign_out(name: str) -> None:
+    """End every session of an editor (a lost laptop, a shared computer)."""
+    from digest.services.editors import end_sessions, list_editors
+    db = state().ctx.db
+    if name not in {n for n, _ in list_editors(db)}:
+        raise InvalidInputError(f"no editor named {name!r}")
+    ended = end_sessions(db, name)
+    out.print(f"Ended {ended} session{'s' if ended != 1 else ''} of {name}.")
 
 
 # Registered with the top-level group by digest.edges.cli.

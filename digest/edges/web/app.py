@@ -22,6 +22,7 @@ from starlette.staticfiles import StaticFiles
 from digest.core.rendering import template_dir
 from digest.edges.web import editor, public
 from digest.edges.web.base import WebApp
+from digest.edges.web.security import BodyLimit, EditorSessions, current_editor
 from digest.services import metrics
 from digest.services.context import Context
 from digest.services.db import schema_problem, schema_revision
@@ -38,7 +39,10 @@ PAGE_CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-
 
 
 class SecurityHeaders:
-    """Adds security headers to every response (a page's own CSP wins)."""
+    """Adds security headers to every response (a page's own CSP wins), and
+    ``Cache-Control: no-store`` to every one but the static files: editor pages and the
+    pages a token opens (unsubscribe, preferences, confirm) must stay in no cache, and
+    any page may carry a CSRF token or an editor's name."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
@@ -48,12 +52,15 @@ class SecurityHeaders:
             await self.app(scope, receive, send)
             return
 
+        wanted = {**SECURITY_HEADERS, "Content-Security-Policy": PAGE_CSP}
+        if not scope["path"].startswith("/static/"):
+            wanted["Cache-Control"] = "no-store"
+
         async def with_headers(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))
                 present = {k.lower() for k, _ in headers}
-                for name, value in {**SECURITY_HEADERS,
-                                    "Content-Security-Policy": PAGE_CSP}.items():
+                for name, value in wanted.items():
                     if name.lower().encode() not in present:
                         headers.append((name.lower().encode(), value.encode()))
                 message["headers"] = headers
@@ -123,19 +130,30 @@ def create_app(ctx: Context, *,
     ``scheduler_state`` says "leader", "standby" or "off" for /healthz."""
     web = WebApp(ctx)
     if web.webhook_key is None:
-        log.warning("no sendgrid_webhook_public_key: SendGrid events are accepted unsigned")
+        log.warning("no sendgrid_webhook_public_key: /webhooks/sendgrid refuses every "
+                    "SendGrid event (403) until it is set")
     metrics_token = ctx.settings.metrics_token
+
+    def scraper(request: Request) -> bool:
+        """Whether /metrics would answer this request: its bearer token, or (with none
+        set) this machine, not through a proxy."""
+        if metrics_token:
+            given = request.headers.get("authorization", "")
+            return hmac.compare_digest(given.encode(), f"Bearer {metrics_token}".encode())
+        return _from_loopback(request)
 
     async def health(request: Request) -> Response:
         healthy, report = await run_in_threadpool(health_report, ctx, scheduler_state)
-        return JSONResponse({"status": "ok" if healthy else "unhealthy", **report},
+        # Anyone may ask whether the service is up; what it runs and where it hurts is
+        # for its editors and its monitor.
+        shown = report if current_editor(request) or scraper(request) else {}
+        return JSONResponse({"status": "ok" if healthy else "unhealthy", **shown},
                             status_code=200 if healthy else 503,
                             headers={"Cache-Control": "no-store"})
 
     async def metrics_page(request: Request) -> Response:
         if metrics_token:
-            given = request.headers.get("authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {metrics_token}".encode()):
+            if not scraper(request):
                 return PlainTextResponse("a bearer token is needed", status_code=401,
                                          headers={"WWW-Authenticate": "Bearer"})
         elif not _from_loopback(request):
@@ -167,9 +185,12 @@ def create_app(ctx: Context, *,
     middleware = [
         Middleware(RequestMetrics),
         Middleware(SecurityHeaders),
+        Middleware(BodyLimit, form_bytes=ctx.settings.web_max_form_bytes,
+                   webhook_bytes=ctx.settings.web_max_webhook_bytes),
         Middleware(SessionMiddleware, secret_key=ctx.tokens.session_key,
                    session_cookie="digest_session", same_site="lax", https_only=https,
                    max_age=ctx.settings.session_hours * 3600),
+        Middleware(EditorSessions, db=ctx.db),
     ]
 
     async def http_error(request: Request, exc: Exception) -> Response:

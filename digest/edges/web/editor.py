@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -20,6 +21,7 @@ from digest.edges.web.security import (
     csrf_token,
     current_editor,
     editor_only,
+    sign_in,
 )
 from digest.errors import DigestError
 from digest.services import metrics
@@ -36,7 +38,7 @@ from digest.services.editing import (
     segments,
     send_test,
 )
-from digest.services.editors import audit, audit_log, authenticate
+from digest.services.editors import audit, audit_log, authenticate, end_sessions, start_session
 from digest.services.pipeline import RunRequest, run_list
 from digest.services.recording import audience_size
 from subscribers.lists import get_list
@@ -47,6 +49,14 @@ log = logging.getLogger(__name__)
 def _safe_next(target: str) -> str:
     """Only local paths: a sign-in link must not send editors elsewhere."""
     return target if target.startswith("/") and not target.startswith("//") else "/editor"
+
+
+def _wait_text(seconds: float) -> str:
+    """"12 seconds", "4 minutes": how long a refused sign-in waits, rounded up."""
+    if seconds <= 90:
+        n = max(1, math.ceil(seconds))
+        return f"{n} second{'s' if n != 1 else ''}"
+    return f"{math.ceil(seconds / 60)} minutes"
 
 
 def _ints(form: FormData, name: str) -> list[int]:
@@ -66,33 +76,47 @@ def routes(web: WebApp) -> list[tuple[str, Callable[..., Any], list[str]]]:
         if not csrf_ok(request, form.get("csrf")):
             return web.forbidden(request)
         name, password = str(form.get("name", "")), str(form.get("password", ""))
-        keys = (f"ip:{client_address(request)}", f"name:{name.casefold()}")
-        if any([await run_in_threadpool(web.login_limit.blocked, k) for k in keys]):
+        # Failed sign-ins count against the address they come from, never the name: a
+        # stranger guessing at an editor's name slows only themselves. Each failure
+        # doubles the wait before the next try; a full window locks the address out.
+        address = f"ip:{client_address(request)}"
+        wait = await run_in_threadpool(web.login_limit.retry_after, address,
+                                       ctx.settings.login_delay_seconds)
+        if wait > 0:
             log.warning("sign-in refused (too many attempts) for %r from %s", name,
                         client_address(request))
             metrics.SIGN_IN_FAILURES.labels("rate_limited").inc()
-            return web.page(request, "web/login.html", {
+            refused = web.page(request, "web/login.html", {
                 "csrf": csrf_token(request), "next": next_path, "name": name,
-                "error": "Too many attempts. Wait 15 minutes and try again."}, status=429)
+                "error": f"Too many failed sign-ins from your address. Wait "
+                         f"{_wait_text(wait)} and try again."}, status=429)
+            refused.headers["Retry-After"] = str(math.ceil(wait))
+            return refused
         if not await run_in_threadpool(authenticate, ctx.db, name, password):
-            for key in keys:
-                await run_in_threadpool(web.login_limit.hit, key)
+            await run_in_threadpool(web.login_limit.hit, address)
             log.info("failed sign-in for %r from %s", name, client_address(request))
             metrics.SIGN_IN_FAILURES.labels("password").inc()
             return web.page(request, "web/login.html", {
                 "csrf": csrf_token(request), "next": next_path, "name": name,
                 "error": "That name and password do not match."}, status=401)
-        # A new session on sign-in: nothing from before carries over.
-        request.session.clear()
-        request.session["editor"] = name
-        csrf_token(request)
+        await run_in_threadpool(web.login_limit.clear, address)
+        token = await run_in_threadpool(start_session, ctx.db, name,
+                                        ctx.settings.session_hours)
+        sign_in(request, token)
         await run_in_threadpool(audit, ctx.db, name, "sign in", f"from {client_address(request)}")
         return RedirectResponse(_safe_next(str(form.get("next", next_path))), status_code=303)
 
     async def logout(request: Request) -> Response:
+        """Sign out everywhere: every session of this editor ends, so no copy of any of
+        their cookies signs anyone in again."""
         form = await request.form()
         if not csrf_ok(request, form.get("csrf")):
             return web.forbidden(request)
+        name = current_editor(request)
+        if name is not None:
+            ended = await run_in_threadpool(end_sessions, ctx.db, name)
+            await run_in_threadpool(audit, ctx.db, name, "sign out",
+                                    f"{ended} session{'s' if ended != 1 else ''} ended")
         request.session.clear()
         return RedirectResponse("/login", status_code=303)
 
@@ -108,8 +132,21 @@ def routes(web: WebApp) -> list[tuple[str, Callable[..., Any], list[str]]]:
 
     @editor_only
     async def issue_page(request: Request) -> Response:
+        return await show_issue(request, request.query_params.get("segment", ""),
+                                check=False)
+
+    @editor_only
+    async def issue_links_page(request: Request) -> Response:
+        """The issue page with every link checked. A POST with this session's CSRF
+        token, never a GET: the check makes the server fetch whatever the issue links to,
+        and no other site may make an editor's browser ask for that."""
+        form = await checked_form(request)
+        if form is None:
+            return web.forbidden(request)
+        return await show_issue(request, str(form.get("segment", "")), check=True)
+
+    async def show_issue(request: Request, segment: str, *, check: bool) -> Response:
         name = list_name_of(request)
-        segment = request.query_params.get("segment", "")
 
         def gather() -> dict[str, Any]:
             with ctx.db.session() as session:
@@ -117,7 +154,7 @@ def routes(web: WebApp) -> list[tuple[str, Callable[..., Any], list[str]]]:
                 list_id, title = mailing_list.id, mailing_list.title
             shown = preview(ctx, name, segment)
             checked = None
-            if shown is not None and request.query_params.get("check_links"):
+            if shown is not None and check:
                 from digest.services.linkcheck import check_links, issue_links
                 checked = {r.url: r for r in check_links(
                     issue_links(shown.html, ctx.settings.base_url),
@@ -279,6 +316,7 @@ def routes(web: WebApp) -> list[tuple[str, Callable[..., Any], list[str]]]:
         ("/editor", home, ["GET"]),
         ("/editor/audit", audit_page, ["GET"]),
         ("/editor/lists/{name}", issue_page, ["GET"]),
+        ("/editor/lists/{name}/links", issue_links_page, ["POST"]),
         ("/editor/lists/{name}/change", change, ["POST"]),
         ("/editor/lists/{name}/email", issue_email, ["GET"]),
         ("/editor/lists/{name}/edit", edit, ["POST"]),

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import select
+from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
@@ -20,9 +21,10 @@ from digest.core.grouping import canonical_keys, keyword_key
 from digest.core.rendering import Recipient, RenderedIssue
 from digest.edges.web.base import WebApp
 from digest.edges.web.security import client_address, csrf_ok, csrf_token
-from digest.errors import DeliveryError, InvalidInputError, NotFoundError
+from digest.errors import DeliveryError, DigestError, InvalidInputError, NotFoundError
 from digest.services.building import keyword_config
 from digest.services.models import Entry, Issue, IssueEntry
+from subscribers.addresses import normalize_address
 from subscribers.events import WebhookRefused, apply_events, verify
 from subscribers.lists import get_list
 from subscribers.models import MailingList
@@ -142,21 +144,21 @@ def routes(web: WebApp) -> list[tuple[str, Callable[..., Any], list[str]]]:
                 "title": "Too many requests",
                 "text": "Please try again in an hour."}, status=429)
         email, list_name = str(form.get("email", "")), str(form.get("list", ""))
+        name = str(form.get("name", ""))
         keywords = [str(k) for k in form.getlist("keywords") if str(k).strip()]
         try:
-            await run_in_threadpool(lambda: request_subscription(
-                ctx, list_name, email, name=str(form.get("name", "")), keywords=keywords,
-                source="form"))
+            # Only what is wrong with the form itself is told: never anything that
+            # depends on who is subscribed already.
+            await run_in_threadpool(_check_subscribe_form, web, list_name, email)
         except (InvalidInputError, NotFoundError) as e:
             return web.page(request, "web/subscribe.html", {
-                **values, "error": e.message, "email": email,
-                "name": str(form.get("name", "")), "chosen": list_name,
-                "csrf": csrf_token(request)}, status=400)
-        except DeliveryError as e:
-            log.error("confirmation email not sent: %s", e)
-            return web.page(request, "web/message.html", {
-                "title": "We could not send the confirmation",
-                "text": "Please try again in a few minutes."}, status=503)
+                **values, "error": e.message, "email": email, "name": name,
+                "chosen": list_name, "csrf": csrf_token(request)}, status=400)
+        # The work (and the email, when one is due) happens after the answer is sent, so
+        # a known address, a new one and a suppressed one are answered alike and at the
+        # same moment: the time to answer tells nobody who is subscribed.
+        done.background = BackgroundTask(_subscribe_later, web, list_name, email, name,
+                                         keywords)
         return done
 
     async def confirm_page(request: Request) -> Response:
@@ -203,14 +205,20 @@ def routes(web: WebApp) -> list[tuple[str, Callable[..., Any], list[str]]]:
         return web.page(request, "web/archive_keyword.html", found)
 
     async def sendgrid_webhook(request: Request) -> Response:
+        # Events stop addresses everywhere: without a key to prove them, none is applied.
+        if web.webhook_key is None:
+            log.warning("SendGrid webhook refused from %s: no sendgrid_webhook_public_key "
+                        "is set", client_address(request))
+            return JSONResponse({"error": "this webhook is off until the server's "
+                                          "sendgrid_webhook_public_key is set"},
+                                status_code=403)
         body = await request.body()
-        if web.webhook_key is not None:
-            try:
-                verify(web.webhook_key, request.headers, body,
-                       max_age=ctx.settings.webhook_max_age_seconds)
-            except WebhookRefused as e:
-                log.warning("SendGrid webhook refused from %s: %s", client_address(request), e)
-                return JSONResponse({"error": e.message}, status_code=e.status)
+        try:
+            verify(web.webhook_key, request.headers, body,
+                   max_age=ctx.settings.webhook_max_age_seconds)
+        except WebhookRefused as e:
+            log.warning("SendGrid webhook refused from %s: %s", client_address(request), e)
+            return JSONResponse({"error": e.message}, status_code=e.status)
         try:
             events = json.loads(body)
         except ValueError:
@@ -236,6 +244,26 @@ def routes(web: WebApp) -> list[tuple[str, Callable[..., Any], list[str]]]:
         ("/archive/{list}/k/{keyword}", archive_keyword, ["GET"]),
         ("/webhooks/sendgrid", sendgrid_webhook, ["POST"]),
     ]
+
+
+def _check_subscribe_form(web: WebApp, list_name: str, email: str) -> None:
+    """Raise what is wrong with a subscribe form whoever fills it in: an address that is
+    not one, a list that does not exist."""
+    normalize_address(email)
+    with web.ctx.db.session() as session:
+        get_list(session, list_name)
+
+
+def _subscribe_later(web: WebApp, list_name: str, email: str, name: str,
+                     keywords: list[str]) -> None:
+    """The subscribe form's work, after its answer: record the request, mail the link."""
+    try:
+        request_subscription(web.ctx, list_name, email, name=name, keywords=keywords,
+                             source="form")
+    except DeliveryError as e:
+        log.error("confirmation email not sent: %s", e)
+    except DigestError as e:
+        log.warning("subscribe request not recorded: %s", e)
 
 
 def _public_lists(web: WebApp) -> list[tuple[str, str]]:
