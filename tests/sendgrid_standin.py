@@ -92,7 +92,11 @@ class SendGridStandIn:
         self.bodies: list[dict[str, Any]] = []
         self.keep_bodies = True
         self.requests = 0
-        self.in_flight = 0  # requests being answered now, and the most there ever were
+        # Requests whose answer the client cannot have yet, and the most there ever were:
+        # a request counts from its arrival until its answer is decided, before the
+        # answer's first byte is written, so a client that waits for each answer before
+        # its next request is never seen with two, however late this thread runs.
+        self.in_flight = 0
         self.most_in_flight = 0
         self.rejections: list[tuple[int, list[str]]] = []
         self.on_request: Callable[[], None] | None = None
@@ -122,10 +126,12 @@ class SendGridStandIn:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            flying = False  # this request counts in the stand-in's in_flight
 
             def answer(self, status: int, payload: dict[str, Any] | None = None,
                        headers: dict[str, str] | None = None) -> None:
                 data = json.dumps(payload).encode() if payload is not None else b""
+                self.land()
                 self.send_response(status)
                 for k, v in (headers or {}).items():
                     self.send_header(k, v)
@@ -147,19 +153,33 @@ class SendGridStandIn:
                     standin.requests += 1
                     standin.in_flight += 1
                     standin.most_in_flight = max(standin.most_in_flight, standin.in_flight)
+                self.flying = True
                 try:
                     self.answer_post()
                 finally:
-                    with standin.lock:
+                    self.land()  # when answering failed before a reply was decided
+
+            def land(self) -> None:
+                """Count this request out of flight, once: its answer is decided and
+                nothing of it has reached the client yet."""
+                with standin.lock:
+                    if self.flying:
+                        self.flying = False
                         standin.in_flight -= 1
+
+            def hang_up(self) -> None:
+                """Close the connection without an answer, which the client learns at
+                once: the request leaves flight first."""
+                self.land()
+                self.close_connection = True
+                self.connection.shutdown(2)
 
             def answer_post(self) -> None:
                 if standin.on_request is not None:
                     standin.on_request()
                 fault = standin._next_fault()
                 if fault == "drop_before":
-                    self.close_connection = True
-                    self.connection.shutdown(2)
+                    self.hang_up()
                     return
                 length = int(self.headers.get("Content-Length", "0"))
                 raw = self.rfile.read(length)
@@ -213,8 +233,7 @@ class SendGridStandIn:
                         if standin.keep_bodies:
                             standin.bodies.append(body)
                 if fault == "drop_after_accept":
-                    self.close_connection = True
-                    self.connection.shutdown(2)
+                    self.hang_up()
                     return
                 if sandbox:
                     self.answer(200, None, {"X-Message-Id": "sandbox"})
