@@ -60,6 +60,7 @@ from urllib.parse import quote
 from digest.core.feeds import READ_ALSO, Image
 from digest.core.grouping import Placed, Section, keyword_key, summary_line
 from digest.core.sanitize import IMG_TAG, cut_text, html_to_text, sanitize_html
+from digest.errors import DigestError
 
 if TYPE_CHECKING:
     import jinja2
@@ -77,6 +78,18 @@ _MARKER = re.compile(r"__DIGEST_([UuPpNn])([A-Za-z0-9_-]{22})__")
 # Part of what a tag hashes: another use of the same hash never makes the same tags.
 _TAG_CONTEXT = b"recap-digest slots 1\0"
 GMAIL_CLIP_BYTES = 102_000
+
+
+class SlotError(DigestError):
+    """An email's per-recipient slots did not come through its rendering whole: it is
+    not sent with a link or a name missing."""
+
+    def __init__(self, list_name: str, number: int, problem: str) -> None:
+        super().__init__(f"issue {number} of {list_name}: {problem}",
+                         hint="this is a fault of the templates or of the inliner; "
+                              "report it with the issue's feeds")
+        self.list_name = list_name
+        self.number = number
 
 
 def template_dir() -> Path:
@@ -548,8 +561,9 @@ class Renderer:
         given = _tag(content.subject, markup, text_split)  # 2: the same for the same issue
         inlined = _Split.at(self.inline(markup.marked(given)), given)
         if inlined.codes != markup.codes:
-            raise RuntimeError(f"inlining changed the email's slots from {markup.codes!r} "
-                               f"to {inlined.codes!r}")
+            raise SlotError(content.list_name, content.number,
+                            f"inlining changed the slots from {markup.codes!r} to "
+                            f"{inlined.codes!r}")
         tag = _tag(content.subject, inlined, text_split)  # 3: what the kept strings prove
         html_part = inlined.marked(tag)
         warnings = []
@@ -565,6 +579,7 @@ class Renderer:
         if rendered._slots.tag != tag:
             # Made again from its strings, the issue would have no slots: the template
             # printed something that looks like a marker after its last slot.
-            raise RuntimeError("the email's last slot is not the last marker in it: the "
-                               "templates must print no entry text after their footer")
+            raise SlotError(content.list_name, content.number,
+                            "its last slot is not its last marker (the templates must "
+                            "print no entry text after their footer)")
         return rendered
