@@ -33,6 +33,7 @@ from sqlalchemy import cast as cast_
 
 from digest.errors import InvalidInputError
 from digest.services.db import Database, among, utcnow
+from digest.services.files import open_private
 from subscribers.addresses import address_hash, address_key, normalize_address
 from subscribers.lists import get_list
 from subscribers.models import Subscriber, Subscription, Suppression
@@ -259,8 +260,8 @@ def _open_rejects(source: Path) -> tuple[TextIO, Path | None]:
     if not places or places[0].absolute().parent != Path.cwd():
         places.append(Path.cwd() / name)
     for where in places:
-        try:
-            return open(where, "w", encoding="utf-8", newline=""), where
+        try:  # the rows hold people's addresses: for the owner's eyes only
+            return open_private(where, "w", encoding="utf-8", newline=""), where
         except OSError as e:
             log.warning("cannot write the rejected rows to %s: %s", where, e.strerror or e)
     return open(os.devnull, "w", encoding="utf-8", newline=""), None

@@ -25,6 +25,7 @@ from sqlalchemy.engine import Engine
 
 from digest.errors import ConfigError, InvalidInputError
 from digest.services.db import Base, schema_problem, schema_revision
+from digest.services.files import create_private
 from digest.services.tables import load_all_models
 
 
@@ -67,6 +68,9 @@ def backup(engine: Engine, path: Path, *, overwrite: bool = False) -> int:
         raise InvalidInputError(f"{path} exists; name a new file or pass --overwrite")
     temporary = path.with_name(path.name + ".partial")
     temporary.unlink(missing_ok=True)
+    # The copy holds what the database holds (the secret key, password hashes): made
+    # 0600 before SQLite opens it, it keeps that mode, and so does its journal.
+    create_private(temporary)
     src = sqlite3.connect(source, timeout=30)
     try:
         dst = sqlite3.connect(temporary)

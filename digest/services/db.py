@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,6 +34,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 from sqlalchemy.types import NullType, TypeDecorator
 
 from digest.errors import ConfigError, DigestError
+from digest.services.files import create_private
 
 if TYPE_CHECKING:
     from alembic.config import Config as AlembicConfig
@@ -180,8 +181,22 @@ def make_engine(url: str) -> Engine:
     except (ArgumentError, ImportError) as e:
         raise ConfigError(f"cannot use database URL: {e}", key="database_url") from e
     if engine.dialect.name == "sqlite":
+        _create_sqlite_file(engine.url.database, engine.url.query)
         event.listen(engine, "connect", _sqlite_pragmas)
     return engine
+
+
+def _create_sqlite_file(database: str | None, query: Mapping[str, Any]) -> None:
+    """Create a SQLite database's file mode 0600 before SQLite opens it: it holds the
+    secret key and the editors' password hashes. SQLite gives the journal, -wal and -shm
+    files it makes beside it the database file's own mode (its Unix VFS sets them so,
+    whatever the umask), so they are 0600 too. An existing file is left as it is."""
+    if not database or database == ":memory:" or query.get("uri") or query.get("mode"):
+        return
+    path = Path(database)
+    if path.parent.is_dir():  # otherwise SQLite says what is wrong when it connects
+        with suppress(OSError):
+            create_private(path)
 
 
 def alembic_config(engine: Engine) -> AlembicConfig:

@@ -805,7 +805,8 @@ def subscribers_export(list_name: str, out_path: Path | None, status: str) -> No
     if out_path is None:
         export_csv(state().ctx.db, list_name, sys.stdout, status=wanted)
         return
-    with open(out_path, "w", encoding="utf-8", newline="") as handle:
+    from digest.services.files import open_private
+    with open_private(out_path, "w", encoding="utf-8", newline="") as handle:  # addresses
         count = export_csv(state().ctx.db, list_name, handle, status=wanted)
     err.print(f"Wrote {count} subscribers to {out_path}.")
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Self
 
 from digest.services.db import utcnow
+from digest.services.files import open_private, private_folder
 from digest.services.models import ACCEPTED, FAILED
 from digest.services.transports.base import (
     Outcome,
@@ -49,9 +50,11 @@ class OutboxTransport(Transport):
         return self.issue_dir(issue) / f"{recipient.delivery_id:08d}-{safe}.eml"
 
     def _write(self, path: Path, message: EmailMessage) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        # A message holds its reader's address and signed links, and its name says whom
+        # it is for: the folder and the file are the owner's alone.
+        private_folder(path.parent)
         temporary = path.with_suffix(".tmp")
-        with open(temporary, "wb") as handle:
+        with open_private(temporary, "wb") as handle:
             handle.write(message.as_bytes())
             handle.flush()
             os.fsync(handle.fileno())
