@@ -9,6 +9,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from digest.errors import InvalidInputError
+from subscribers.fields import one_line
 
 # email-validator (with idna and dnspython's pieces, 20-30 ms) is imported by the first
 # validation, not by every command that only compares or hashes addresses.
@@ -51,6 +52,11 @@ def normalize_address(raw: str) -> str:
     try:
         if len(candidate) <= 254 and (parts := plain(candidate)) is not None:
             return f"{parts[1]}@{_domain(parts[2].lower())}"
+        # Invisible characters pasted with an address (a zero-width space, a line break)
+        # are no part of it; what is left is validated as ever.
+        candidate = one_line(candidate)
+        if not candidate:
+            raise InvalidInputError("empty address")
         result = validate_email(candidate, check_deliverability=False, allow_smtputf8=True)
     except not_valid as e:
         raise InvalidInputError(f"{candidate!r} is not a valid address: {e}") from e

@@ -7,6 +7,12 @@ same connection, so a person's rows still apply in file order (the later row win
 Every rejected row is reported with its line number and reason and copied to a rejects
 CSV beside the input. An address that left the list (unsubscribed, bounced, complained)
 or was forgotten is never re-activated. Importing the same file twice changes nothing.
+Names and keywords are made clean lines as they are read (:mod:`subscribers.fields`).
+
+The CSV files written (an export, the rejects) are opened by people in spreadsheets,
+which run a cell starting with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return as
+a formula: such a cell is written with a ``'`` before it (OWASP's advice), and the
+import takes that ``'`` away again, so an export imports back exactly.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from digest.errors import InvalidInputError
 from digest.services.db import Database, among, utcnow
 from digest.services.files import open_private
 from subscribers.addresses import address_hash, address_key, normalize_address
+from subscribers.fields import one_line
 from subscribers.lists import get_list
 from subscribers.models import Subscriber, Subscription, Suppression
 from subscribers.subscriptions import refused, segment_of
@@ -74,11 +81,29 @@ class _Row(NamedTuple):  # a tuple: a frozen dataclass cost 0.6 µs more a row
     keywords: tuple[str, ...]
 
 
+# What makes a spreadsheet read a cell as a formula, after any quotes put before it (see
+# the module docstring): a cell matching it is written with one more quote before it.
+_FORMULA = re.compile(r"'*[=+\-@\t\r]").match
+_FORMULA_STARTS = frozenset("=+-@\t\r'")
+
+
+def spreadsheet_safe(cell: str) -> str:
+    """A CSV cell as written for people: with a ``'`` before it when a spreadsheet would
+    otherwise run it (or when it would otherwise lose a ``'`` of its own on import)."""
+    return "'" + cell if cell[:1] in _FORMULA_STARTS and _FORMULA(cell) else cell
+
+
+def from_spreadsheet_safe(cell: str) -> str:
+    """A cell as :func:`spreadsheet_safe` was given it: one ``'`` fewer before what a
+    spreadsheet would run; every other cell as it is."""
+    return cell[1:] if cell[:1] == "'" and _FORMULA(cell, 1) else cell
+
+
 @lru_cache(maxsize=4096)  # a list's readers share a few keyword choices
 def _keywords(text: str) -> tuple[str, ...]:
     seen: dict[str, str] = {}
-    for part in text.split(";"):
-        word = " ".join(part.split())
+    for part in from_spreadsheet_safe(text).split(";"):
+        word = one_line(part, most=100)
         if word and word.casefold() not in seen:
             seen[word.casefold()] = word
     return tuple(seen.values())
@@ -167,11 +192,13 @@ def _read(handle: TextIO, source: str, report: ImportReport,
             reject(line, "no email field (too few columns)", fields)
             continue
         try:
-            email = normalize_address(fields[email_at])
+            email = normalize_address(from_spreadsheet_safe(fields[email_at]))
         except InvalidInputError as e:
             reject(line, str(e), fields)
             continue
-        yield _Row(line, email, fields[name_at].strip()[:300] if 0 <= name_at < count else "",
+        yield _Row(line, email,
+                   one_line(from_spreadsheet_safe(fields[name_at]), most=300)
+                   if 0 <= name_at < count else "",
                    _keywords(fields[keywords_at].strip() if 0 <= keywords_at < count else ""))
 
 
@@ -197,8 +224,8 @@ def import_csv(db: Database, list_name: str, path: Path, *, source: str = "impor
             rejects_file, rejects_path = _open_rejects(path)
             rejects = csv.writer(rejects_file)
             rejects.writerow(["line", "reason", "fields"])
-        rejects.writerow([line, reason, *[f.encode("utf-8", "replace").decode() for f in
-                                          fields]])
+        rejects.writerow([line, spreadsheet_safe(reason), *[
+            spreadsheet_safe(f.encode("utf-8", "replace").decode()) for f in fields]])
 
     # On PostgreSQL the rows are shared out by address between two connections that
     # store their chunks side by side (1,000,000 rows: 28-31 -> 21-23 s): each address
@@ -516,7 +543,8 @@ def _sqlite_time(moment: datetime) -> str:
 
 def export_csv(db: Database, list_name: str, out: TextIO, *,
                status: str | None = "active") -> int:
-    """Write a list's subscribers in the import format; return how many rows."""
+    """Write a list's subscribers in the import format, each cell spreadsheet-safe (see
+    the module docstring); return how many rows."""
     writer = csv.writer(out)
     writer.writerow(HEADER_FIELDS)
     count = 0
@@ -528,7 +556,8 @@ def export_csv(db: Database, list_name: str, out: TextIO, *,
                  .execution_options(yield_per=5000))
         if status:
             query = query.where(Subscription.status == status)
+        safe = spreadsheet_safe
         for email, name, keywords in session.execute(query):
-            writer.writerow([email, name, ";".join(keywords)])
+            writer.writerow([safe(email), safe(name), safe(";".join(keywords))])
             count += 1
     return count

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from digest.errors import InvalidInputError, NotFoundError
 from digest.services.db import Database
+from subscribers.fields import one_line
 from subscribers.models import (
     ENTRY_PARTS,
     STATUSES,
@@ -49,9 +50,12 @@ def _check_policy(value: str) -> None:
 
 def create_list(db: Database, name: str, title: str | None = None,
                 description: str = "", *, when_nothing_matches: str = "skip") -> MailingList:
-    """Create a list; its name is a short slug (a-z, 0-9, - and _)."""
+    """Create a list; its name is a short slug (a-z, 0-9, - and _). Its title goes in
+    every email's Subject and List-Id: one clean line (:func:`subscribers.fields.one_line`).
+    """
     _check_policy(when_nothing_matches)
     check_slug("list", name)
+    title = one_line(title or "", most=300) or None
     with db.session() as session:
         if session.scalar(select(MailingList.id).where(MailingList.name == name)):
             raise InvalidInputError(f"list {name!r} already exists")
@@ -99,8 +103,8 @@ def edit_list(db: Database, name: str, *, title: str | None = None,
         raise InvalidInputError(f"lead length {lead_max_chars} must be 40 to 2000 characters")
     with db.session() as session:
         mailing_list = get_list(session, name)
-        if title:
-            mailing_list.title = title.strip()
+        if title and (title := one_line(title, most=300)):
+            mailing_list.title = title
         if when_nothing_matches:
             _check_policy(when_nothing_matches)
             mailing_list.when_nothing_matches = when_nothing_matches
@@ -112,10 +116,10 @@ def edit_list(db: Database, name: str, *, title: str | None = None,
         elif logo_url:
             mailing_list.logo_url = logo_url
             mailing_list.logo_width, mailing_list.logo_height = logo_size or (None, None)
-            mailing_list.logo_alt = (logo_alt or mailing_list.logo_alt
-                                     or mailing_list.title).strip()
+            mailing_list.logo_alt = one_line(logo_alt or mailing_list.logo_alt
+                                             or mailing_list.title)
         elif logo_alt is not None:
-            mailing_list.logo_alt = logo_alt.strip()
+            mailing_list.logo_alt = one_line(logo_alt)
         if entry_parts is not None:
             mailing_list.entry_parts = check_parts(entry_parts)
         if lead_max_chars is not None:

@@ -20,6 +20,7 @@ from digest.services.db import utcnow
 from digest.services.models import delete_deliveries
 from digest.services.transports import Transport, make_transport
 from subscribers.addresses import normalize_address
+from subscribers.fields import one_line
 from subscribers.lists import get_list
 from subscribers.models import MailingList, Subscriber, Subscription
 from subscribers.subscriptions import (
@@ -63,7 +64,7 @@ def request_subscription(ctx: Context, list_name: str, email: str, *, name: str 
         if is_suppressed(session, address):
             return OptInResult("refused", address)
         # A form anyone can fill in never renames someone already known.
-        person = person_for(session, address, name=name.strip(), now=now)
+        person = person_for(session, address, name=one_line(name, most=300), now=now)
         sub = find_subscription(session, person.id, mailing_list.id)
         if sub is not None and sub.status == "active":
             return OptInResult("already", person.email)
@@ -93,7 +94,10 @@ def confirmation_message(ctx: Context, mailing_list: MailingList, person: Subscr
     """The email with the signed confirmation link."""
     s = ctx.settings
     link = ctx.url("confirm/" + ctx.tokens.make("confirm", subscription_id))
-    values = {"list_title": mailing_list.title, "link": link, "name": person.name,
+    # A name stored before names were cleaned where they enter may still hold a line
+    # break, which no header can carry: this email goes to whoever asked just now.
+    name = one_line(person.name)
+    values = {"list_title": mailing_list.title, "link": link, "name": name,
               "hours": s.confirm_expiry_hours, "sender": s.from_name,
               "postal_address": s.postal_address}
     env = ctx.renderer.env
@@ -101,7 +105,7 @@ def confirmation_message(ctx: Context, mailing_list: MailingList, person: Subscr
     text = env.get_template("email/confirm.txt").render(values)
     return compose(subject=f"Confirm your subscription to {mailing_list.title}",
                    sender=format_sender(s.from_name, s.from_email),
-                   to=address_for_header(person.email, person.name), text=text, html=html,
+                   to=address_for_header(person.email, name), text=text, html=html,
                    reply_to=s.reply_to or None,
                    headers={"Auto-Submitted": "auto-generated"})
 

@@ -15,6 +15,7 @@ from digest.errors import InvalidInputError, NotFoundError
 from digest.services.db import Database, utcnow
 from digest.services.models import delete_deliveries
 from subscribers.addresses import address_hash, address_key, normalize_address
+from subscribers.fields import one_line
 from subscribers.lists import get_list
 from subscribers.models import Subscriber, Subscription, Suppression
 
@@ -31,8 +32,9 @@ def segment_of(keywords: Sequence[str]) -> str:
 
 
 def clean_keywords(keywords: Sequence[str], *, most: int = 50) -> list[str]:
-    """Keywords as a reader gave them (a form, a CSV): trimmed, no blanks, bounded."""
-    cleaned = [" ".join(k.split())[:100] for k in keywords if keyword_key(k)]
+    """Keywords as a reader gave them (a form, a CSV, a command): each one clean line
+    (:func:`subscribers.fields.one_line`), no blanks, no repeats, bounded."""
+    cleaned = [word for k in keywords if keyword_key(word := one_line(k, most=100))]
     return list(dict.fromkeys(cleaned))[:most]
 
 
@@ -130,13 +132,15 @@ def subscribe(session: Session, list_id: int, email: str, *, name: str = "",
 
 def add_subscriber(db: Database, list_name: str, email: str, *, name: str = "",
                    keywords: Sequence[str] = (), source: str = "cli") -> AddResult:
-    """Validate an address and subscribe it to a list."""
+    """Validate an address and subscribe it to a list, its name and keywords made clean
+    lines (:func:`subscribers.fields.one_line`)."""
     display = normalize_address(email)
     try:
         with db.session() as session:
             mailing_list = get_list(session, list_name)
-            return subscribe(session, mailing_list.id, display, name=name.strip(),
-                             keywords=keywords, source=source)
+            return subscribe(session, mailing_list.id, display,
+                             name=one_line(name, most=300), keywords=clean_keywords(keywords),
+                             source=source)
     except IntegrityError as e:  # the same address added at the same moment elsewhere
         raise InvalidInputError(f"{display} was added concurrently; try again") from e
 

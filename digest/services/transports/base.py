@@ -13,6 +13,8 @@ from typing import ClassVar, NamedTuple, Self
 
 from digest.core.messages import address_for_header, compose
 from digest.core.rendering import Recipient, RenderedIssue
+from digest.errors import DigestError
+from digest.services.models import FAILED
 from digest.settings import Settings
 
 
@@ -83,13 +85,70 @@ class Outcome(NamedTuple):
 HandOver = Callable[[], list[Outcome]]
 
 
+class RecipientError(DigestError):
+    """No message can be made for one recipient (their name or address holds what no
+    email can carry). It fails that recipient's delivery, with ``reason``; the rest of
+    the batch goes."""
+
+    def __init__(self, email: str, reason: str) -> None:
+        super().__init__(f"no message can be made for {email!r}: {reason}",
+                         hint="correct the subscriber (digest subscribers add ADDRESS "
+                              "--list LIST --name NAME), then send again")
+        self.email = email
+        self.reason = reason
+
+    def outcome(self, delivery_id: int) -> Outcome:
+        """The failed outcome of the delivery it stopped."""
+        return Outcome(delivery_id, FAILED, error=self.reason)
+
+
+# What str.splitlines() splits at, which the email package refuses in a header value:
+# names entering now are cleaned of them (subscribers.fields), but older rows may not be.
+_LINE_BREAKS = frozenset("\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")
+
+
+def unfit(recipient: OutgoingRecipient) -> str | None:
+    """Why no message can carry this recipient's name or address; None when one can."""
+    for what, value in (("name", recipient.name), ("address", recipient.email)):
+        if value.isprintable():  # no line break is printable
+            continue
+        for char in value:
+            if char in _LINE_BREAKS:
+                return (f"the subscriber's {what} holds U+{ord(char):04X}, a line break, "
+                        "which no email header can carry")
+    return None
+
+
+def sendable(recipients: Sequence[OutgoingRecipient]
+             ) -> tuple[list[OutgoingRecipient], list[Outcome]]:
+    """The recipients a message can be made for, and a failed outcome for each other
+    one (for transports that hand the values over rather than whole messages)."""
+    good: list[OutgoingRecipient] = []
+    refused: list[Outcome] = []
+    for recipient in recipients:
+        reason = unfit(recipient)
+        if reason is None:
+            good.append(recipient)
+        else:
+            refused.append(RecipientError(recipient.email, reason).outcome(
+                recipient.delivery_id))
+    return good, refused
+
+
 def build_message(issue: OutgoingIssue, recipient: OutgoingRecipient) -> EmailMessage:
-    """The full message one recipient gets (for transports that send whole messages)."""
+    """The full message one recipient gets (for transports that send whole messages).
+
+    Raise :class:`RecipientError` when it cannot be made for this recipient.
+    """
     html, text = issue.rendered.personalize(recipient.values)
-    return compose(subject=issue.rendered.subject, sender=issue.sender,
-                   to=address_for_header(recipient.email, recipient.name), text=text,
-                   html=html, headers={**issue.headers, **recipient.own_headers()},
-                   message_id=recipient.message_id or None, reply_to=issue.reply_to)
+    try:
+        return compose(subject=issue.rendered.subject, sender=issue.sender,
+                       to=address_for_header(recipient.email, recipient.name), text=text,
+                       html=html, headers={**issue.headers, **recipient.own_headers()},
+                       message_id=recipient.message_id or None, reply_to=issue.reply_to)
+    except ValueError as e:  # the email package's refusals (UnicodeError is one too)
+        raise RecipientError(recipient.email, unfit(recipient)
+                             or f"the message cannot be made: {e}") from e
 
 
 class Transport(ABC):

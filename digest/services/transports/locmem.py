@@ -11,6 +11,7 @@ from digest.services.transports.base import (
     Outcome,
     OutgoingIssue,
     OutgoingRecipient,
+    RecipientError,
     Transport,
     build_message,
 )
@@ -31,7 +32,11 @@ class LocmemTransport(Transport):
                    recipients: Sequence[OutgoingRecipient]) -> list[Outcome]:
         outcomes = []
         for recipient in recipients:
-            self.outbox.append(build_message(issue, recipient))
+            try:
+                self.outbox.append(build_message(issue, recipient))
+            except RecipientError as e:
+                outcomes.append(e.outcome(recipient.delivery_id))
+                continue
             outcomes.append(Outcome(recipient.delivery_id, ACCEPTED,
                                     message_id=recipient.message_id))
         return outcomes

@@ -16,6 +16,7 @@ from digest.services.transports.base import (
     Outcome,
     OutgoingIssue,
     OutgoingRecipient,
+    RecipientError,
     Transport,
     build_message,
 )
@@ -67,6 +68,9 @@ class OutboxTransport(Transport):
             path = self.path_for(issue, recipient)
             try:
                 self._write(path, build_message(issue, recipient))
+            except RecipientError as e:
+                outcomes.append(e.outcome(recipient.delivery_id))
+                continue
             except OSError as e:
                 outcomes.append(Outcome(recipient.delivery_id, FAILED,
                                         error=f"cannot write {path}: {e.strerror}"))

@@ -45,6 +45,7 @@ from digest.services.transports.base import (
     OutgoingRecipient,
     Transport,
     backoff,
+    sendable,
 )
 from digest.settings import Settings
 
@@ -210,9 +211,14 @@ class SendGridTransport(Transport):
 
     def prepare_batch(self, issue: OutgoingIssue,
                       recipients: Sequence[OutgoingRecipient]) -> HandOver:
-        """Build the request body now; the hand-over POSTs it (and retries)."""
-        return partial(self._hand_over, self.request_body(issue, recipients),
-                       [r.delivery_id for r in recipients])
+        """Build the request body now; the hand-over POSTs it (and retries). A recipient
+        no message can be made for fails alone (transports.base.sendable)."""
+        good, refused = sendable(recipients)
+        if not good:
+            return lambda: refused
+        hand_over = partial(self._hand_over, self.request_body(issue, good),
+                            [r.delivery_id for r in good])
+        return hand_over if not refused else lambda: [*hand_over(), *refused]
 
     def _hand_over(self, body: str, ids: list[int]) -> list[Outcome]:
         def all_as(status: str, message_id: str | None = None,

@@ -24,6 +24,7 @@ from digest.services.transports.base import (
     Outcome,
     OutgoingIssue,
     OutgoingRecipient,
+    RecipientError,
     Transport,
     backoff,
     build_message,
@@ -194,7 +195,12 @@ class SMTPTransport(Transport):
                    recipients: Sequence[OutgoingRecipient]) -> list[Outcome]:
         outcomes = []
         for r in recipients:
-            outcome = self.deliver_one(issue.sender_email, r.email, build_message(issue, r))
+            try:
+                message = build_message(issue, r)
+            except RecipientError as e:
+                outcomes.append(e.outcome(r.delivery_id))
+                continue
+            outcome = self.deliver_one(issue.sender_email, r.email, message)
             outcomes.append(Outcome(r.delivery_id, outcome.status,
                                     message_id=r.message_id if outcome.status == ACCEPTED
                                     else None, error=outcome.error))
