@@ -10,6 +10,11 @@ from sqlalchemy.orm import Mapped, mapped_column
 from digest.services.db import Base, UTCDateTime, utcnow
 
 STATUSES = ("pending", "active", "paused", "unsubscribed", "bounced", "complained")
+# Links in emails name a subscription by id for good, and webhook events a subscriber:
+# an id is never handed out twice. PostgreSQL's sequences never go back; SQLite reuses
+# the highest rowid once its row is deleted (a forgotten person's) unless the table is
+# AUTOINCREMENT (migration 0011 rebuilt the tables so).
+NEVER_REUSED = {"sqlite_autoincrement": True}
 # What an entry of an email can show, besides its title; lists choose some, in this order.
 ENTRY_PARTS = ("image", "lead", "summary", "read_also", "keywords")
 DEFAULT_ENTRY_PARTS = "image,lead,read_also,keywords"
@@ -43,6 +48,7 @@ class Subscriber(Base):
     """A person, known by one address (unique case-insensitively, shown as first given)."""
 
     __tablename__ = "subscribers"
+    __table_args__ = NEVER_REUSED
     id: Mapped[int] = mapped_column(primary_key=True)
     email: Mapped[str] = mapped_column(String(320))
     email_key: Mapped[str] = mapped_column(String(320), unique=True)
@@ -63,6 +69,7 @@ class Subscription(Base):
         # SQLAlchemy's PostgreSQL dialect into every command on SQLite.
         Index("ix_subscriptions_pending", "confirm_sent_at",
               sqlite_where=text("status = 'pending'")),
+        NEVER_REUSED,
     )
     id: Mapped[int] = mapped_column(primary_key=True)
     subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscribers.id", ondelete="CASCADE"))

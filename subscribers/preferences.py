@@ -32,7 +32,8 @@ class Left:
 def _subscription(session: Session, subscription_id: int) -> Subscription:
     sub = session.get(Subscription, subscription_id)
     if sub is None:
-        raise InvalidToken("this link is for a subscription that no longer exists")
+        raise InvalidToken("this link is no longer valid: the subscription it was for no "
+                           "longer exists")
     return sub
 
 

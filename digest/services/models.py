@@ -243,7 +243,10 @@ class Delivery(Base):
     # ``Issue.counts``, written at the end of each send. The fill factor is set by
     # migration 0005, not declared here: a ``postgresql_with`` table argument makes
     # SQLAlchemy import its PostgreSQL dialect (36 ms) in every command, SQLite or not.
-    __table_args__ = (UniqueConstraint("issue_id", "subscriber_id"),)
+    # SendGrid's events name a delivery by id (custom_args) and act on its subscription:
+    # an id is never handed out twice, on SQLite too (subscribers.models.NEVER_REUSED).
+    __table_args__ = (UniqueConstraint("issue_id", "subscriber_id"),
+                      {"sqlite_autoincrement": True})
     # No foreign keys on purpose: recording an issue inserts a row per subscriber, and
     # PostgreSQL checked each key row by row (13.6 of 21.6 s for 1,000,000). Rows come only
     # from an INSERT … SELECT of existing subscriptions in the issue's own transaction, and
