@@ -76,11 +76,12 @@ def routes(web: WebApp) -> list[tuple[str, Callable[..., Any], list[str]]]:
         if not csrf_ok(request, form.get("csrf")):
             return web.forbidden(request)
         name, password = str(form.get("name", "")), str(form.get("password", ""))
-        # Failed sign-ins count against the address they come from, never the name: a
+        # Sign-ins count against the address they come from, never the name: a
         # stranger guessing at an editor's name slows only themselves. Each failure
         # doubles the wait before the next try; a full window locks the address out.
+        # The try is counted before the password is checked, and forgotten when right.
         address = f"ip:{client_address(request)}"
-        wait = await run_in_threadpool(web.login_limit.retry_after, address,
+        wait = await run_in_threadpool(web.login_limit.attempt, address,
                                        ctx.settings.login_delay_seconds)
         if wait > 0:
             log.warning("sign-in refused (too many attempts) for %r from %s", name,
@@ -93,7 +94,6 @@ def routes(web: WebApp) -> list[tuple[str, Callable[..., Any], list[str]]]:
             refused.headers["Retry-After"] = str(math.ceil(wait))
             return refused
         if not await run_in_threadpool(authenticate, ctx.db, name, password):
-            await run_in_threadpool(web.login_limit.hit, address)
             log.info("failed sign-in for %r from %s", name, client_address(request))
             metrics.SIGN_IN_FAILURES.labels("password").inc()
             return web.page(request, "web/login.html", {

@@ -36,7 +36,7 @@ class RateLimiter:
     """At most ``limit`` events per key in a sliding window of ``seconds``, counted in the
     database so that every instance of the web app shares one allowance.
 
-    Keys (an IP address, a sign-in name) are stored only as hashes. Blocking calls: run
+    Keys (IP addresses) are stored only as hashes. Blocking calls: run
     them in a thread from async code.
     """
 
@@ -51,43 +51,49 @@ class RateLimiter:
         return session.scalar(select(func.count()).select_from(RateHit).where(
             RateHit.bucket == self.bucket, RateHit.key == key, RateHit.at > since)) or 0
 
-    def blocked(self, key: str) -> bool:
-        """Whether ``key`` has used up its window (records nothing)."""
-        with self.db.session() as session:
-            return self._count(session, self._key(key), utcnow()) >= self.limit
-
     def hit(self, key: str) -> bool:
         """Record one event; False when it is over the limit (then it is not recorded)."""
         hashed, now = self._key(key), utcnow()
         with self.db.session() as session:
-            # Events older than the window go first (every key's, so keys that never
-            # come back do not pile up): the table holds one window at most.
-            session.execute(delete(RateHit).where(
-                RateHit.bucket == self.bucket,
-                RateHit.at <= now - timedelta(seconds=self.seconds)))
+            self._forget_old(session, now)
             if self._count(session, hashed, now) >= self.limit:
                 return False
             session.add(RateHit(bucket=self.bucket, key=hashed, at=now))
             return True
 
-    def retry_after(self, key: str, delay: float) -> float:
-        """Seconds before ``key`` may act again (0: now). With the window used up, until
-        its oldest event leaves it; before that, ``delay`` after the latest event,
-        doubled for each earlier one in the window (records nothing)."""
-        now = utcnow()
-        since = now - timedelta(seconds=self.seconds)
+    def attempt(self, key: str, delay: float) -> float:
+        """Record one attempt by ``key``, unless it must wait first; the seconds it must
+        wait (0: recorded, go ahead).
+
+        With the window used up, it waits until the oldest event leaves the window;
+        before that, ``delay`` after its latest event, doubled for each earlier one in
+        the window. Recorded before the work it guards, so requests sent all at once
+        cannot all slip in before the first one is counted.
+        """
+        hashed, now = self._key(key), utcnow()
         with self.db.session() as session:
+            self._forget_old(session, now)
             count, oldest, latest = session.execute(
                 select(func.count(), func.min(RateHit.at), func.max(RateHit.at))
-                .where(RateHit.bucket == self.bucket, RateHit.key == self._key(key),
-                       RateHit.at > since)).one()
-        if not count:
+                .where(RateHit.bucket == self.bucket, RateHit.key == hashed)).one()
+            if count >= self.limit:
+                free_at = oldest + timedelta(seconds=self.seconds)
+            elif count:
+                free_at = latest + timedelta(
+                    seconds=min(delay * 2 ** (count - 1), self.seconds))
+            else:
+                free_at = now
+            if free_at > now:
+                return (free_at - now).total_seconds()
+            session.add(RateHit(bucket=self.bucket, key=hashed, at=now))
             return 0.0
-        if count >= self.limit:
-            free_at = oldest + timedelta(seconds=self.seconds)
-        else:
-            free_at = latest + timedelta(seconds=min(delay * 2 ** (count - 1), self.seconds))
-        return max(0.0, (free_at - now).total_seconds())
+
+    def _forget_old(self, session: Session, now: datetime) -> None:
+        # Events older than the window go first (every key's, so keys that never come
+        # back do not pile up): the table holds one window at most.
+        session.execute(delete(RateHit).where(
+            RateHit.bucket == self.bucket,
+            RateHit.at <= now - timedelta(seconds=self.seconds)))
 
     def clear(self, key: str) -> None:
         """Forget ``key``'s events (a sign-in that succeeded)."""
