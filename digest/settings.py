@@ -76,6 +76,9 @@ class Settings:
         "unknown size.")
     summary_max_chars: int = setting(
         600, "Longest entry summary, in characters of text; longer ones are cut at a word.")
+    max_entry_age_days: int = setting(
+        90, "Entries dated more than this many days before a collect are not stored (counted "
+        "as too old), never fewer than lookback_days; 0: every entry is stored.")
 
     # Grouping
     keyword_order: list[str] = setting(

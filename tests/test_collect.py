@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 from pathlib import Path
 
 from sqlalchemy import select
@@ -15,7 +17,9 @@ from digest.services.fetch import USER_AGENT
 from digest.services.models import Entry
 from tests.feedserver import FeedServer, Route, rss
 
-NOW_RFC = "Mon, 23 Nov 2026 08:00:00 +0000"
+# A day ago: collect keeps only entries of the last max_entry_age_days.
+DAY_AGO = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
+NOW_RFC = format_datetime(DAY_AGO)
 
 
 def item(n: int, **extra: object) -> dict[str, object]:
@@ -31,10 +35,12 @@ def titles(ctx: Context) -> list[str]:
 def test_collect_stores_entries_and_dedupes_across_feeds(any_ctx: Context,
                                                          feed_server: FeedServer) -> None:
     a = feed_server.add("/a.xml", body=rss([item(1), item(2)]))
-    # The same recaps syndicated elsewhere: another guid, a tracking link, a retitled case.
+    # The same recaps syndicated elsewhere: another guid, a tracking link, a retitled case
+    # dated a day later.
     b = feed_server.add("/b.xml", body=rss([
         {"title": "Other", "guid": "b-1", "link": "https://n.example/r/1?utm_source=b"},
-        {"title": "RECAP NUMBER 2!", "guid": "b-2", "link": "https://other.example/x"},
+        {"title": "RECAP NUMBER 2!", "guid": "b-2", "link": "https://other.example/x",
+         "date": format_datetime(DAY_AGO + timedelta(days=1))},
         item(3)]))
     add_feed(any_ctx.db, a, "A")
     add_feed(any_ctx.db, b, "B")

@@ -2,29 +2,33 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
-from collections.abc import Callable
+import unicodedata
+from collections import Counter
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import suppress
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
+from enum import StrEnum
 from multiprocessing import get_context
 from typing import Any
 from urllib.parse import urlsplit
 
 from sqlalchemy import func, insert, literal, or_, select, text, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from digest.core.feeds import FeedEntry, ParsedFeed, parse_feed
+from digest.core.feeds import FeedEntry, ParsedFeed, canonical_link, parse_feed, title_key
 from digest.errors import FeedError, InvalidInputError, NotFoundError
 from digest.services.db import Database, UTCDateTime, utcnow
 from digest.services.fetch import FetchLimits, FetchRequest, FetchResult, fetch_all
 from digest.services.logs import fields
-from digest.services.models import Entry, EntryKey, Feed
+from digest.services.models import Entry, EntryKey, Feed, Skip, describe_skips
 from digest.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -43,7 +47,7 @@ class FeedReport:
     status: str  # ok, not_modified, error
     new: int = 0
     updated: int = 0
-    duplicates: int = 0
+    skipped: Mapping[Skip, int] = field(default_factory=dict)
     error: str | None = None
     warning: str | None = None
 
@@ -61,8 +65,16 @@ class CollectReport:
 
     @property
     def failed(self) -> list[FeedReport]:
-        """Feeds that could not be read."""
+        """Feeds that could not be read (or some of whose entries could not be stored)."""
         return [f for f in self.feeds if f.status == "error"]
+
+    @property
+    def skipped(self) -> Counter[Skip]:
+        """Entries not stored, by reason, over every feed."""
+        total: Counter[Skip] = Counter()
+        for feed_report in self.feeds:
+            total.update(feed_report.skipped)
+        return total
 
 
 @dataclass(frozen=True)
@@ -76,6 +88,8 @@ class FeedSummary:
     last_status: str | None
     last_error: str | None
     entry_count: int
+    # Entries the last fetch that read the feed did not store, by reason.
+    skipped: Mapping[Skip, int] = field(default_factory=dict)
 
 
 def add_feed(db: Database, url: str, name: str | None = None) -> Feed:
@@ -117,74 +131,273 @@ def list_feeds(db: Database) -> list[FeedSummary]:
         counts = dict(session.execute(
             select(Entry.feed_id, func.count()).group_by(Entry.feed_id)).all())
         return [FeedSummary(f.id, f.url, f.name, f.last_fetched_at, f.last_status,
-                            f.last_error, counts.get(f.id, 0))
+                            f.last_error, counts.get(f.id, 0), f.skipped)
                 for f in session.scalars(select(Feed).order_by(Feed.id))]
 
 
-def _store_entries(session: Session, feed: Feed, entries: list[FeedEntry],
-                   now: datetime) -> tuple[int, int, int]:
-    """Insert new entries and refresh changed ones; return (new, updated, duplicates).
+# --- dedupe keys -------------------------------------------------------------------------
+#
+# Each entry is stored with the keys it is known by, hashed, in entry_keys. Its guid, its
+# canonical link and, when it has neither, a hash of its content within its feed say
+# "this is that entry". Its title with its day, or with the start of its text, says "this
+# may be the story another feed told": such a match is a duplicate only when the feeds
+# differ and nothing contradicts it (_match).
 
-    One query finds every known key of the feed's entries; the new ones go in as one
-    multi-row insert. If another collector stored some of them meanwhile, the feed is
-    stored again entry by entry.
+DATE_SLACK_DAYS = 2      # same-titled entries of two feeds dated this many days apart match
+TEXT_KEY_CHARS = 200     # how much of an entry's folded text its same-text key covers
+TEXT_KEY_MIN_CHARS = 40  # a shorter text ("Read more") says nothing about the story
+UNTITLED_TITLE = "(untitled)"  # what digest.core.feeds calls an entry with only a link
+
+
+class KeyKind(StrEnum):
+    """What a dedupe key is made of."""
+
+    GUID = "guid"
+    LINK = "link"
+    CONTENT = "content"        # feed, title, date and text: an entry with no guid, no link
+    TITLE = "title"            # the title alone, stored before 0012: looked up only
+    TITLE_DATE = "title-date"  # the title and the entry's day
+    TITLE_TEXT = "title-text"  # the title and the start of the entry's text
+
+
+_KEY_WORDS = {KeyKind.GUID: "same guid", KeyKind.LINK: "same link",
+              KeyKind.CONTENT: "same title, text and date",
+              KeyKind.TITLE: "same title",
+              KeyKind.TITLE_DATE: f"same title, dated within {DATE_SLACK_DAYS} days",
+              KeyKind.TITLE_TEXT: "same title and text"}
+# Keys that say "this is that entry" (the old title key: of its own feed only).
+_IDENTITY = (KeyKind.GUID, KeyKind.LINK, KeyKind.CONTENT, KeyKind.TITLE)
+
+
+@dataclass(frozen=True)
+class DedupeKey:
+    """One key an entry is known by; ``stored`` is False for a key only looked up."""
+
+    kind: KeyKind
+    digest: str
+    stored: bool = True
+
+
+def _hashed(kind: KeyKind, *parts: str) -> str:
+    # "guid:…", "link:…" and "title:…" hash as before 0012, so the keys stored then match.
+    return hashlib.sha256((kind + ":" + "\n".join(parts)).encode()).hexdigest()
+
+
+def _folded_text(text: str) -> str:
+    """The start of a text as the same-text key and the comparison of texts see it: case,
+    compatibility forms and spacing folded (a copy of a story keeps its punctuation)."""
+    start = unicodedata.normalize("NFKC", text[:2 * TEXT_KEY_CHARS]).casefold()
+    return " ".join(start.split())[:TEXT_KEY_CHARS]
+
+
+def dedupe_keys(item: FeedEntry, feed_url: str, dated: datetime) -> list[DedupeKey]:
+    """Return the keys ``item`` (of the feed at ``feed_url``, dated ``dated``) is stored
+    and looked up by; there is always at least one stored key.
+
+    The content key, for an entry with neither guid nor link, hashes the URL of its feed
+    as added (such an entry can only be the same as one of its own feed's; the URL rather
+    than the id, so a feed removed and added again does not store its entries twice), the
+    title as shown (a title of punctuation or an emoji is all the title there is), the
+    published date or nothing (never the first-seen time, which changes every collect)
+    and the lead (text rather than HTML, so a change in how markup is sanitized does not
+    make such entries new again).
     """
-    keyed = [(item, item.dedupe_keys()) for item in entries]
-    all_keys = [k for _, keys in keyed for k in keys]
-    known: dict[str, int] = {}
-    for start in range(0, len(all_keys), 500):
-        known.update(session.execute(
-            select(EntryKey.key, EntryKey.entry_id)
-            .where(EntryKey.key.in_(all_keys[start:start + 500]))).all())
-    fresh: list[tuple[FeedEntry, list[str]]] = []
-    updated = duplicates = 0
-    for item, keys in keyed:
-        match = next((known[k] for k in keys if k in known), None)
-        if match is None:
-            fresh.append((item, keys))
+    keys = []
+    if item.guid:
+        keys.append(DedupeKey(KeyKind.GUID, _hashed(KeyKind.GUID, item.guid)))
+    if item.link:
+        keys.append(DedupeKey(KeyKind.LINK, _hashed(KeyKind.LINK, canonical_link(item.link))))
+    title = title_key(item.title) if item.title != UNTITLED_TITLE else ""
+    if not keys:
+        published = item.published_at.isoformat() if item.published_at else ""
+        keys.append(DedupeKey(KeyKind.CONTENT, _hashed(KeyKind.CONTENT, feed_url, item.title,
+                                                       published, item.lead)))
+        if title:  # how such an entry was known before 0012
+            keys.append(DedupeKey(KeyKind.TITLE, _hashed(KeyKind.TITLE, title), stored=False))
+    if title:
+        day = dated.date().toordinal()
+        # Stored under its own day (UTC), looked up under its neighbours' too.
+        keys.extend(DedupeKey(KeyKind.TITLE_DATE, _hashed(KeyKind.TITLE_DATE, title, str(n)),
+                              stored=n == day)
+                    for n in range(day - DATE_SLACK_DAYS, day + DATE_SLACK_DAYS + 1))
+        text = _folded_text(item.lead)
+        if len(text) >= TEXT_KEY_MIN_CHARS:
+            keys.append(DedupeKey(KeyKind.TITLE_TEXT, _hashed(KeyKind.TITLE_TEXT, title, text)))
+    return keys
+
+
+def _texts_agree(a: str, b: str) -> bool:
+    """Whether two entries' texts could tell one story: one is empty, or the shorter one
+    starts the longer (folded), as a copy cut shorter does."""
+    x, y = _folded_text(a), _folded_text(b)
+    shorter = min(len(x), len(y))
+    return x[:shorter] == y[:shorter]
+
+
+# --- storing -----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Keyed:
+    """An entry of the feed with its date (published, else now) and its keys."""
+
+    item: FeedEntry
+    dated: datetime
+    keys: list[DedupeKey]
+
+
+@dataclass
+class _Stored:
+    """What storing one feed's entries came to."""
+
+    new: int = 0
+    updated: int = 0
+    skipped: Counter[Skip] = field(default_factory=Counter)
+    errors: list[str] = field(default_factory=list)
+
+
+def _describe(item: FeedEntry) -> str:
+    """An entry as a log line or an error names it: its title and its link or guid."""
+    where = item.link or (f"guid {item.guid}" if item.guid else "no link, no guid")
+    return f'"{item.title[:80]}" ({where[:200]})'
+
+
+def _skip(stored: _Stored, feed: Feed, item: FeedEntry, reason: Skip, why: str) -> None:
+    stored.skipped[reason] += 1
+    log.debug("feed %s: skipped %s: %s", feed.url, _describe(item), why,
+              extra=fields(feed=feed.url))
+
+
+def _store_entries(session: Session, feed: Feed, entries: list[FeedEntry], now: datetime,
+                   oldest: datetime | None) -> _Stored:
+    """Insert new entries and refresh changed ones; count what is skipped, and why.
+
+    One query finds the entries already known by any key of the feed's entries; the new
+    ones go in as one multi-row insert. If that fails (another collector stored some of
+    them meanwhile, or the database refuses one), they are stored one by one, so that only
+    an entry at fault fails, named.
+    """
+    stored = _Stored()
+    recent = []
+    for item in entries:
+        if oldest is not None and item.published_at is not None and item.published_at < oldest:
+            _skip(stored, feed, item, Skip.TOO_OLD,
+                  f"too old: dated {item.published_at:%Y-%m-%d}, before {oldest:%Y-%m-%d}")
             continue
-        entry = session.get(Entry, match)
-        same_feed_guid = (entry is not None and entry.feed_id == feed.id
-                          and item.guid is not None and entry.guid == item.guid)
-        if entry is not None and same_feed_guid:
-            updated += _refresh(entry, item, now)
-        elif not same_feed_guid:
-            duplicates += 1
+        dated = item.published_at or now
+        recent.append(_Keyed(item, dated, dedupe_keys(item, feed.url, dated)))
+    fresh = _plan(session, feed, recent, now, stored)
     if not fresh:
-        return 0, updated, duplicates
-    rows = [{"feed_id": feed.id, "guid": item.guid, "link": item.link, "title": item.title,
-             "summary_html": item.summary_html, "author": item.author,
-             "keywords": list(item.keywords), "published_at": item.published_at,
-             "first_seen_at": now, "dated_at": item.published_at or now, "updated_at": now,
-             **_parts(item)}
-            for item, _ in fresh]
+        return stored
     try:
         with session.begin_nested():
-            ids = session.scalars(insert(Entry).returning(Entry.id, sort_by_parameter_order=True),
-                                  rows).all()
-            session.execute(insert(EntryKey), [
-                {"key": k, "entry_id": entry_id}
-                for entry_id, (_, keys) in zip(ids, fresh, strict=True) for k in keys])
-    except IntegrityError:
-        return _store_one_by_one(session, feed, fresh, rows, updated, duplicates)
-    return len(fresh), updated, duplicates
+            _insert(session, feed, fresh, now)
+        stored.new += len(fresh)
+    except SQLAlchemyError:
+        for one, _ in fresh:
+            _store_alone(session, feed, one, now, stored)
+    return stored
 
 
-def _store_one_by_one(session: Session, feed: Feed, fresh: list[tuple[FeedEntry, list[str]]],
-                      rows: list[dict[str, Any]], updated: int,
-                      duplicates: int) -> tuple[int, int, int]:
-    """The slow path, when a concurrent collector stored some of the same entries."""
-    new = 0
-    for (_, keys), row in zip(fresh, rows, strict=True):
-        try:
-            with session.begin_nested():
-                entry_id = session.scalars(insert(Entry).returning(Entry.id), [row]).one()
-                session.execute(insert(EntryKey),
-                                [{"key": k, "entry_id": entry_id} for k in keys])
-            new += 1
-        except IntegrityError:
-            duplicates += 1
-    return new, updated, duplicates
+def _plan(session: Session, feed: Feed, batch: list[_Keyed], now: datetime,
+          stored: _Stored) -> list[tuple[_Keyed, list[DedupeKey]]]:
+    """Refresh the entries already stored and count the duplicates; return the entries to
+    insert, each with the keys it claims (those no other entry holds yet)."""
+    known: dict[str, int] = {}
+    digests = [k.digest for one in batch for k in one.keys]
+    for start in range(0, len(digests), 500):
+        known.update(session.execute(
+            select(EntryKey.key, EntryKey.entry_id)
+            .where(EntryKey.key.in_(digests[start:start + 500]))).all())
+    ids = sorted(set(known.values()))
+    found: dict[int, Entry] = {}
+    for start in range(0, len(ids), 500):
+        found.update((e.id, e) for e in session.scalars(
+            select(Entry).where(Entry.id.in_(ids[start:start + 500]))))
+    owners = {digest: found[entry_id] for digest, entry_id in known.items()
+              if entry_id in found}
+    fresh: list[tuple[_Keyed, list[DedupeKey]]] = []
+    claimed: dict[str, _Keyed] = {}  # keys of this feed's entries about to be inserted
+    refreshed: set[int] = set()
+    for one in batch:
+        verdict = _match(feed, one, owners, claimed)
+        if isinstance(verdict, tuple):
+            entry, kind = verdict
+            if entry.id in refreshed:  # the feed gives it twice
+                _skip(stored, feed, one.item, Skip.DUPLICATE,
+                      f"duplicate of entry {entry.id} ({_KEY_WORDS[kind]})")
+            else:
+                refreshed.add(entry.id)
+                stored.updated += _refresh(entry, one.item, now)
+        elif verdict is not None:
+            _skip(stored, feed, one.item, Skip.DUPLICATE, verdict)
+        else:
+            own = [k for k in one.keys
+                   if k.stored and k.digest not in known and k.digest not in claimed]
+            claimed.update((k.digest, one) for k in own)
+            fresh.append((one, own))
+    return fresh
+
+
+def _match(feed: Feed, one: _Keyed, owners: Mapping[str, Entry],
+           claimed: Mapping[str, _Keyed]) -> tuple[Entry, KeyKind] | str | None:
+    """The stored entry ``one`` is (to refresh) and by which key, why it is a duplicate, or
+    None if it is new."""
+    for key in one.keys:
+        if key.kind not in _IDENTITY:
+            continue
+        if key.digest in claimed:
+            return (f"duplicate of {_describe(claimed[key.digest].item)} earlier in this "
+                    f"feed ({_KEY_WORDS[key.kind]})")
+        entry = owners.get(key.digest)
+        if entry is None or (key.kind is KeyKind.TITLE and (
+                entry.feed_id != feed.id or not _texts_agree(entry.lead, one.item.lead))):
+            continue
+        if entry.feed_id == feed.id and entry.guid == one.item.guid:
+            return entry, key.kind
+        return f"duplicate of entry {entry.id} ({_KEY_WORDS[key.kind]})"
+    for key in one.keys:
+        entry = owners.get(key.digest) if key.kind not in _IDENTITY else None
+        # One feed's same-titled entries are different entries (each week's "Recap").
+        if entry is None or entry.feed_id == feed.id:
+            continue
+        if key.kind is KeyKind.TITLE_TEXT or _texts_agree(entry.lead, one.item.lead):
+            return f"duplicate of entry {entry.id} ({_KEY_WORDS[key.kind]})"
+    return None
+
+
+def _insert(session: Session, feed: Feed, fresh: list[tuple[_Keyed, list[DedupeKey]]],
+            now: datetime) -> None:
+    """Insert entries and their keys, two multi-row statements."""
+    rows = [{"feed_id": feed.id, "guid": one.item.guid, "link": one.item.link,
+             "title": one.item.title, "summary_html": one.item.summary_html,
+             "author": one.item.author, "keywords": list(one.item.keywords),
+             "published_at": one.item.published_at, "first_seen_at": now,
+             "dated_at": one.dated, "updated_at": now, **_parts(one.item)}
+            for one, _ in fresh]
+    ids = session.scalars(insert(Entry).returning(Entry.id, sort_by_parameter_order=True),
+                          rows).all()
+    key_rows = [{"key": key.digest, "entry_id": entry_id}
+                for entry_id, (_, keys) in zip(ids, fresh, strict=True) for key in keys]
+    if key_rows:  # an insert of no rows would be INSERT … DEFAULT VALUES
+        session.execute(insert(EntryKey), key_rows)
+
+
+def _store_alone(session: Session, feed: Feed, one: _Keyed, now: datetime,
+                 stored: _Stored) -> None:
+    """Store one entry in a savepoint of its own, after a multi-row insert failed."""
+    try:
+        with session.begin_nested():
+            # Looked up again: another collector may have stored it, or taken a key of
+            # it, since the first look.
+            again = _plan(session, feed, [one], now, stored)
+            if again:
+                _insert(session, feed, again, now)
+                stored.new += 1
+    except SQLAlchemyError as e:
+        reason = str(e.orig if isinstance(e, DBAPIError) else e).strip().splitlines()[0]
+        log.warning("feed %s: could not store %s: %s", feed.url, _describe(one.item), reason,
+                    extra=fields(feed=feed.url, error=reason))
+        stored.errors.append(f"{_describe(one.item)}: {reason}"[:500])
 
 
 def _parts(item: FeedEntry) -> dict[str, Any]:
@@ -261,20 +474,35 @@ class _Parser:
             self.pool.shutdown(cancel_futures=True)
 
 
-def _apply_result(session: Session, feed: Feed, parsed: ParsedFeed | str,
-                  now: datetime) -> FeedReport:
+def _failed(feed: Feed, error: str, now: datetime) -> None:
+    feed.last_status, feed.last_error = "error", error
+    feed.failures = (feed.failures or 0) + 1
+    feed.failing_since = feed.failing_since or now
+
+
+def _apply_result(session: Session, feed: Feed, parsed: ParsedFeed | str, now: datetime,
+                  oldest: datetime | None) -> FeedReport:
     """Store a parsed feed's entries on the feed (or record why it is no feed)."""
     feed.last_fetched_at = now
     if isinstance(parsed, str):
-        feed.last_status, feed.last_error = "error", parsed
-        feed.failures = (feed.failures or 0) + 1
-        feed.failing_since = feed.failing_since or now
+        _failed(feed, parsed, now)
         return FeedReport(feed.url, feed.name, "error", error=parsed)
-    new, updated, duplicates = _store_entries(session, feed, parsed.entries, now)
+    stored = _store_entries(session, feed, parsed.entries, now, oldest)
+    feed.skipped_untitled = stored.skipped[Skip.UNTITLED]
+    feed.skipped_duplicate = stored.skipped[Skip.DUPLICATE]
+    feed.skipped_too_old = stored.skipped[Skip.TOO_OLD]
+    skipped = feed.skipped
+    if stored.errors:
+        count = len(stored.errors)
+        error = (f"could not store {count} {'entry' if count == 1 else 'entries'}: "
+                 + "; ".join(stored.errors[:3]) + (" …" if count > 3 else ""))
+        _failed(feed, error, now)
+        return FeedReport(feed.url, feed.name, "error", new=stored.new,
+                          updated=stored.updated, skipped=skipped, error=error)
     feed.last_status, feed.last_error, feed.last_ok_at = "ok", parsed.warning, now
     feed.failures, feed.failing_since = 0, None
-    return FeedReport(feed.url, feed.name, "ok", new=new, updated=updated,
-                      duplicates=duplicates, warning=parsed.warning)
+    return FeedReport(feed.url, feed.name, "ok", new=stored.new, updated=stored.updated,
+                      skipped=skipped, warning=parsed.warning)
 
 
 def _keep_validators(feed: Feed, result: FetchResult) -> None:
@@ -318,6 +546,8 @@ def collect(db: Database, settings: Settings, *, now: datetime | None = None,
                          concurrency=settings.fetch_concurrency,
                          allow_private=tuple(settings.fetch_allow_private))
     parser = _Parser(settings, len(requests))
+    oldest = (now - timedelta(days=max(settings.max_entry_age_days, settings.lookback_days))
+              if settings.max_entry_age_days > 0 else None)
 
     def fetched(result: FetchResult) -> None:
         parser.submit(result)
@@ -327,7 +557,7 @@ def collect(db: Database, settings: Settings, *, now: datetime | None = None,
     started = time.perf_counter()
     try:
         results = fetch_all(requests, limits, fetched) if requests else []
-        report = _store_results(db, results, parser, now)
+        report = _store_results(db, results, parser, now, oldest)
     finally:
         parser.close()
     if settings.image_size_timeout > 0:
@@ -347,7 +577,7 @@ def collect(db: Database, settings: Settings, *, now: datetime | None = None,
 
 
 def _store_results(db: Database, results: list[FetchResult], parser: _Parser,
-                   now: datetime) -> CollectReport:
+                   now: datetime, oldest: datetime | None) -> CollectReport:
     names: dict[str, str] = {}
     with db.session() as session:
         names.update(session.execute(select(Feed.url, Feed.name)).all())
@@ -368,7 +598,8 @@ def _store_results(db: Database, results: list[FetchResult], parser: _Parser,
     for start in range(0, len(fetched), COMMIT_EVERY):
         with db.session() as session:
             for result in fetched[start:start + COMMIT_EVERY]:
-                feed_report = _store_one(session, result, parser.parsed(result), now)
+                feed_report = _store_one(session, result, parser.parsed(result), now,
+                                         oldest)
                 unanalyzed += feed_report.new
                 report.feeds.append(feed_report)
         if db.is_postgres and unanalyzed >= ANALYZE_AFTER:
@@ -383,14 +614,14 @@ def _store_results(db: Database, results: list[FetchResult], parser: _Parser,
 
 
 def _store_one(session: Session, result: FetchResult, parsed: ParsedFeed | str,
-               now: datetime) -> FeedReport:
+               now: datetime, oldest: datetime | None) -> FeedReport:
     """Store one fetched feed inside a savepoint; report what happened."""
     try:
         with session.begin_nested():
             feed = session.scalars(select(Feed).where(Feed.url == result.url)).first()
             if feed is None:
                 return FeedReport(result.url, result.url, "error", error="removed meanwhile")
-            feed_report = _apply_result(session, feed, parsed, now)
+            feed_report = _apply_result(session, feed, parsed, now, oldest)
             if feed_report.status == "ok":
                 _keep_validators(feed, result)
     except Exception as e:
@@ -402,6 +633,9 @@ def _store_one(session: Session, result: FetchResult, parsed: ParsedFeed | str,
                     extra=fields(feed=feed_report.url, error=feed_report.error))
     elif feed_report.warning:
         log.warning("feed %s: %s", feed_report.url, feed_report.warning)
+    if any(feed_report.skipped.values()):
+        log.info("feed %s: %d new, skipped %s", feed_report.url, feed_report.new,
+                 describe_skips(feed_report.skipped), extra=fields(feed=feed_report.url))
     return feed_report
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
@@ -42,7 +44,37 @@ class Feed(Base):
     # Fetches failed in a row, and when the first of them was (None while it works).
     failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     failing_since: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Entries the last fetch that read the feed did not store, by reason (Skip, below).
+    skipped_untitled: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    skipped_duplicate: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    skipped_too_old: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    @property
+    def skipped(self) -> dict[Skip, int]:
+        """What the last fetch that read the feed did not store, by reason."""
+        return {Skip.UNTITLED: self.skipped_untitled or 0,
+                Skip.DUPLICATE: self.skipped_duplicate or 0,
+                Skip.TOO_OLD: self.skipped_too_old or 0}
+
+
+class Skip(StrEnum):
+    """Why an entry a feed gave was not stored."""
+
+    UNTITLED = "untitled"    # neither a title nor a link: nothing to show
+    DUPLICATE = "duplicate"  # a story already stored, from this feed or another
+    TOO_OLD = "too_old"      # dated before anything an issue could hold
+
+
+_SKIP_WORDS = {Skip.UNTITLED: ("without title or link", "without title or link"),
+               Skip.DUPLICATE: ("duplicate", "duplicates"),
+               Skip.TOO_OLD: ("too old", "too old")}
+
+
+def describe_skips(counts: Mapping[Skip, int]) -> str:
+    """Skipped entries by reason in words ("1 duplicate, 2 too old"); "" for none."""
+    return ", ".join(f"{counts[reason]} {_SKIP_WORDS[reason][counts[reason] != 1]}"
+                     for reason in Skip if counts.get(reason))
 
 
 class Entry(Base):

@@ -21,6 +21,7 @@ from digest.services.models import (
     Feed,
     Issue,
     SendBatch,
+    Skip,
     deliveries_by_status,
     held_batches,
 )
@@ -41,6 +42,8 @@ class FeedHealth:
     failures: int
     failing_since: datetime | None
     entries_this_week: int
+    # Entries its last read did not store, by reason.
+    skipped: dict[Skip, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -117,7 +120,7 @@ def gather(ctx: Context, now: datetime | None = None) -> Status:
             feed_health = FeedHealth(feed.name, feed.url, feed.last_ok_at,
                                 feed.last_error if feed.last_status == "error" else None,
                                 feed.failures or 0, feed.failing_since,
-                                per_feed.get(feed.id, 0))
+                                per_feed.get(feed.id, 0), feed.skipped)
             status.feeds.append(feed_health)
             if feed.failing_since and now - feed.failing_since >= timedelta(
                     days=FEED_FAILING_DAYS):

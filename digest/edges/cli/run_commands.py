@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from digest.edges.cli.base import (
@@ -139,20 +140,24 @@ def feeds_add(url: str, name: str | None) -> None:
 @feeds.command("list")
 @boundary
 def feeds_list() -> None:
-    """List feeds with their last fetch, status and entry count."""
+    """List feeds with their last fetch, status, entry count and what it skipped."""
     from digest.services.collect import list_feeds
+    from digest.services.models import describe_skips
     rows = list_feeds(state().ctx.db)
     if not rows:
         out.print("No feeds yet. Add one with `digest feeds add URL`.")
         return
-    table = Table("id", "name", "url", "last fetch (UTC)", "status", "entries")
+    table = Table("id", "name", "url", "last fetch (UTC)", "status", "entries",
+                  "skipped by the last read")
     for f in rows:
         status = f.last_status or "never fetched"
         if f.last_error:
             status += f": {f.last_error}"
-        table.add_row(str(f.id), f.name, f.url,
+        # Escaped: names, errors and warnings can hold a feed's own text.
+        table.add_row(str(f.id), escape(f.name), escape(f.url),
                       f.last_fetched_at.strftime("%Y-%m-%d %H:%M") if f.last_fetched_at
-                      else "-", status, str(f.entry_count))
+                      else "-", escape(status), str(f.entry_count),
+                      describe_skips(f.skipped) or "-")
     out.print(table)
 
 
@@ -167,16 +172,21 @@ def feeds_remove(feed: str) -> None:
 
 
 def print_collect(report: CollectReport) -> None:
-    """Summarize a collection, naming every failed feed and why."""
+    """Summarize a collection, naming every failed feed and why, and counting the entries
+    skipped by reason (`--verbose` names each)."""
+    from digest.services.models import describe_skips
     ok = sum(1 for f in report.feeds if f.status == "ok")
     unchanged = sum(1 for f in report.feeds if f.status == "not_modified")
+    skipped = describe_skips(report.skipped)
     err.print(f"Collected {len(report.feeds)} feeds: {report.new} new entries "
-              f"({ok} read, {unchanged} unchanged, {len(report.failed)} failed).")
+              f"({ok} read, {unchanged} unchanged, {len(report.failed)} failed)"
+              + (f"; skipped {skipped}." if skipped else "."))
     for f in report.feeds:
+        # Escaped: an error or a warning can quote a feed's own text (an entry's title).
         if f.status == "error":
-            err.print(f"  [red]failed[/red] {f.url}: {f.error}")
+            err.print(f"  [red]failed[/red] {escape(f.url)}: {escape(f.error or '')}")
         elif f.warning:
-            err.print(f"  [yellow]warning[/yellow] {f.url}: {f.warning}")
+            err.print(f"  [yellow]warning[/yellow] {escape(f.url)}: {escape(f.warning)}")
 
 
 def _collect_with_progress(ctx: Context) -> CollectReport:
@@ -461,6 +471,7 @@ def status_cmd(as_json: bool) -> None:
     Exits with status 1 when something needs a person (uncertain deliveries, a feed
     failing for 3 days or more, an issue held for approval, a stopped send).
     """
+    from digest.services.models import describe_skips
     from digest.services.status import gather
     status = gather(state().ctx)
     if as_json:
@@ -475,11 +486,14 @@ def status_cmd(as_json: bool) -> None:
     out.print(f"[bold]Database[/bold] {status.database} ({status.backend}), schema "
               f"{status.schema} {head}")
     feeds_table = Table("feed", "last success (UTC)", "failures in a row", "last error",
-                        "entries this week", title="Feeds", title_justify="left")
+                        "entries this week", "skipped by the last read", title="Feeds",
+                        title_justify="left")
     for f in status.feeds:
-        feeds_table.add_row(f"{f.name}\n{f.url}", when(f.last_success),
+        # Escaped: a name or an error can hold a feed's own text.
+        feeds_table.add_row(escape(f"{f.name}\n{f.url}"), when(f.last_success),
                             f"[red]{f.failures}[/red] since {when(f.failing_since)}"
-                            if f.failures else "0", f.last_error or "", str(f.entries_this_week))
+                            if f.failures else "0", escape(f.last_error or ""),
+                            str(f.entries_this_week), describe_skips(f.skipped) or "-")
     out.print(feeds_table)
     if status.schedules:
         sched = Table("schedule", "list", "next fire", "last slot", "last outcome",
