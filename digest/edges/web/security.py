@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from functools import wraps
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, text
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -55,7 +55,7 @@ class RateLimiter:
         """Record one event; False when it is over the limit (then it is not recorded)."""
         hashed, now = self._key(key), utcnow()
         with self.db.session() as session:
-            self._forget_old(session, now)
+            self._begin(session, hashed, now)
             if self._count(session, hashed, now) >= self.limit:
                 return False
             session.add(RateHit(bucket=self.bucket, key=hashed, at=now))
@@ -72,7 +72,7 @@ class RateLimiter:
         """
         hashed, now = self._key(key), utcnow()
         with self.db.session() as session:
-            self._forget_old(session, now)
+            self._begin(session, hashed, now)
             count, oldest, latest = session.execute(
                 select(func.count(), func.min(RateHit.at), func.max(RateHit.at))
                 .where(RateHit.bucket == self.bucket, RateHit.key == hashed)).one()
@@ -88,9 +88,14 @@ class RateLimiter:
             session.add(RateHit(bucket=self.bucket, key=hashed, at=now))
             return 0.0
 
-    def _forget_old(self, session: Session, now: datetime) -> None:
-        # Events older than the window go first (every key's, so keys that never come
-        # back do not pile up): the table holds one window at most.
+    def _begin(self, session: Session, hashed: str, now: datetime) -> None:
+        if self.db.is_postgres:
+            # One event of a key at a time, as SQLite's single writer gives: under READ
+            # COMMITTED two at once would both count the same events and both pass.
+            session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:key))"),
+                            {"key": f"recap-digest-rate:{hashed}"})
+        # Events older than the window go (every key's, so keys that never come back do
+        # not pile up): the table holds one window at most.
         session.execute(delete(RateHit).where(
             RateHit.bucket == self.bucket,
             RateHit.at <= now - timedelta(seconds=self.seconds)))
