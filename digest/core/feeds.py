@@ -9,12 +9,19 @@ import io
 import re
 import unicodedata
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
 
-from digest.core.sanitize import IMG_TAG, html_to_text, summarize
+from digest.core.sanitize import (
+    READ_ALSO,
+    bounded,
+    html_to_text,
+    links_after_read_also,
+    parse_fragment,
+    summarize_parsed,
+)
 from digest.errors import FeedError
 
 TRACKING_PARAMS = ("utm_", "fbclid", "gclid", "mc_cid", "mc_eid")
@@ -119,31 +126,63 @@ def _keywords(entry: Any) -> tuple[str, ...]:
     return tuple(seen.values())
 
 
-def _summary(entry: Any) -> str:
-    contents = entry.get("content") or []
-    for content in contents:
+def _summary(entry: Any) -> tuple[str, str]:
+    """The entry's fullest text as the feed gave it (its content, else its summary), and
+    that as HTML."""
+    for content in entry.get("content") or []:
         if content.get("value"):
-            return str(content["value"])
-    return str(entry.get("summary") or entry.get("description") or "")
+            value = str(content["value"])
+            return value, _as_html(value, content.get("type"))
+    value = str(entry.get("summary") or entry.get("description") or "")
+    return value, _as_html(value, _kind(entry.get("summary_detail")))
 
 
 LEAD_MAX_CHARS = 2000
-# Where a recap's "Read also" links start: English and Arabic forms, any case.
-READ_ALSO = re.compile(r"(?:read|see)\s+also\b\s*:?|اقرأ\s+أيضا[ًً]?\s*:?", re.IGNORECASE)
-_ANCHOR = re.compile(r"""<a\b[^>]*?\bhref\s*=\s*(["'])(.*?)\1[^>]*>(.*?)</a\s*>""",
-                     re.IGNORECASE | re.DOTALL)
-_ATTR = re.compile(r"""\b([a-z-]+)\s*=\s*(["'])(.*?)\2""", re.IGNORECASE | re.DOTALL)
 MAX_RELATED = 5
+MAX_URL_CHARS = 2000
+# The media types under which a feed's text is HTML (Atom's type="html" and "xhtml").
+HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
+# RSS declares no type: its text is taken for HTML when it holds a closing tag or a
+# character reference (as feedparser guesses, but whatever the tag), so "Vector<int>"
+# stays text. Each try scans one tag name or one reference, so the search is linear.
+_MARKUP = re.compile(r"</[a-zA-Z][a-zA-Z0-9]*\s*>|&#?[a-zA-Z0-9]+;")
+
+
+def _kind(detail: object) -> str | None:
+    """The media type feedparser gives a text construct, if any."""
+    kind = detail.get("type") if isinstance(detail, Mapping) else None
+    return str(kind) if kind else None
+
+
+def _as_html(value: str, kind: str | None) -> str:
+    """A feed's text construct as HTML: HTML as it is, text (declared so) escaped into a
+    paragraph, never read as markup."""
+    if kind is None or kind in HTML_TYPES:
+        return value
+    return f"<p>{html.escape(bounded(value), quote=False)}</p>"
+
+
+def _plain(value: object, detail: object, *, guess: bool) -> str:
+    """A title as plain text: HTML reduced to its text, text kept as written (Jinja2
+    escapes it where it is shown). ``guess``: the feed declares no type (RSS)."""
+    text = bounded(str(value or ""))
+    kind = _kind(detail)
+    if kind in HTML_TYPES or (guess and _MARKUP.search(text)):
+        return html_to_text(text)
+    return " ".join(text.split())
 
 
 def _dimension(value: object) -> int | None:
-    text = str(value or "").strip().removesuffix("px")
-    return int(text) if text.isdigit() and 0 < int(text) < 10_000 else None
+    text = str(value or "").strip().removesuffix("px").lstrip("0")
+    if not (text.isascii() and text.isdigit()) or len(text) > 4:
+        return None
+    return int(text)
 
 
-def _image(entry: Any, raw_html: str, *, base: str, title: str) -> Image | None:
+def _image(entry: Any, body: Any, *, base: str) -> Image | None:
     """The entry's first image: media:content, media:thumbnail, an image enclosure, or
-    the first <img> of its content. By URL only; tracking pixels are not images."""
+    the first <img> of its content. By URL only; tracking pixels are not images. Its alt
+    is the feed's, else its description, else empty (the entry's title, in the end)."""
     candidates: list[tuple[str, str, object, object]] = []
     for media in entry.get("media_content") or []:
         kind = str(media.get("medium") or media.get("type") or "image")
@@ -156,30 +195,28 @@ def _image(entry: Any, raw_html: str, *, base: str, title: str) -> Image | None:
     for link in entry.get("links") or []:
         if link.get("rel") == "enclosure" and str(link.get("type", "")).startswith("image/"):
             candidates.append((str(link.get("href") or ""), "", None, None))
-    for tag in IMG_TAG.findall(raw_html):
-        attrs = {k.lower(): html.unescape(v) for k, _, v in _ATTR.findall(tag)}
-        candidates.append((attrs.get("src", ""), attrs.get("alt", ""), attrs.get("width"),
-                           attrs.get("height")))
+    for img in body.iter("img"):
+        candidates.append((img.get("src") or "", img.get("alt") or "", img.get("width"),
+                           img.get("height")))
     described = html_to_text(str(entry.get("media_description") or ""))
     for url, alt, width, height in candidates:
+        if len(url) > MAX_URL_CHARS:
+            continue  # cut, it would lead nowhere
         absolute = _absolute_http(html.unescape(url), base)
         w, h = _dimension(width), _dimension(height)
         if absolute is None or (w is not None and w <= 1) or (h is not None and h <= 1):
             continue
-        alt_text = " ".join(html_to_text(alt).split()) or described or title
-        return Image(absolute[:2000], alt_text[:300], w, h)
+        alt_text = " ".join(html_to_text(alt).split()) or described
+        return Image(absolute[:MAX_URL_CHARS], alt_text[:300], w, h)
     return None
 
 
-def _related(raw_html: str, *, base: str, own_link: str | None) -> tuple[tuple[str, str], ...]:
+def _related(body: Any, *, base: str, own_link: str | None) -> tuple[tuple[str, str], ...]:
     """The links after a "Read also" in the entry's HTML (at most MAX_RELATED)."""
-    marker = READ_ALSO.search(raw_html)
-    if marker is None:
-        return ()
     found: dict[str, str] = {}
-    for _, href, text in _ANCHOR.findall(raw_html[marker.end():marker.end() + 4000]):
-        url = _absolute_http(html.unescape(href), base)
-        label = " ".join(html_to_text(text).split())[:300]
+    for href, text in links_after_read_also(body):
+        url = _absolute_http(href, base)
+        label = text[:300]
         if url and label and url != own_link and url not in found:
             found[url] = label
         if len(found) == MAX_RELATED:
@@ -187,23 +224,32 @@ def _related(raw_html: str, *, base: str, own_link: str | None) -> tuple[tuple[s
     return tuple((label, url) for url, label in found.items())
 
 
-def _lead(entry: Any, raw_html: str) -> str:
+def _lead(entry: Any, value: str, text: str) -> str:
     """The standfirst as plain text: the feed's summary when it also gives content, else
-    the content's text; a "Read also" block is not part of it."""
+    the content's ``text``; a "Read also" block is not part of it."""
     summary = str(entry.get("summary") or "")
-    source = summary if summary and summary != raw_html else raw_html
-    marker = READ_ALSO.search(source)
+    if summary and summary != value:
+        text = html_to_text(_as_html(summary, _kind(entry.get("summary_detail"))))
+    marker = READ_ALSO.search(text)
     if marker is not None:
-        source = source[:marker.start()]
-    return " ".join(html_to_text(source).split())[:LEAD_MAX_CHARS]
+        text = text[:marker.start()]
+    return " ".join(text.split())[:LEAD_MAX_CHARS]
 
 
-def normalize_entry(entry: Any, *, base: str, summary_max_chars: int) -> FeedEntry | None:
-    """Turn one feedparser entry into a :class:`FeedEntry`; None if it has nothing to show."""
+def normalize_entry(entry: Any, *, base: str, summary_max_chars: int,
+                    guess: bool = True) -> FeedEntry | None:
+    """Turn one feedparser entry into a :class:`FeedEntry`; None if it has nothing to show.
+
+    ``guess``: the feed declares no type for its titles (RSS), so markup is recognised.
+    """
     link = _absolute_http(entry.get("link"), base)
-    title = " ".join(html_to_text(str(entry.get("title") or "")).split())[:500]
-    raw = _summary(entry)
-    summary = summarize(raw, summary_max_chars, base_url=link or base)
+    title = _plain(entry.get("title"), entry.get("title_detail"), guess=guess)[:500]
+    value, raw = _summary(entry)
+    body = parse_fragment(raw)  # read once, in this order: summarizing prunes the tree
+    image = _image(entry, body, base=link or base)
+    related = _related(body, base=link or base, own_link=link)
+    summary, text = summarize_parsed(body, summary_max_chars, base_url=link or base)
+    lead = _lead(entry, value, text)
     if not title:
         title = html_to_text(summary)[:80]
     if not title and not link:
@@ -211,11 +257,11 @@ def normalize_entry(entry: Any, *, base: str, summary_max_chars: int) -> FeedEnt
     guid = str(entry.get("id") or "").strip()[:2000] or None
     author = " ".join(html_to_text(str(entry.get("author") or "")).split())[:300] or None
     title = title or "(untitled)"
+    if image is not None and not image.alt:
+        image = replace(image, alt=title[:300])
     return FeedEntry(guid=guid, link=link, title=title, summary_html=summary,
                      author=author, keywords=_keywords(entry), published_at=_time(entry),
-                     lead=_lead(entry, raw), image=_image(entry, raw, base=link or base,
-                                                          title=title),
-                     related=_related(raw, base=link or base, own_link=link))
+                     lead=lead, image=image, related=related)
 
 
 def parse_feed(body: bytes, *, url: str, headers: Mapping[str, str] | None = None,
@@ -235,10 +281,12 @@ def parse_feed(body: bytes, *, url: str, headers: Mapping[str, str] | None = Non
     if not parsed.entries and not parsed.get("version"):
         reason = f"not a feed ({problem})" if problem else "not a feed"
         raise FeedError(url, reason)
+    guess = not str(parsed.get("version") or "").startswith("atom")  # Atom declares types
     entries = []
     seen: set[str] = set()
     for raw in parsed.entries:
-        entry = normalize_entry(raw, base=url, summary_max_chars=summary_max_chars)
+        entry = normalize_entry(raw, base=url, summary_max_chars=summary_max_chars,
+                                guess=guess)
         if entry is None:
             continue
         keys = entry.dedupe_keys()
@@ -246,6 +294,7 @@ def parse_feed(body: bytes, *, url: str, headers: Mapping[str, str] | None = Non
             continue  # the same recap twice in one feed
         seen.update(keys)
         entries.append(entry)
-    title = html_to_text(str(parsed.feed.get("title") or "")) or None
+    feed = parsed.get("feed") or {}
+    title = _plain(feed.get("title"), feed.get("title_detail"), guess=guess) or None
     warning = f"malformed feed, kept {len(entries)} entries: {problem}" if problem else None
     return ParsedFeed(title=title, entries=entries, warning=warning)
