@@ -429,3 +429,15 @@ def test_every_file_with_secrets_or_addresses_is_the_owners_alone(
                                str(exported)], env={"DIGEST_DATABASE_URL": f"sqlite:///{database}"})
     assert done.exit_code == 0, done.output
     assert mode(exported) == 0o600 and "ann@example.org" in exported.read_text("utf-8")
+
+
+def test_db_check_names_a_database_others_can_read(tmp_path: Path, runner: CliRunner) -> None:
+    database = tmp_path / "old.db"
+    env = {"DIGEST_DATABASE_URL": f"sqlite:///{database}"}
+    assert runner.invoke(cli, ["db", "upgrade"], env=env).exit_code == 0
+    assert runner.invoke(cli, ["db", "check"], env=env).exit_code == 0
+    database.chmod(0o644)  # as an older version left it
+    checked = runner.invoke(cli, ["db", "check"], env=env)
+    assert checked.exit_code == 1
+    assert "open to other users (mode 644)" in checked.output
+    assert f"chmod 600 {database}" in checked.output

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import shlex
 import sqlite3
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -92,9 +93,13 @@ def backup(engine: Engine, path: Path, *, overwrite: bool = False) -> int:
 
 
 def check(engine: Engine) -> CheckReport:
-    """Integrity (SQLite), schema revision, and every table the code expects."""
+    """Integrity and who may read the file (SQLite), schema revision, and every table the
+    code expects."""
     report = CheckReport(schema_revision(engine))
     problem = schema_problem(report.revision)
+    if problem:
+        report.problems.append(problem)
+    problem = _open_to_others(engine)
     if problem:
         report.problems.append(problem)
     with engine.connect() as connection:
@@ -111,3 +116,19 @@ def check(engine: Engine) -> CheckReport:
             if table not in present:
                 report.problems.append(f"table {table} is missing")
     return report
+
+
+def _open_to_others(engine: Engine) -> str | None:
+    """What is wrong when a SQLite database's file is open to other users: new ones are
+    made 0600, a file made by an older version may not be."""
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or not database or database == ":memory:":
+        return None
+    try:
+        mode = stat.S_IMODE(os.stat(database).st_mode)
+    except OSError:
+        return None
+    if not mode & 0o077:
+        return None
+    return (f"{database} is open to other users (mode {mode:o}), and it holds the secret "
+            f"key and the editors' password hashes: run chmod 600 {shlex.quote(database)}")
