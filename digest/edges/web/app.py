@@ -21,7 +21,7 @@ from starlette.staticfiles import StaticFiles
 
 from digest.core.rendering import template_dir
 from digest.edges.web import editor, public
-from digest.edges.web.base import WebApp
+from digest.edges.web.base import WebApp, no_scheduler, web_of
 from digest.edges.web.security import BodyLimit, EditorSessions, current_editor
 from digest.services import metrics
 from digest.services.context import Context
@@ -122,46 +122,64 @@ def _from_loopback(request: Request) -> bool:
     return not proxied and (host.startswith("127.") or host in ("::1", "localhost"))
 
 
+def _is_scraper(request: Request, metrics_token: str) -> bool:
+    """Whether /metrics would answer this request: its bearer token, or (with none set)
+    this machine, not through a proxy."""
+    if metrics_token:
+        given = request.headers.get("authorization", "")
+        return hmac.compare_digest(given.encode(), f"Bearer {metrics_token}".encode())
+    return _from_loopback(request)
+
+
+async def health(request: Request) -> Response:
+    """/healthz: ok or unhealthy to anyone; what and why to editors and the monitor."""
+    web = web_of(request)
+    healthy, report = await run_in_threadpool(health_report, web.ctx, web.scheduler_state)
+    # Anyone may ask whether the service is up; what it runs and where it hurts is
+    # for its editors and its monitor.
+    shown = (report if current_editor(request)
+             or _is_scraper(request, web.ctx.settings.metrics_token) else {})
+    return JSONResponse({"status": "ok" if healthy else "unhealthy", **shown},
+                        status_code=200 if healthy else 503,
+                        headers={"Cache-Control": "no-store"})
+
+
+async def metrics_page(request: Request) -> Response:
+    """/metrics for Prometheus: to its bearer token, or (with none set) this machine."""
+    metrics_token = web_of(request).ctx.settings.metrics_token
+    if metrics_token:
+        if not _is_scraper(request, metrics_token):
+            return PlainTextResponse("a bearer token is needed", status_code=401,
+                                     headers={"WWW-Authenticate": "Bearer"})
+    elif not _from_loopback(request):
+        return PlainTextResponse("/metrics answers only this machine; set metrics_token "
+                                 "to scrape it from elsewhere", status_code=403)
+    body = await run_in_threadpool(metrics.exposition)
+    return Response(body, media_type=metrics.CONTENT_TYPE,
+                    headers={"Cache-Control": "no-store"})
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own 404 and 405 as pages of ours (bare text has no title, no lang)."""
+    web = web_of(request)
+    status = getattr(exc, "status_code", 500)
+    if status == 404:
+        return web.not_found(request)
+    return web.page(request, "web/message.html", {
+        "title": str(getattr(exc, "detail", "")) or "Error",
+        "text": "This address does not answer that kind of request."}, status=status)
+
+
 def create_app(ctx: Context, *,
                on_start: Callable[[], Awaitable[None]] | None = None,
                on_stop: Callable[[], Awaitable[None]] | None = None,
-               scheduler_state: Callable[[], str] = lambda: "off") -> Starlette:
+               scheduler_state: Callable[[], str] = no_scheduler) -> Starlette:
     """The web app for a context; ``on_start``/``on_stop`` run with the server (scheduler),
     ``scheduler_state`` says "leader", "standby" or "off" for /healthz."""
-    web = WebApp(ctx)
+    web = WebApp(ctx, scheduler_state)
     if web.webhook_key is None:
         log.warning("no sendgrid_webhook_public_key: /webhooks/sendgrid refuses every "
                     "SendGrid event (403) until it is set")
-    metrics_token = ctx.settings.metrics_token
-
-    def scraper(request: Request) -> bool:
-        """Whether /metrics would answer this request: its bearer token, or (with none
-        set) this machine, not through a proxy."""
-        if metrics_token:
-            given = request.headers.get("authorization", "")
-            return hmac.compare_digest(given.encode(), f"Bearer {metrics_token}".encode())
-        return _from_loopback(request)
-
-    async def health(request: Request) -> Response:
-        healthy, report = await run_in_threadpool(health_report, ctx, scheduler_state)
-        # Anyone may ask whether the service is up; what it runs and where it hurts is
-        # for its editors and its monitor.
-        shown = report if current_editor(request) or scraper(request) else {}
-        return JSONResponse({"status": "ok" if healthy else "unhealthy", **shown},
-                            status_code=200 if healthy else 503,
-                            headers={"Cache-Control": "no-store"})
-
-    async def metrics_page(request: Request) -> Response:
-        if metrics_token:
-            if not scraper(request):
-                return PlainTextResponse("a bearer token is needed", status_code=401,
-                                         headers={"WWW-Authenticate": "Bearer"})
-        elif not _from_loopback(request):
-            return PlainTextResponse("/metrics answers only this machine; set metrics_token "
-                                     "to scrape it from elsewhere", status_code=403)
-        body = await run_in_threadpool(metrics.exposition)
-        return Response(body, media_type=metrics.CONTENT_TYPE,
-                        headers={"Cache-Control": "no-store"})
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -178,9 +196,9 @@ def create_app(ctx: Context, *,
         Route("/metrics", metrics_page),
         Mount("/static", StaticFiles(directory=template_dir() / "web" / "static"),
               name="static"),
+        *public.ROUTES,
+        *editor.ROUTES,
     ]
-    for path, endpoint, methods in [*public.routes(web), *editor.routes(web)]:
-        routes.append(Route(path, endpoint, methods=methods))
     https = ctx.settings.base_url.startswith("https://")
     middleware = [
         Middleware(RequestMetrics),
@@ -192,16 +210,6 @@ def create_app(ctx: Context, *,
                    max_age=ctx.settings.session_hours * 3600),
         Middleware(EditorSessions, db=ctx.db),
     ]
-
-    async def http_error(request: Request, exc: Exception) -> Response:
-        # Starlette's own 404/405 are bare text; every page of ours has a title and a lang.
-        status = getattr(exc, "status_code", 500)
-        if status == 404:
-            return web.not_found(request)
-        return web.page(request, "web/message.html", {
-            "title": str(getattr(exc, "detail", "")) or "Error",
-            "text": "This address does not answer that kind of request."}, status=status)
-
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan,
                     exception_handlers={HTTPException: http_error})
     app.state.web = web

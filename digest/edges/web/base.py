@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import jinja2
@@ -15,11 +16,21 @@ from digest.services.context import Context
 from subscribers.events import load_key
 
 
-class WebApp:
-    """The long-lived state of one web app."""
+def no_scheduler() -> str:
+    """The scheduler's role in a web app served without one: "off"."""
+    return "off"
 
-    def __init__(self, ctx: Context) -> None:
+
+class WebApp:
+    """The long-lived state of one web app, kept on ``app.state.web``; every handler
+    finds it there with ``web_of(request)``.
+
+    ``scheduler_state`` says whether the scheduler serving beside it is the "leader", a
+    "standby" or "off" (for /healthz)."""
+
+    def __init__(self, ctx: Context, scheduler_state: Callable[[], str] = no_scheduler) -> None:
         self.ctx = ctx
+        self.scheduler_state = scheduler_state
         env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(template_dir())),
                                  autoescape=True, undefined=jinja2.StrictUndefined,
                                  trim_blocks=True, lstrip_blocks=True)
@@ -48,6 +59,12 @@ class WebApp:
         """A 404 page."""
         return self.page(request, "web/message.html", {
             "title": "Not found", "text": "There is no page here."}, status=404)
+
+
+def web_of(request: Request) -> WebApp:
+    """The WebApp of the app answering ``request`` (create_app puts it on app.state)."""
+    web: WebApp = request.app.state.web
+    return web
 
 
 def plain_error(status: int, text: str) -> Response:

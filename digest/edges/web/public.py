@@ -2,13 +2,14 @@
 
 None of these needs a login: the unsubscribe and preferences pages act on the
 subscription their signed token names, and the webhook proves itself by signature.
+Each page is one module-level handler; what it shares with the others it finds on
+``request.app.state`` through ``web_of``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import select
@@ -16,10 +17,11 @@ from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import Route
 
 from digest.core.grouping import canonical_keys, keyword_key
 from digest.core.rendering import Recipient, RenderedIssue
-from digest.edges.web.base import WebApp
+from digest.edges.web.base import WebApp, web_of
 from digest.edges.web.security import client_address, csrf_ok, csrf_token
 from digest.errors import DeliveryError, DigestError, InvalidInputError, NotFoundError
 from digest.services.building import keyword_config
@@ -41,209 +43,235 @@ from subscribers.tokens import InvalidToken
 log = logging.getLogger(__name__)
 
 
-def routes(web: WebApp) -> list[tuple[str, Callable[..., Any], list[str]]]:
-    """(path, endpoint, methods) of the public pages."""
+def _bad_link(request: Request, error: InvalidToken) -> Response:
+    return web_of(request).page(request, "web/message.html", {
+        "title": "This link does not work",
+        "text": f"{error.message}. Nothing was changed. If you copied the link, check "
+                "that it is complete."}, status=400)
+
+
+async def unsubscribe_page(request: Request) -> Response:
+    """The unsubscribe link: GET shows the button, POST (one click, RFC 8058) leaves."""
+    web = web_of(request)
     ctx = web.ctx
-
-    def bad_link(request: Request, error: InvalidToken) -> Response:
+    token = request.path_params["token"]
+    try:
+        subscription_id = ctx.tokens.read("unsubscribe", token)
+    except InvalidToken as e:
+        return _bad_link(request, e)
+    if request.method in ("GET", "HEAD"):
+        # Link scanners fetch with GET: it only shows the button.
+        try:
+            view = await run_in_threadpool(preferences, ctx.db, subscription_id)
+        except InvalidToken as e:
+            return _bad_link(request, e)
+        return web.page(request, "web/unsubscribe.html", {
+            "view": view, "token": token,
+            "preferences_token": ctx.tokens.make("preferences", subscription_id)})
+    # RFC 8058: the body is List-Unsubscribe=One-Click; no cookie, no login, no
+    # redirect. The confirm button posts the same. The token is the authority.
+    form = await request.form()
+    if form.get("List-Unsubscribe") != "One-Click":
         return web.page(request, "web/message.html", {
-            "title": "This link does not work",
-            "text": f"{error.message}. Nothing was changed. If you copied the link, check "
-                    "that it is complete."}, status=400)
+            "title": "Nothing was changed",
+            "text": "This request did not ask to unsubscribe (List-Unsubscribe="
+                    "One-Click missing)."}, status=400)
+    try:
+        left = await run_in_threadpool(one_click_unsubscribe, ctx.db, subscription_id)
+    except InvalidToken as e:
+        return _bad_link(request, e)
+    log.info("subscription %s unsubscribed by link", subscription_id)
+    return web.page(request, "web/message.html", {
+        "title": "You are unsubscribed",
+        "text": f"You will get no more emails from {left.list_title}."
+                if left.changed else f"You were already off {left.list_title}."})
 
-    async def unsubscribe_page(request: Request) -> Response:
-        token = request.path_params["token"]
-        try:
-            subscription_id = ctx.tokens.read("unsubscribe", token)
-        except InvalidToken as e:
-            return bad_link(request, e)
-        if request.method in ("GET", "HEAD"):
-            # Link scanners fetch with GET: it only shows the button.
-            try:
-                view = await run_in_threadpool(preferences, ctx.db, subscription_id)
-            except InvalidToken as e:
-                return bad_link(request, e)
-            return web.page(request, "web/unsubscribe.html", {
-                "view": view, "token": token,
-                "preferences_token": ctx.tokens.make("preferences", subscription_id)})
-        # RFC 8058: the body is List-Unsubscribe=One-Click; no cookie, no login, no
-        # redirect. The confirm button posts the same. The token is the authority.
-        form = await request.form()
-        if form.get("List-Unsubscribe") != "One-Click":
-            return web.page(request, "web/message.html", {
-                "title": "Nothing was changed",
-                "text": "This request did not ask to unsubscribe (List-Unsubscribe="
-                        "One-Click missing)."}, status=400)
-        try:
-            left = await run_in_threadpool(one_click_unsubscribe, ctx.db, subscription_id)
-        except InvalidToken as e:
-            return bad_link(request, e)
-        log.info("subscription %s unsubscribed by link", subscription_id)
-        return web.page(request, "web/message.html", {
-            "title": "You are unsubscribed",
-            "text": f"You will get no more emails from {left.list_title}."
-                    if left.changed else f"You were already off {left.list_title}."})
 
-    async def preferences_page(request: Request) -> Response:
-        token = request.path_params["token"]
-        try:
-            subscription_id = ctx.tokens.read("preferences", token)
-        except InvalidToken as e:
-            return bad_link(request, e)
-        saved = ""
-        if request.method not in ("GET", "HEAD"):
-            form = await request.form()
-            if not csrf_ok(request, form.get("csrf")):
-                return web.forbidden(request)
-            try:
-                if form.get("action") == "leave_all":
-                    n = await run_in_threadpool(leave_every_list, ctx.db, subscription_id)
-                    return web.page(request, "web/message.html", {
-                        "title": "You left every list",
-                        "text": f"Unsubscribed from {n} list{'s' if n != 1 else ''}. "
-                                "You will get no more emails from us."})
-                status = await run_in_threadpool(
-                    lambda: save_preferences(
-                        ctx.db, subscription_id,
-                        keywords=[str(k) for k in form.getlist("keywords")],
-                        paused=form.get("paused") == "on"))
-            except InvalidToken as e:
-                return bad_link(request, e)
-            saved = "Saved. " + ("Your emails are paused." if status == "paused"
-                                 else "You will get the sections you chose.")
-        try:
-            view = await run_in_threadpool(preferences, ctx.db, subscription_id,
-                                           ctx.settings.keyword_order)
-        except InvalidToken as e:
-            return bad_link(request, e)
-        return web.page(request, "web/preferences.html", {
-            "view": view, "saved": saved, "csrf": csrf_token(request),
-            "unsubscribe_token": ctx.tokens.make("unsubscribe", subscription_id)})
-
-    async def subscribe_page(request: Request) -> Response:
-        lists = await run_in_threadpool(_public_lists, web)
-        choices = await run_in_threadpool(keyword_choices, ctx.db,
-                                          ctx.settings.keyword_order)
-        values = {"lists": lists, "choices": choices, "error": "", "email": "", "name": "",
-                  "chosen": request.query_params.get("list", "")}
-        if request.method in ("GET", "HEAD"):
-            return web.page(request, "web/subscribe.html",
-                            {**values, "csrf": csrf_token(request)})
+async def preferences_page(request: Request) -> Response:
+    """A subscription's preferences: keywords, pause, leave every list."""
+    web = web_of(request)
+    ctx = web.ctx
+    token = request.path_params["token"]
+    try:
+        subscription_id = ctx.tokens.read("preferences", token)
+    except InvalidToken as e:
+        return _bad_link(request, e)
+    saved = ""
+    if request.method not in ("GET", "HEAD"):
         form = await request.form()
         if not csrf_ok(request, form.get("csrf")):
             return web.forbidden(request)
-        done = web.page(request, "web/message.html", {
-            "title": "Check your inbox",
-            "text": "If the address can receive our emails, a message with a confirmation "
-                    "link is on its way. Click it to start your subscription."})
-        if form.get("website"):  # the honeypot: people never see it, bots fill it in
-            log.info("subscribe form: honeypot filled from %s", client_address(request))
-            return done
-        if not await run_in_threadpool(web.subscribe_limit.hit, client_address(request)):
-            return web.page(request, "web/message.html", {
-                "title": "Too many requests",
-                "text": "Please try again in an hour."}, status=429)
-        email, list_name = str(form.get("email", "")), str(form.get("list", ""))
-        name = str(form.get("name", ""))
-        keywords = [str(k) for k in form.getlist("keywords") if str(k).strip()]
         try:
-            # Only what is wrong with the form itself is told: never anything that
-            # depends on who is subscribed already.
-            await run_in_threadpool(_check_subscribe_form, web, list_name, email)
-        except (InvalidInputError, NotFoundError) as e:
-            return web.page(request, "web/subscribe.html", {
-                **values, "error": e.message, "email": email, "name": name,
-                "chosen": list_name, "csrf": csrf_token(request)}, status=400)
-        # The work (and the email, when one is due) happens after the answer is sent, so
-        # a known address, a new one and a suppressed one are answered alike and at the
-        # same moment: the time to answer tells nobody who is subscribed.
-        done.background = BackgroundTask(_subscribe_later, web, list_name, email, name,
-                                         keywords)
-        return done
-
-    async def confirm_page(request: Request) -> Response:
-        token = request.path_params["token"]
-        if request.method in ("GET", "HEAD"):
-            # A scanner's GET must not confirm for the reader: show the button.
-            return web.page(request, "web/confirm.html", {"token": token})
-        try:
-            confirmed = await run_in_threadpool(confirm_subscription, ctx, token)
+            if form.get("action") == "leave_all":
+                n = await run_in_threadpool(leave_every_list, ctx.db, subscription_id)
+                return web.page(request, "web/message.html", {
+                    "title": "You left every list",
+                    "text": f"Unsubscribed from {n} list{'s' if n != 1 else ''}. "
+                            "You will get no more emails from us."})
+            status = await run_in_threadpool(
+                lambda: save_preferences(
+                    ctx.db, subscription_id,
+                    keywords=[str(k) for k in form.getlist("keywords")],
+                    paused=form.get("paused") == "on"))
         except InvalidToken as e:
-            return bad_link(request, e)
+            return _bad_link(request, e)
+        saved = "Saved. " + ("Your emails are paused." if status == "paused"
+                             else "You will get the sections you chose.")
+    try:
+        view = await run_in_threadpool(preferences, ctx.db, subscription_id,
+                                       ctx.settings.keyword_order)
+    except InvalidToken as e:
+        return _bad_link(request, e)
+    return web.page(request, "web/preferences.html", {
+        "view": view, "saved": saved, "csrf": csrf_token(request),
+        "unsubscribe_token": ctx.tokens.make("unsubscribe", subscription_id)})
+
+
+async def subscribe_page(request: Request) -> Response:
+    """The subscribe form; a post is answered alike whoever is subscribed already."""
+    web = web_of(request)
+    ctx = web.ctx
+    lists = await run_in_threadpool(_public_lists, web)
+    choices = await run_in_threadpool(keyword_choices, ctx.db, ctx.settings.keyword_order)
+    values = {"lists": lists, "choices": choices, "error": "", "email": "", "name": "",
+              "chosen": request.query_params.get("list", "")}
+    if request.method in ("GET", "HEAD"):
+        return web.page(request, "web/subscribe.html", {**values, "csrf": csrf_token(request)})
+    form = await request.form()
+    if not csrf_ok(request, form.get("csrf")):
+        return web.forbidden(request)
+    done = web.page(request, "web/message.html", {
+        "title": "Check your inbox",
+        "text": "If the address can receive our emails, a message with a confirmation "
+                "link is on its way. Click it to start your subscription."})
+    if form.get("website"):  # the honeypot: people never see it, bots fill it in
+        log.info("subscribe form: honeypot filled from %s", client_address(request))
+        return done
+    if not await run_in_threadpool(web.subscribe_limit.hit, client_address(request)):
         return web.page(request, "web/message.html", {
-            "title": "Subscription confirmed",
-            "text": f"You are on {confirmed.list_title}. The next issue comes to your inbox."
-            if not confirmed.already else f"You were already on {confirmed.list_title}."})
+            "title": "Too many requests",
+            "text": "Please try again in an hour."}, status=429)
+    email, list_name = str(form.get("email", "")), str(form.get("list", ""))
+    name = str(form.get("name", ""))
+    keywords = [str(k) for k in form.getlist("keywords") if str(k).strip()]
+    try:
+        # Only what is wrong with the form itself is told: never anything that
+        # depends on who is subscribed already.
+        await run_in_threadpool(_check_subscribe_form, web, list_name, email)
+    except (InvalidInputError, NotFoundError) as e:
+        return web.page(request, "web/subscribe.html", {
+            **values, "error": e.message, "email": email, "name": name,
+            "chosen": list_name, "csrf": csrf_token(request)}, status=400)
+    # The work (and the email, when one is due) happens after the answer is sent, so
+    # a known address, a new one and a suppressed one are answered alike and at the
+    # same moment: the time to answer tells nobody who is subscribed.
+    done.background = BackgroundTask(_subscribe_later, web, list_name, email, name,
+                                     keywords)
+    return done
 
-    async def archive_index(request: Request) -> Response:
-        lists = await run_in_threadpool(_public_lists, web)
-        return web.page(request, "web/archive_index.html", {"lists": lists})
 
-    async def archive_list(request: Request) -> Response:
-        name = request.path_params["list"]
-        found = await run_in_threadpool(_archive_issues, web, name)
-        if found is None:
-            return web.not_found(request)
-        title, issues = found
-        return web.page(request, "web/archive_list.html",
-                        {"list_name": name, "list_title": title, "issues": issues})
+async def confirm_page(request: Request) -> Response:
+    """The confirmation link: GET shows the button, POST confirms."""
+    web = web_of(request)
+    token = request.path_params["token"]
+    if request.method in ("GET", "HEAD"):
+        # A scanner's GET must not confirm for the reader: show the button.
+        return web.page(request, "web/confirm.html", {"token": token})
+    try:
+        confirmed = await run_in_threadpool(confirm_subscription, web.ctx, token)
+    except InvalidToken as e:
+        return _bad_link(request, e)
+    return web.page(request, "web/message.html", {
+        "title": "Subscription confirmed",
+        "text": f"You are on {confirmed.list_title}. The next issue comes to your inbox."
+        if not confirmed.already else f"You were already on {confirmed.list_title}."})
 
-    async def archive_issue(request: Request) -> Response:
-        html = await run_in_threadpool(_archived_html, web, request.path_params["list"],
-                                       request.path_params["number"])
-        if html is None:
-            return web.not_found(request)
-        return Response(html, media_type="text/html; charset=utf-8", headers={
-            "Content-Security-Policy": "default-src 'none'; img-src * data:; "
-                                       "style-src 'unsafe-inline'; frame-ancestors 'self'"})
 
-    async def archive_keyword(request: Request) -> Response:
-        found = await run_in_threadpool(_keyword_recaps, web, request.path_params["list"],
-                                        request.path_params["keyword"])
-        if found is None:
-            return web.not_found(request)
-        return web.page(request, "web/archive_keyword.html", found)
+async def archive_index(request: Request) -> Response:
+    """Every list's archive."""
+    web = web_of(request)
+    lists = await run_in_threadpool(_public_lists, web)
+    return web.page(request, "web/archive_index.html", {"lists": lists})
 
-    async def sendgrid_webhook(request: Request) -> Response:
-        # Events stop addresses everywhere: without a key to prove them, none is applied.
-        if web.webhook_key is None:
-            log.warning("SendGrid webhook refused from %s: no sendgrid_webhook_public_key "
-                        "is set", client_address(request))
-            return JSONResponse({"error": "this webhook is off until the server's "
-                                          "sendgrid_webhook_public_key is set"},
-                                status_code=403)
-        body = await request.body()
-        try:
-            verify(web.webhook_key, request.headers, body,
-                   max_age=ctx.settings.webhook_max_age_seconds)
-        except WebhookRefused as e:
-            log.warning("SendGrid webhook refused from %s: %s", client_address(request), e)
-            return JSONResponse({"error": e.message}, status_code=e.status)
-        try:
-            events = json.loads(body)
-        except ValueError:
-            return JSONResponse({"error": "the body is not JSON"}, status_code=400)
-        if not isinstance(events, list):
-            return JSONResponse({"error": "expected a JSON array of events"},
-                                status_code=400)
-        counts = await run_in_threadpool(apply_events, ctx.db, events)
-        return JSONResponse({"applied": dict(counts)})
 
-    async def home(request: Request) -> Response:
-        return RedirectResponse("/archive", status_code=303)
+async def archive_list(request: Request) -> Response:
+    """A list's sent issues, newest first."""
+    web = web_of(request)
+    name = request.path_params["list"]
+    found = await run_in_threadpool(_archive_issues, web, name)
+    if found is None:
+        return web.not_found(request)
+    title, issues = found
+    return web.page(request, "web/archive_list.html",
+                    {"list_name": name, "list_title": title, "issues": issues})
 
-    return [
-        ("/", home, ["GET"]),
-        ("/u/{token}", unsubscribe_page, ["GET", "POST"]),
-        ("/p/{token}", preferences_page, ["GET", "POST"]),
-        ("/subscribe", subscribe_page, ["GET", "POST"]),
-        ("/confirm/{token}", confirm_page, ["GET", "POST"]),
-        ("/archive", archive_index, ["GET"]),
-        ("/archive/{list}", archive_list, ["GET"]),
-        ("/archive/{list}/{number:int}", archive_issue, ["GET"]),
-        ("/archive/{list}/k/{keyword}", archive_keyword, ["GET"]),
-        ("/webhooks/sendgrid", sendgrid_webhook, ["POST"]),
-    ]
+
+async def archive_issue(request: Request) -> Response:
+    """A sent issue, as the archive shows it."""
+    web = web_of(request)
+    html = await run_in_threadpool(_archived_html, web, request.path_params["list"],
+                                   request.path_params["number"])
+    if html is None:
+        return web.not_found(request)
+    return Response(html, media_type="text/html; charset=utf-8", headers={
+        "Content-Security-Policy": "default-src 'none'; img-src * data:; "
+                                   "style-src 'unsafe-inline'; frame-ancestors 'self'"})
+
+
+async def archive_keyword(request: Request) -> Response:
+    """The recaps of a list's sent issues under one keyword."""
+    web = web_of(request)
+    found = await run_in_threadpool(_keyword_recaps, web, request.path_params["list"],
+                                    request.path_params["keyword"])
+    if found is None:
+        return web.not_found(request)
+    return web.page(request, "web/archive_keyword.html", found)
+
+
+async def sendgrid_webhook(request: Request) -> Response:
+    """SendGrid's event webhook: bounces, complaints and unsubscribes, signed."""
+    web = web_of(request)
+    # Events stop addresses everywhere: without a key to prove them, none is applied.
+    if web.webhook_key is None:
+        log.warning("SendGrid webhook refused from %s: no sendgrid_webhook_public_key "
+                    "is set", client_address(request))
+        return JSONResponse({"error": "this webhook is off until the server's "
+                                      "sendgrid_webhook_public_key is set"},
+                            status_code=403)
+    body = await request.body()
+    try:
+        verify(web.webhook_key, request.headers, body,
+               max_age=web.ctx.settings.webhook_max_age_seconds)
+    except WebhookRefused as e:
+        log.warning("SendGrid webhook refused from %s: %s", client_address(request), e)
+        return JSONResponse({"error": e.message}, status_code=e.status)
+    try:
+        events = json.loads(body)
+    except ValueError:
+        return JSONResponse({"error": "the body is not JSON"}, status_code=400)
+    if not isinstance(events, list):
+        return JSONResponse({"error": "expected a JSON array of events"}, status_code=400)
+    counts = await run_in_threadpool(apply_events, web.ctx.db, events)
+    return JSONResponse({"applied": dict(counts)})
+
+
+async def home(request: Request) -> Response:
+    """The site's front page is the archive."""
+    return RedirectResponse("/archive", status_code=303)
+
+
+ROUTES = (
+    Route("/", home, methods=["GET"]),
+    Route("/u/{token}", unsubscribe_page, methods=["GET", "POST"]),
+    Route("/p/{token}", preferences_page, methods=["GET", "POST"]),
+    Route("/subscribe", subscribe_page, methods=["GET", "POST"]),
+    Route("/confirm/{token}", confirm_page, methods=["GET", "POST"]),
+    Route("/archive", archive_index, methods=["GET"]),
+    Route("/archive/{list}", archive_list, methods=["GET"]),
+    Route("/archive/{list}/{number:int}", archive_issue, methods=["GET"]),
+    Route("/archive/{list}/k/{keyword}", archive_keyword, methods=["GET"]),
+    Route("/webhooks/sendgrid", sendgrid_webhook, methods=["POST"]),
+)
 
 
 def _check_subscribe_form(web: WebApp, list_name: str, email: str) -> None:
