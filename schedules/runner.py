@@ -21,12 +21,12 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from digest.services import metrics
-from digest.services.building import Draft, draft_issue
+from digest.services.building import Draft, draft_issue, next_number
 from digest.services.collect import collect
 from digest.services.context import Context
 from digest.services.db import utcnow
 from digest.services.delivery import SendReport, claimer_gone, deliver, worker_identity
-from digest.services.editing import approval, next_number
+from digest.services.editing import approval
 from digest.services.logs import fields
 from digest.services.pipeline import RunEvents, RunRequest, run_list
 from digest.services.transports import Transport, make_transport
@@ -299,7 +299,11 @@ def _wait_for_approval(ctx: Context, schedule: Schedule, list_name: str, list_id
     draft = draft_issue(ctx, list_name)
     if draft is None and schedule.skip_empty:
         return SlotResult("nothing_new", "nothing new since the last issue; no email sent")
-    number = draft.number if draft is not None else next_number(ctx, list_id)
+    if draft is not None:
+        number = draft.number
+    else:
+        with ctx.db.session() as session:
+            number = next_number(session, list_id)
     deadline = slot_at + timedelta(seconds=schedule.approval_wait_seconds)
     while approval(ctx, list_id, number) is None:
         if utcnow() >= deadline:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import ItemsView, Iterator, Mapping, Sequence
 from email.message import EmailMessage
 
 import pytest
 from sqlalchemy import select, update
 
-from digest.services.collect import add_feed
+from digest.core.grouping import KeywordConfig, group
+from digest.services.building import draft_issue, plan_segments
+from digest.services.collect import add_feed, collect
 from digest.services.context import Context
 from digest.services.models import Delivery, IssueVariant
 from digest.services.pipeline import RunRequest, run_list
@@ -94,3 +97,57 @@ def test_a_keyword_with_no_section_of_its_own_still_reaches_its_readers(
     syria = html_of(by_address(locmem.outbox)["syria@example.org"])
     assert [n for n in range(1, 6) if f"Recap {n}:" in syria] == [3]
     assert "SYRIA" in syria.upper()
+
+
+class CountedRules(Mapping[str, Sequence[str]]):
+    """Editor rules that count how often they are read: once for each time a keyword
+    configuration is built from them (settings) or resolved against entries (grouping)."""
+
+    def __init__(self, rules: dict[str, Sequence[str]]) -> None:
+        self.rules, self.reads = rules, 0
+
+    def __getitem__(self, key: str) -> Sequence[str]:
+        return self.rules[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.rules)
+
+    def __len__(self) -> int:
+        return len(self.rules)
+
+    def items(self) -> ItemsView[str, Sequence[str]]:
+        self.reads += 1
+        return self.rules.items()
+
+
+def test_a_run_with_segments_builds_the_keyword_configuration_once(
+        desk: Context, locmem: type[LocmemTransport]) -> None:
+    rules = CountedRules({"Turkey": ["Ankara"]})
+    add_subscriber(desk.db, "weekly", "syria@example.org", keywords=["Syria"])
+    ctx = Context(desk.settings.replace(keyword_rules=rules), desk.db)
+    result = run_list(ctx, RunRequest("weekly"), transport=locmem())
+    assert result.send is not None and result.send.finished
+    with ctx.db.session() as session:
+        variants = session.scalars(select(IssueVariant.keys)).all()
+    assert sorted(variants) == ["iran", "iran;yemen", "syria"]
+    # The draft, the segments' plan and each of the three renderings share one.
+    assert rules.reads == 1
+
+
+def test_the_segments_are_cut_from_the_drafts_one_grouping(desk: Context) -> None:
+    collect(desk.db, desk.settings)
+    rules = CountedRules({"Turkey": ["Ankara"]})
+    config = KeywordConfig(order=("Yemen",), aliases={"Persia": "Iran"}, rules=rules)
+    draft = draft_issue(desk, "weekly", config=config)
+    assert draft is not None and draft.grouping.config is config
+    segments = ["iran", "persia", "syria", "turkey", "iran;yemen", "syria;yemen"]
+    by_segment, variants = plan_segments(desk, draft, segments)
+    assert rules.reads == 1  # grouped once: the draft, the plan and every rendering
+    assert by_segment == {"iran": ("iran",), "persia": ("iran",), "syria": ("syria",),
+                          "turkey": None, "iran;yemen": ("iran", "yemen"),
+                          "syria;yemen": ("syria", "yemen")}
+    fresh = KeywordConfig(order=("Yemen",), aliases={"Persia": "Iran"},
+                          rules={"Turkey": ("Ankara",)})
+    assert draft.sections == group(draft.items, fresh)
+    for keys, variant in variants.items():
+        assert variant.sections == group(draft.items, fresh, only=frozenset(keys)), keys

@@ -24,13 +24,11 @@ from sqlalchemy.orm import Session
 
 from digest.core.feeds import Image
 from digest.core.grouping import (
+    Grouping,
     Item,
     KeywordConfig,
     Placed,
     Section,
-    canonical_keys,
-    group,
-    keys_carried,
 )
 from digest.core.rendering import IssueContent, Recipient, RenderedIssue, Sender, long_date
 from digest.errors import ConfigError
@@ -56,6 +54,7 @@ class Draft:
     list_title: str
     number: int
     items: list[Item]
+    grouping: Grouping  # the feeds' sections before any edit; segments are cut from it
     sections: list[Section]
     content: IssueContent
     rendered: RenderedIssue
@@ -106,18 +105,20 @@ class Variant:
 
 def draft_issue(ctx: Context, list_name: str, *, now: datetime | None = None,
                 subject: str | None = None, intro: str = "",
-                allow_empty: bool = False) -> Draft | None:
+                allow_empty: bool = False,
+                config: KeywordConfig | None = None) -> Draft | None:
     """The next issue of a list, or None when nothing is new. Changes nothing.
 
     An editor's saved changes for this issue number (subject, intro, dropped and moved
-    entries, section order) are applied.
+    entries, section order) are applied. The entries are grouped once, under ``config``
+    (by default :func:`keyword_config`); the draft keeps that grouping, and the keyword
+    segments' sections are cut from it (:func:`plan_segments`).
     """
     now = now or utcnow()
     since = now - timedelta(days=ctx.settings.lookback_days)
     with ctx.db.session() as session:
         mailing_list = get_list(session, list_name)
-        number = (session.scalar(select(func.max(Issue.number))
-                                 .where(Issue.list_id == mailing_list.id)) or 0) + 1
+        number = next_number(session, mailing_list.id)
         edit = load_edit(session, mailing_list.id, number)
         items = new_items(session, mailing_list.id, since=since)
         list_id, list_title = mailing_list.id, mailing_list.title
@@ -129,7 +130,8 @@ def draft_issue(ctx: Context, list_name: str, *, now: datetime | None = None,
         intro = intro or edit.intro
     if not items and not allow_empty:
         return None
-    sections = apply_edit(group(items, keyword_config(ctx)), edit)
+    grouping = Grouping.of(items, config or keyword_config(ctx))
+    sections = apply_edit(grouping.sections(), edit)
     s = ctx.settings
     content = IssueContent(
         list_name=list_name, list_title=list_title, number=number,
@@ -141,8 +143,14 @@ def draft_issue(ctx: Context, list_name: str, *, now: datetime | None = None,
         keyword_url=ctx.url(f"archive/{list_name}/k/"),
         top_story=edit.pinned if edit is not None else None, **look)
     rendered = ctx.renderer.render_issue(content)
-    return Draft(list_id, list_name, list_title, number, items, sections, content, rendered,
-                 since, now, edit, nothing_matches)
+    return Draft(list_id, list_name, list_title, number, items, grouping, sections, content,
+                 rendered, since, now, edit, nothing_matches)
+
+
+def next_number(session: Session, list_id: int) -> int:
+    """The number the list's next issue will have."""
+    return (session.scalar(select(func.max(Issue.number))
+                           .where(Issue.list_id == list_id)) or 0) + 1
 
 
 def load_edit(session: Session, list_id: int, number: int) -> EditView | None:
@@ -186,7 +194,8 @@ def list_look(mailing_list: MailingList) -> dict[str, Any]:
 
 
 def keyword_config(ctx: Context) -> KeywordConfig:
-    """The grouping configuration from the settings."""
+    """The grouping configuration from the settings (built once per draft, which carries
+    it in its grouping)."""
     s = ctx.settings
     return KeywordConfig.from_settings(s.keyword_order, s.keyword_aliases, s.keyword_rules,
                                        s.untagged_section)
@@ -255,8 +264,10 @@ def archive_path(list_name: str, number: int) -> str:
 
 
 def render_variant(ctx: Context, draft: Draft, keys: frozenset[str]) -> Variant | None:
-    """The draft as subscribers of a keyword segment get it; None if nothing matches."""
-    sections = apply_edit(group(draft.items, keyword_config(ctx), only=keys), draft.edit)
+    """The draft as subscribers of a keyword segment get it; None if nothing matches.
+
+    Its sections are cut from the draft's grouping, never grouped again."""
+    sections = apply_edit(draft.grouping.sections(only=keys), draft.edit)
     if not sections:
         return None
     content = draft.content
@@ -275,27 +286,31 @@ def plan_segments(ctx: Context, draft: Draft, segments: Sequence[str]
     Renders once per distinct set of sections, never per subscriber: segments whose
     keywords have the same sections this week share one rendering.
     """
-    config = keyword_config(ctx)
     # Every key an entry carries, not only the full issue's sections: an entry tagged
     # Syria and Iran sits under Iran there, and still reaches the Syria readers.
-    present = keys_carried(draft.items, config)
+    present = draft.grouping.keys_carried
     by_segment: dict[str, tuple[str, ...] | None] = {}
     rendered: dict[tuple[str, ...], Variant | None] = {}
     for segment in segments:
         if not segment:
             continue
-        key = tuple(sorted(canonical_keys(segment.split(";"), config) & present))
+        key = tuple(sorted(draft.grouping.canonical_keys(segment.split(";")) & present))
         if key and key not in rendered:
             rendered[key] = render_variant(ctx, draft, frozenset(key))
         by_segment[segment] = key if key and rendered[key] is not None else None
     return by_segment, {k: v for k, v in rendered.items() if v is not None}
 
 
+def sample_recipient(ctx: Context) -> Recipient:
+    """The reader a preview or a test email is made for: links to the preview pages
+    where each reader's own unsubscribe and preferences links go."""
+    return Recipient(ctx.url("u/preview"), ctx.url("p/preview"), "reader")
+
+
 def write_preview_files(ctx: Context, draft: Draft, html_path: Path,
                         text_path: Path | None = None) -> None:
     """Write a draft's HTML (and text) as a sample reader would get it."""
-    sample = Recipient(ctx.url("u/preview"), ctx.url("p/preview"), "reader")
-    html, text = draft.rendered.personalize(sample)
+    html, text = draft.rendered.personalize(sample_recipient(ctx))
     html_path.write_text(html, encoding="utf-8")
     if text_path is not None:
         text_path.write_text(text, encoding="utf-8")

@@ -18,22 +18,23 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
-from digest.core.grouping import Section, canonical_keys, group
+from digest.core.grouping import Section
 from digest.core.messages import address_for_header, compose, format_sender
-from digest.core.rendering import GMAIL_CLIP_BYTES, Recipient, RenderedIssue
+from digest.core.rendering import GMAIL_CLIP_BYTES, RenderedIssue
 from digest.core.sanitize import html_to_text
 from digest.errors import DigestError
 from digest.services.building import (
     Draft,
     EditView,
     draft_issue,
-    keyword_config,
+    next_number,
     render_variant,
+    sample_recipient,
 )
 from digest.services.context import Context
 from digest.services.db import utcnow
 from digest.services.editors import audit
-from digest.services.models import Entry, Issue, IssueEdit
+from digest.services.models import Entry, IssueEdit
 from digest.services.transports import Transport, make_transport
 from subscribers.addresses import normalize_address
 from subscribers.lists import get_list
@@ -63,14 +64,6 @@ class Preview:
         return round(100 * self.html_bytes / GMAIL_CLIP_BYTES)
 
 
-_HREF = re.compile(r'href="([^"]+)"')
-
-
-def sample_recipient(ctx: Context) -> Recipient:
-    """The values a preview or test shows where each reader's own links go."""
-    return Recipient(ctx.url("u/preview"), ctx.url("p/preview"), "reader")
-
-
 def preview(ctx: Context, list_name: str, segment: str = "", *,
             now: datetime | None = None) -> Preview | None:
     """The next issue (edits applied), for everyone or for a keyword segment."""
@@ -78,8 +71,7 @@ def preview(ctx: Context, list_name: str, segment: str = "", *,
     if draft is None:
         return None
     sections, rendered = draft.sections, draft.rendered
-    keys = canonical_keys([k for k in re.split(r"[;,]", segment) if k.strip()],
-                          keyword_config(ctx))
+    keys = draft.grouping.canonical_keys(k for k in re.split(r"[;,]", segment) if k.strip())
     if keys:
         variant = render_variant(ctx, draft, keys)
         if variant is None:
@@ -87,7 +79,10 @@ def preview(ctx: Context, list_name: str, segment: str = "", *,
         else:
             sections, rendered = variant.sections, variant.rendered
     html, text = rendered.personalize(sample_recipient(ctx))
-    links = list(dict.fromkeys(_HREF.findall(html)))
+    # Every link, decoded as the link check reads them (its results are keyed so); its
+    # module brings httpx, which the commands importing this one need not load.
+    from digest.services.linkcheck import links_in
+    links = links_in(html, schemes=None)
     return Preview(draft, sections, rendered, html, text, links, ";".join(sorted(keys)))
 
 
@@ -101,17 +96,10 @@ def segments(ctx: Context, list_name: str) -> list[tuple[str, int]]:
             .group_by(Subscription.segment).order_by(func.count().desc()).limit(50))]
 
 
-def next_number(ctx: Context, list_id: int) -> int:
-    """The number the list's next issue will have."""
-    with ctx.db.session() as session:
-        return (session.scalar(select(func.max(Issue.number))
-                               .where(Issue.list_id == list_id)) or 0) + 1
-
-
 def _edit_row(ctx: Context, list_name: str) -> tuple[int, int]:
     with ctx.db.session() as session:
         list_id = get_list(session, list_name).id
-    number = next_number(ctx, list_id)
+        number = next_number(session, list_id)
     with ctx.db.session() as session:
         row = session.scalars(select(IssueEdit).where(IssueEdit.list_id == list_id,
                                                       IssueEdit.number == number)).first()
@@ -293,10 +281,9 @@ def dropped_entries(ctx: Context, edit: EditView | None) -> list[tuple[int, str]
             .order_by(Entry.id))]
 
 
-def _feed_sections(ctx: Context, draft: Draft) -> dict[int, str]:
+def _feed_sections(draft: Draft) -> dict[int, str]:
     """Entry id → the section the feeds' keywords put it in (before any edit)."""
-    return {p.item.id: s.key for s in group(draft.items, keyword_config(ctx))
-            for p in s.entries}
+    return {p.item.id: s.key for s in draft.grouping.sections() for p in s.entries}
 
 
 def edit_diff(ctx: Context, draft: Draft | None) -> list[str]:
@@ -306,7 +293,7 @@ def edit_diff(ctx: Context, draft: Draft | None) -> list[str]:
     edit = draft.edit
     items = {i.id: i for i in draft.items}
     dropped_titles = dict(dropped_entries(ctx, edit))
-    original = _feed_sections(ctx, draft)
+    original = _feed_sections(draft)
     titles = {s.key: s.title for s in draft.sections}
     lines = []
     if edit.subject:
@@ -406,7 +393,7 @@ def apply_change(ctx: Context, list_name: str, editor: str, change: Mapping[str,
     kwargs: dict[str, Any] = {}
     overrides = {k: dict(v) for k, v in (edit.overrides if edit else {}).items()}
     if op == "order":
-        original = _feed_sections(ctx, draft)
+        original = _feed_sections(draft)
         sections = [(str(s.get("key", "")), [int(i) for i in s.get("entries", [])])
                     for s in change.get("sections", []) if isinstance(s, Mapping)]
         kwargs["section_order"] = [key for key, _ in sections]

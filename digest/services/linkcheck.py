@@ -50,21 +50,25 @@ class LinkResult:
         return self.state == LinkState.BROKEN
 
 
-def links_in(html: str, *, skip_prefixes: Iterable[str] = ()) -> list[str]:
-    """The distinct http(s) links (``<a href>``) of an HTML document, in order of first
-    appearance, their character references decoded."""
+def links_in(html: str, *, skip_prefixes: Iterable[str] = (),
+             schemes: Iterable[str] | None = ("http", "https")) -> list[str]:
+    """The distinct links (``<a href>``) of an HTML document with one of ``schemes``
+    (None: every link, in-page and mailto ones too), in order of first appearance, their
+    character references decoded."""
     # libxml2's HTML parser: linear in the input, where a regex over hostile feed HTML
     # can backtrack; it also decodes &amp; and the like in attribute values.
     import lxml.html
     if not html.strip():
         return []
     skip = tuple(skip_prefixes)
+    wanted = None if schemes is None else frozenset(schemes)
     seen: dict[str, None] = {}
     # As bytes with the encoding named: a str with an XML encoding declaration is refused.
     parser = lxml.html.HTMLParser(encoding="utf-8")
     for anchor in lxml.html.fromstring(html.encode("utf-8"), parser=parser).iter("a"):
         url = (anchor.get("href") or "").strip()
-        if urlsplit(url).scheme in ("http", "https") and not (skip and url.startswith(skip)):
+        if url and (wanted is None or urlsplit(url).scheme in wanted) and not (
+                skip and url.startswith(skip)):
             seen.setdefault(url, None)
     return list(seen)
 
