@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import ast
+import inspect
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from digest.services.context import Context
 
 ROOT = Path(__file__).resolve().parent.parent
 EDGES = ("digest.edges.cli", "digest.edges.web", "digest.edges.demo")
@@ -72,6 +77,30 @@ def test_the_layers_point_one_way() -> None:
             continue
         upward = {m for m in imported if (layer_of(m) or 0) > mine}
         assert not upward, f"{module} imports a later layer: {upward}"
+
+
+def test_web_handlers_are_module_level_functions(ctx: Context) -> None:
+    """Every route of the web app answers with a plain function its module holds under
+    that name (Starlette's ``async def homepage(request)`` then ``Route("/", homepage)``),
+    never a closure made inside a ``routes()`` function; and no function in
+    digest/edges/web runs over 100 lines."""
+    from starlette.routing import Route
+
+    from digest.edges.web.app import create_app
+    routes = [r for r in create_app(ctx).routes if isinstance(r, Route)]
+    assert len(routes) > 20
+    for route in routes:
+        endpoint = route.endpoint
+        module = inspect.getmodule(inspect.unwrap(endpoint))
+        assert getattr(module, endpoint.__name__, None) is endpoint, \
+            f"{route.path} is answered by {endpoint.__qualname__}, not a module-level function"
+    too_long = [f"{path.relative_to(ROOT)}:{node.lineno} {node.name} "
+                f"({(node.end_lineno or node.lineno) - node.lineno + 1} lines)"
+                for path in sorted((ROOT / "digest" / "edges" / "web").glob("*.py"))
+                for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+                if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+                and (node.end_lineno or node.lineno) - node.lineno + 1 > 100]
+    assert not too_long, "\n".join(too_long)
 
 
 def test_wheel_ships_templates_and_typing_marker(tmp_path: Path) -> None:
