@@ -6,7 +6,6 @@ function, prints; each imports what it uses when it runs, so that start-up stays
 from __future__ import annotations
 
 import signal
-import subprocess
 import sys
 import threading
 from collections.abc import Iterator
@@ -375,27 +374,18 @@ def _send(list_name: str, no_collect: bool, yes: bool, resend_uncertain: bool,
     if not no_collect and not worker:
         tls.prepare()  # while the pipeline loads and the database opens
     from digest.services.pipeline import RunEvents, RunRequest, run_list
+    from digest.services.workers import SendHelpers
     ctx = state().ctx
     interactive = _interactive()
 
-    helpers: list[subprocess.Popen[bytes]] = []
+    # A worker or a sandbox run starts no helpers of its own.
+    helpers = SendHelpers(list_name, 0 if worker or sandbox else jobs - 1,
+                          config_path=state().config_path, overrides=state().overrides)
     sending = [False]  # whether an issue started going out
     stop = threading.Event()
 
     def start_helpers() -> None:
-        if helpers or jobs == 1 or worker or sandbox:
-            return
-        st = state()
-        argv = [sys.executable, "-m", "digest"]
-        if st.config_path:
-            argv += ["--config", st.config_path]
-        for item in st.overrides:
-            argv += ["--set", item]
-        argv += ["send", "--list", list_name, "--worker", "--yes", "--wait-for-issue", "300"]
-        for _ in range(jobs - 1):
-            helpers.append(subprocess.Popen(argv, stdin=subprocess.DEVNULL,
-                                            stdout=subprocess.DEVNULL,
-                                            stderr=subprocess.PIPE))
+        helpers.start()
 
     def confirm(draft: Draft, audience: int) -> bool:
         people = f"{audience} subscriber" + ("" if audience == 1 else "s")
@@ -432,18 +422,11 @@ def _send(list_name: str, no_collect: bool, yes: bool, resend_uncertain: bool,
 
         request = RunRequest(list_name, collect_first=False, resend_uncertain=resend_uncertain,
                              sandbox=sandbox, join_only=worker, wait_for_issue=wait_for_issue)
-        try:
+        with helpers:
             result = run_list(ctx, request, Events())
-        finally:
-            for helper in helpers:
-                # This process returns once no batch is left and none is held, so a
-                # helper still running is idle: waiting for an issue to join (perhaps
-                # one already sent before it started), or told to stop with us.
-                helper.terminate()
-                _, problem = helper.communicate()
-                if helper.returncode not in (0, -signal.SIGTERM) and sending[0]:
-                    err.print(f"[yellow]a worker exited with status {helper.returncode}:"
-                              f"[/yellow] {problem.decode(errors='replace').strip()[-500:]}")
+    for failed in helpers.failures if sending[0] else []:
+        err.print(f"[yellow]a worker exited with status {failed.returncode}:[/yellow] "
+                  f"{escape(failed.stderr)}")
     for warning in result.warnings:
         err.print(f"[yellow]warning:[/yellow] {warning}")
     if result.declined:
