@@ -12,7 +12,7 @@ import dataclasses
 import os
 import tomllib
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -228,70 +228,89 @@ class LoadedSettings:
     config_path: Path | None
 
 
+def _to_bool(info: SettingInfo, value: Any, source: str, from_text: bool) -> bool:
+    if from_text and isinstance(value, str):
+        lowered = value.strip().lower()
+        if lowered in {"1", "true", "yes", "on"}:
+            return True
+        if lowered in {"0", "false", "no", "off", ""}:
+            return False
+        raise ValueError
+    if not isinstance(value, bool):
+        raise ValueError
+    return value
+
+
+def _to_int(info: SettingInfo, value: Any, source: str, from_text: bool) -> int:
+    if from_text and isinstance(value, str):
+        return int(value.strip().replace("_", ""))
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError
+    return value
+
+
+def _to_float(info: SettingInfo, value: Any, source: str, from_text: bool) -> float:
+    if from_text and isinstance(value, str):
+        return float(value.strip())
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError
+    return float(value)
+
+
+def _to_str(info: SettingInfo, value: Any, source: str, from_text: bool) -> str:
+    if not isinstance(value, str):
+        raise ValueError
+    if info.choices and value not in info.choices:
+        raise ConfigError(f"{value!r} is not one of {', '.join(info.choices)}",
+                          key=info.name, source=source)
+    return value
+
+
+def _to_list(info: SettingInfo, value: Any, source: str, from_text: bool) -> list[str]:
+    if from_text and isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError
+    return list(value)
+
+
+def _to_table(info: SettingInfo, value: Any, source: str, from_text: bool) -> dict[str, Any]:
+    if from_text:
+        raise ConfigError("this setting is a table; set it in digest.toml",
+                          key=info.name, source=source)
+    value_type = typing.get_args(info.type)[1]
+    if not isinstance(value, dict):
+        raise ValueError
+    out: dict[str, Any] = {}
+    for k, v in value.items():
+        if value_type is str and not isinstance(v, str):
+            raise ValueError
+        item = [v] if typing.get_origin(value_type) is list and isinstance(v, str) else v
+        if typing.get_origin(value_type) is list and (
+                not isinstance(item, list) or not all(isinstance(x, str) for x in item)):
+            raise ValueError
+        out[str(k)] = item
+    return out
+
+
+# How a value of each setting type is checked (and, from text, converted): by the type,
+# or for list[…] and dict[…] by its origin.
+_COERCERS: dict[Any, Callable[[SettingInfo, Any, str, bool], Any]] = {
+    bool: _to_bool, int: _to_int, float: _to_float, str: _to_str, list: _to_list,
+    dict: _to_table,
+}
+
+
 def _coerce(info: SettingInfo, value: Any, source: str, *, from_text: bool) -> Any:
     """Check (and, for text from the environment or a flag, convert) one value."""
-    expected = info.type
-    origin = typing.get_origin(expected)
+    coerce = _COERCERS.get(typing.get_origin(info.type) or info.type)
+    if coerce is None:  # pragma: no cover
+        raise AssertionError(f"unsupported setting type {info.type!r}")
     try:
-        if expected is bool:
-            if from_text and isinstance(value, str):
-                lowered = value.strip().lower()
-                if lowered in {"1", "true", "yes", "on"}:
-                    return True
-                if lowered in {"0", "false", "no", "off", ""}:
-                    return False
-                raise ValueError
-            if not isinstance(value, bool):
-                raise ValueError
-            return value
-        if expected is int:
-            if from_text and isinstance(value, str):
-                return int(value.strip().replace("_", ""))
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ValueError
-            return value
-        if expected is float:
-            if from_text and isinstance(value, str):
-                return float(value.strip())
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise ValueError
-            return float(value)
-        if expected is str:
-            if not isinstance(value, str):
-                raise ValueError
-            if info.choices and value not in info.choices:
-                raise ConfigError(
-                    f"{value!r} is not one of {', '.join(info.choices)}",
-                    key=info.name, source=source)
-            return value
-        if origin is list:
-            if from_text and isinstance(value, str):
-                return [part.strip() for part in value.split(",") if part.strip()]
-            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                raise ValueError
-            return list(value)
-        if origin is dict:
-            if from_text:
-                raise ConfigError("this setting is a table; set it in digest.toml",
-                                  key=info.name, source=source)
-            value_type = typing.get_args(expected)[1]
-            if not isinstance(value, dict):
-                raise ValueError
-            out: dict[str, Any] = {}
-            for k, v in value.items():
-                if value_type is str and not isinstance(v, str):
-                    raise ValueError
-                item = [v] if typing.get_origin(value_type) is list and isinstance(v, str) \
-                    else v
-                if typing.get_origin(value_type) is list and (
-                        not isinstance(item, list) or not all(isinstance(x, str) for x in item)):
-                    raise ValueError
-                out[str(k)] = item
-            return out
+        return coerce(info, value, source, from_text)
     except (ValueError, TypeError) as e:
         raise ConfigError(f"expected {info.type_name}, got {value!r}", key=info.name,
                           source=source) from e
-    raise AssertionError(f"unsupported setting type {expected!r}")  # pragma: no cover
 
 
 def find_config_file(explicit: str | Path | None, env: Mapping[str, str],
