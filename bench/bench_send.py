@@ -228,7 +228,7 @@ def write_csv(path: Path, n: int) -> None:
         out.writelines(f"reader{i}@example{i % 97}.org,Reader {i}\n" for i in range(n))
 
 
-def main() -> None:
+def main() -> None:  # noqa: PLR0912, PLR0915 - the benchmark's steps, in the order they run
     if sys.argv[1:2] == ["--floor"]:
         n, port, folder = int(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4])
         preview = json.loads((folder / "preview.json").read_text(encoding="utf-8"))

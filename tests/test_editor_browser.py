@@ -97,7 +97,7 @@ def outbox(site: LiveServer) -> list[email.message.EmailMessage]:
             for p in sorted(folder.rglob("*.eml"))]
 
 
-def test_an_editors_week(site: LiveServer, browser: Any) -> None:
+def test_an_editors_week(site: LiveServer, browser: Any) -> None:  # noqa: PLR0915 - one browser session through the week, step by step
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     page = context.new_page()
     page.goto(site.url + "/login")

@@ -63,7 +63,7 @@ def sent(ctx: Context, list_name: str = "weekly") -> list[bytes]:
 LOOPBACK = ["127.0.0.1/32"]
 
 
-def desk(tmp_path: Path, feed_server: FeedServer, items: list[dict[str, object]], *,
+def desk(tmp_path: Path, feed_server: FeedServer, items: list[dict[str, object]], *,  # noqa: PLR0913 - fixtures, then what each test changes about the list
          language: str = "en", keywords: list[str] | None = None,
          name: str = "weekly", **changes: object) -> Context:
     """A list with one reader and one feed of ``items``, collected."""

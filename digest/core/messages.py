@@ -23,7 +23,7 @@ def domain_of(address: str) -> str:
     return address.rsplit("@", 1)[-1].lower() if "@" in address else "localhost"
 
 
-def compose(*, subject: str, sender: str, to: str, text: str, html: str | None = None,
+def compose(*, subject: str, sender: str, to: str, text: str, html: str | None = None,  # noqa: PLR0913 - keyword-only, one per part or header of a message
             headers: Mapping[str, str] | None = None, message_id: str | None = None,
             reply_to: str | None = None, date: datetime | None = None) -> EmailMessage:
     """One message: a text part, then an HTML alternative when there is one."""

@@ -218,7 +218,7 @@ class GuardedTransport(httpx.AsyncBaseTransport):
             await pool.aclose()
 
 
-def client(policy: AddressPolicy | None, *, timeout: float | httpx.Timeout,
+def client(policy: AddressPolicy | None, *, timeout: float | httpx.Timeout,  # noqa: PLR0913 - keyword-only: httpx's own options
            headers: Mapping[str, str], concurrency: int = 10,
            follow_redirects: bool = False, max_redirects: int = 5) -> httpx.AsyncClient:
     """An httpx client verifying servers with :func:`tls.context`: guarded by ``policy``

@@ -46,7 +46,7 @@ class SMTPTransport(Transport):
     # uncertain to about a second of sending, at no measurable cost.
     batch_size = 100
 
-    def __init__(self, host: str, port: int, *, security: str = "none", username: str = "",
+    def __init__(self, host: str, port: int, *, security: str = "none", username: str = "",  # noqa: PLR0913 - one per smtp_* setting
                  password: str = "", rate: float = 0.0, attempts: int = 5,
                  max_wait: float = 60.0, timeout: float = 60.0,
                  sleep: Callable[[float], None] = time.sleep) -> None:
