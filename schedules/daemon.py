@@ -30,7 +30,7 @@ from digest.services.delivery import claimer_gone, worker_identity
 from digest.services.pipeline import warm_up
 from digest.services.transports import Transport
 from schedules.expressions import WallClockTrigger, parse_expression, slot_key, time_zone
-from schedules.models import Schedule, SchedulerLease, ScheduleRun
+from schedules.models import RunStatus, Schedule, SchedulerLease, ScheduleRun
 from schedules.runner import SlotResult, run_slot
 
 log = logging.getLogger(__name__)
@@ -265,10 +265,11 @@ class Daemon:
                 with session.begin_nested():
                     session.add(ScheduleRun(
                         schedule_id=schedule_id, slot_key=key,
-                        slot_at=event.scheduled_run_time, status="missed", trigger="timer",
+                        slot_at=event.scheduled_run_time, status=RunStatus.MISSED,
+                        trigger="timer",
                         started_at=utcnow(), finished_at=utcnow(), attempts=0, counts={},
                         message="missed by more than the grace time; skipped"))
-                metrics.SCHEDULE_RUNS.labels(schedule.name, "missed").inc()
+                metrics.SCHEDULE_RUNS.labels(schedule.name, RunStatus.MISSED).inc()
             except IntegrityError:
                 pass  # the slot did run (or was recorded) after all
 
@@ -276,7 +277,7 @@ class Daemon:
             slot_at: datetime | None = None) -> SlotResult:
         """Run a slot now (from a job); retry a failure later, as configured."""
         if self.stopping.is_set():
-            return SlotResult("interrupted", "shutting down")
+            return SlotResult(RunStatus.INTERRUPTED, "shutting down")
         transport = self.transport_factory() if self.transport_factory else None
         result = run_slot(self.ctx, schedule_id, slot_at, trigger=trigger,
                           transport=transport, should_stop=self.stopping.is_set,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import JSON, Boolean, ForeignKey, Integer, String, Text, UniqueConstraint
@@ -31,6 +32,21 @@ class Schedule(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
+class RunStatus(StrEnum):
+    """What a slot's run is doing or did (``ScheduleRun.status``, ``SlotResult.status``)."""
+
+    RUNNING = "running"
+    WAITING = "waiting"            # for an editor to approve the issue
+    SENT = "sent"
+    PARTIAL = "partial"            # sent, with failed or uncertain deliveries
+    NOTHING_NEW = "nothing_new"    # no email: nothing new since the last issue
+    NOT_APPROVED = "not_approved"  # no email: not approved in time, or edited since
+    INTERRUPTED = "interrupted"    # stopped at a batch boundary; the next start resumes it
+    FAILED = "failed"
+    MISSED = "missed"              # its grace time passed before a scheduler ran it
+    TAKEN = "taken"                # another run had the slot (a result only, never stored)
+
+
 class ScheduleRun(Base):
     """One slot of a schedule, claimed before any work: the unique key makes it once."""
 
@@ -40,8 +56,7 @@ class ScheduleRun(Base):
     schedule_id: Mapped[int] = mapped_column(ForeignKey("schedules.id", ondelete="CASCADE"))
     slot_key: Mapped[str] = mapped_column(String(40))   # local wall-clock minute
     slot_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    # running, waiting (for approval), sent, nothing_new, not_approved, failed, missed
-    status: Mapped[str] = mapped_column(String(20))
+    status: Mapped[str] = mapped_column(String(20))  # a RunStatus
     trigger: Mapped[str] = mapped_column(String(20), default="timer")  # timer, manual, retry
     claimed_by: Mapped[str | None] = mapped_column(String(200))
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -31,7 +31,7 @@ from digest.services.logs import fields
 from digest.services.pipeline import RunEvents, RunRequest, run_list
 from digest.services.transports import Transport, make_transport
 from schedules.expressions import next_slots, parse_expression, slot_key, time_zone
-from schedules.models import Schedule, ScheduleRun
+from schedules.models import RunStatus, Schedule, ScheduleRun
 from subscribers.models import MailingList
 
 log = logging.getLogger(__name__)
@@ -39,14 +39,14 @@ log = logging.getLogger(__name__)
 LEASE = timedelta(seconds=90)
 RENEW_EVERY = 20.0
 # States a run can be taken over from once its holder is gone.
-TAKEABLE = ("running", "waiting", "interrupted")
+TAKEABLE = (RunStatus.RUNNING, RunStatus.WAITING, RunStatus.INTERRUPTED)
 
 
 @dataclass
 class SlotResult:
     """What running a slot did."""
 
-    status: str   # taken, sent, partial, nothing_new, not_approved, interrupted, failed
+    status: RunStatus
     message: str = ""
     issue_id: int | None = None
     counts: dict[str, int] = field(default_factory=dict)
@@ -55,7 +55,7 @@ class SlotResult:
     @property
     def failed(self) -> bool:
         """Whether the run failed (and may be retried)."""
-        return self.status == "failed"
+        return self.status == RunStatus.FAILED
 
 
 def slots_between(schedule: Schedule, start: datetime, end: datetime) -> list[datetime]:
@@ -114,7 +114,7 @@ def claim(ctx: Context, schedule: Schedule, slot_at: datetime, trigger: str, me:
     try:
         with ctx.db.session() as session:
             run = ScheduleRun(schedule_id=schedule.id, slot_key=key, slot_at=slot_at,
-                              status="running", trigger=trigger, claimed_by=me,
+                              status=RunStatus.RUNNING, trigger=trigger, claimed_by=me,
                               lease_until=now + LEASE, attempts=1, started_at=now,
                               counts={}, message="")
             session.add(run)
@@ -126,7 +126,8 @@ def claim(ctx: Context, schedule: Schedule, slot_at: datetime, trigger: str, me:
         run = session.scalars(select(ScheduleRun).where(
             ScheduleRun.schedule_id == schedule.id, ScheduleRun.slot_key == key)).one()
         takeable = (run.status in TAKEABLE and _gone(run.claimed_by, run.lease_until, now, me))
-        retry = trigger == "retry" and run.status == "failed" and run.attempts < max_attempts
+        retry = (trigger == "retry" and run.status == RunStatus.FAILED
+                 and run.attempts < max_attempts)
         if not (takeable or retry):
             return None
         # Conditional on what we read: of two processes taking over, one wins.
@@ -135,7 +136,7 @@ def claim(ctx: Context, schedule: Schedule, slot_at: datetime, trigger: str, me:
                                       ScheduleRun.status == run.status,
                                       or_(ScheduleRun.claimed_by == run.claimed_by,
                                           ScheduleRun.claimed_by.is_(None)))
-            .values(status="running", claimed_by=me, lease_until=now + LEASE,
+            .values(status=RunStatus.RUNNING, claimed_by=me, lease_until=now + LEASE,
                     attempts=ScheduleRun.attempts + 1, trigger=trigger, finished_at=None)
             .execution_options(synchronize_session=False)
             .returning(ScheduleRun.id)).first()
@@ -191,7 +192,7 @@ def run_slot(ctx: Context, schedule_id: int, slot_at: datetime | None = None, *,
     with ctx.db.session() as session:
         schedule = session.get(Schedule, schedule_id)
         if schedule is None:
-            return SlotResult("failed", f"schedule {schedule_id} no longer exists")
+            return SlotResult(RunStatus.FAILED, f"schedule {schedule_id} no longer exists")
         mailing_list = session.get(MailingList, schedule.list_id)
         assert mailing_list is not None
         session.expunge(schedule)
@@ -199,14 +200,14 @@ def run_slot(ctx: Context, schedule_id: int, slot_at: datetime | None = None, *,
     if slot_at is None:
         slot_at = due_slot(schedule, now)
         if slot_at is None:
-            return SlotResult("failed", "no slot is due")
+            return SlotResult(RunStatus.FAILED, "no slot is due")
     key = slot_key(slot_at, time_zone(schedule.timezone))
     me = worker_identity()
     run_id = claim(ctx, schedule, slot_at, trigger, me, now, max_attempts=max_attempts)
     if run_id is None:
         log.info("slot %s of schedule %s was taken by another run; not running it again",
                  key, schedule.name)
-        return SlotResult("taken", f"slot {key} was already taken")
+        return SlotResult(RunStatus.TAKEN, f"slot {key} was already taken")
     log.info("schedule %s: running slot %s for list %s", schedule.name, key, list_name)
     with _LeaseKeeper(ctx, run_id, me):
         try:
@@ -215,13 +216,13 @@ def run_slot(ctx: Context, schedule_id: int, slot_at: datetime | None = None, *,
                            poll_seconds)
         except Exception as e:  # recorded and logged with the reason, never dropped
             log.exception("schedule %s slot %s failed", schedule.name, key)
-            result = SlotResult("failed", f"{type(e).__name__}: {e}")
+            result = SlotResult(RunStatus.FAILED, f"{type(e).__name__}: {e}")
     result.run_id = run_id
-    finished = None if result.status == "interrupted" else utcnow()
+    finished = None if result.status == RunStatus.INTERRUPTED else utcnow()
     _update(ctx, run_id, me, status=result.status, message=result.message[:2000],
             counts=result.counts, finished_at=finished,
             # An interrupted run lets go at once: the next start takes it over.
-            lease_until=utcnow() if result.status == "interrupted" else utcnow() + LEASE,
+            lease_until=utcnow() if result.status == RunStatus.INTERRUPTED else utcnow() + LEASE,
             **({"issue_id": result.issue_id} if result.issue_id else {}))
     log.info("schedule %s slot %s: %s %s", schedule.name, key, result.status, result.message,
              extra=fields(schedule=schedule.name, slot=key, list=list_name,
@@ -270,19 +271,19 @@ def _work(ctx: Context, schedule: Schedule, list_name: str, list_id: int, run_id
                          allow_empty=not schedule.skip_empty)
     result = run_list(ctx, request, SlotEvents(), transport=transport)
     if result.declined:
-        return SlotResult("not_approved", "the issue changed after it was approved; "
+        return SlotResult(RunStatus.NOT_APPROVED, "the issue changed after it was approved; "
                                           "not sent")
     if result.send is None:
-        return SlotResult("nothing_new", "nothing new since the last issue; no email sent")
+        return SlotResult(RunStatus.NOTHING_NEW, "nothing new since the last issue; no email sent")
     return _sent(result.send)
 
 
 def _sent(report: SendReport) -> SlotResult:
     counts = _counts(report)
     if report.stopped and not report.finished:
-        return SlotResult("interrupted", "stopped at a batch boundary; resumes on the next "
+        return SlotResult(RunStatus.INTERRUPTED, "stopped at a batch boundary; resumes on the next "
                           "start", report.issue_id, counts)
-    status = "sent" if report.ok else "partial"
+    status = RunStatus.SENT if report.ok else RunStatus.PARTIAL
     return SlotResult(status, f"issue {report.number} of {report.list_name}: "
                       + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())),
                       report.issue_id, counts)
@@ -298,7 +299,7 @@ def _wait_for_approval(ctx: Context, schedule: Schedule, list_name: str, list_id
     """
     draft = draft_issue(ctx, list_name)
     if draft is None and schedule.skip_empty:
-        return SlotResult("nothing_new", "nothing new since the last issue; no email sent")
+        return SlotResult(RunStatus.NOTHING_NEW, "nothing new since the last issue; no email sent")
     if draft is not None:
         number = draft.number
     else:
@@ -307,13 +308,13 @@ def _wait_for_approval(ctx: Context, schedule: Schedule, list_name: str, list_id
     deadline = slot_at + timedelta(seconds=schedule.approval_wait_seconds)
     while approval(ctx, list_id, number) is None:
         if utcnow() >= deadline:
-            return SlotResult("not_approved", f"issue {number} of {list_name} was not "
+            return SlotResult(RunStatus.NOT_APPROVED, f"issue {number} of {list_name} was not "
                               f"approved by {deadline:%Y-%m-%d %H:%M} UTC; not sent")
         if should_stop is not None and should_stop():
-            return SlotResult("interrupted", "stopped while waiting for approval")
-        _update(ctx, run_id, me, status="waiting",
+            return SlotResult(RunStatus.INTERRUPTED, "stopped while waiting for approval")
+        _update(ctx, run_id, me, status=RunStatus.WAITING,
                 message=f"waiting for an editor to approve issue {number} until "
                         f"{deadline:%Y-%m-%d %H:%M} UTC")
         time.sleep(min(poll_seconds, max(0.05, (deadline - utcnow()).total_seconds())))
-    _update(ctx, run_id, me, status="running")
+    _update(ctx, run_id, me, status=RunStatus.RUNNING)
     return None

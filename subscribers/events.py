@@ -27,8 +27,8 @@ from digest.errors import DigestError
 from digest.services.db import Database, utcnow
 from digest.services.models import Delivery, WebhookEvent
 from subscribers.addresses import address_hash, address_key
-from subscribers.models import Subscriber, Subscription, Suppression
-from subscribers.subscriptions import unsubscribe
+from subscribers.models import Subscriber, Subscription, SubscriptionStatus, Suppression
+from subscribers.subscriptions import ON_LIST, unsubscribe
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +37,11 @@ TIMESTAMP_HEADER = "X-Twilio-Email-Event-Webhook-Timestamp"
 
 # event → (new status, whether it is about the address everywhere, suppress it)
 STATUS_EVENTS = {
-    "bounce": ("bounced", True, True),
-    "dropped": ("bounced", False, False),
-    "spamreport": ("complained", True, True),
-    "unsubscribe": ("unsubscribed", False, False),
-    "group_unsubscribe": ("unsubscribed", False, False),
+    "bounce": (SubscriptionStatus.BOUNCED, True, True),
+    "dropped": (SubscriptionStatus.BOUNCED, False, False),
+    "spamreport": (SubscriptionStatus.COMPLAINED, True, True),
+    "unsubscribe": (SubscriptionStatus.UNSUBSCRIBED, False, False),
+    "group_unsubscribe": (SubscriptionStatus.UNSUBSCRIBED, False, False),
 }
 COUNT_EVENTS = ("delivered", "open", "click")
 
@@ -112,7 +112,7 @@ def _apply(session: Session, event: Mapping[str, Any]) -> str:
     if kind in STATUS_EVENTS:
         status, everywhere, suppress = STATUS_EVENTS[kind]
         for sub in _subscriptions(session, event, everywhere):
-            if sub.status in ("active", "paused", "pending"):
+            if sub.status in ON_LIST:
                 unsubscribe(session, sub, status=status)
         email = str(event.get("email", ""))
         if suppress and email and session.get(Suppression, address_hash(email)) is None:

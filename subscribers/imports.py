@@ -43,7 +43,7 @@ from digest.services.files import open_private
 from subscribers.addresses import address_hash, address_key, normalize_address
 from subscribers.fields import one_line
 from subscribers.lists import get_list
-from subscribers.models import Subscriber, Subscription, Suppression
+from subscribers.models import Subscriber, Subscription, SubscriptionStatus, Suppression
 from subscribers.subscriptions import refused, segment_of
 
 if TYPE_CHECKING:
@@ -505,7 +505,7 @@ def _add_subscriptions(conn: Connection, list_id: int, source: str,
         if keywords not in forms:
             forms[keywords] = (json.dumps(list(keywords)), segment_of(keywords))
     if postgres:
-        shared = f"\t{list_id}\tactive\t{_copy_text(source)}\t"
+        shared = f"\t{list_id}\t{SubscriptionStatus.ACTIVE}\t{_copy_text(source)}\t"
         texts = {k: f"{_copy_text(keywords)}\t{_copy_text(segment)}"
                  for k, (keywords, segment) in forms.items()}
         _copy(conn, f"subscriptions ({columns})", "".join(
@@ -514,9 +514,9 @@ def _add_subscriptions(conn: Connection, list_id: int, source: str,
     else:  # one statement a chunk, as for the subscribers
         conn.exec_driver_sql(
             f"INSERT INTO subscriptions ({columns}) SELECT json_extract(value, '$[0]'), ?, "
-            "'active', ?, json_extract(value, '$[1]'), json_extract(value, '$[2]'), ?, ?, ? "
+            "?, ?, json_extract(value, '$[1]'), json_extract(value, '$[2]'), ?, ?, ? "
             "FROM json_each(?)",
-            (list_id, source, stamp, stamp, stamp,
+            (list_id, SubscriptionStatus.ACTIVE, source, stamp, stamp, stamp,
              json.dumps([(person, *forms[keywords]) for person, keywords in new])))
 
 
@@ -550,7 +550,7 @@ def _sqlite_time(moment: datetime) -> str:
 
 
 def export_csv(db: Database, list_name: str, out: TextIO, *,
-               status: str | None = "active") -> int:
+               status: str | None = SubscriptionStatus.ACTIVE) -> int:
     """Write a list's subscribers in the import format, each cell spreadsheet-safe (see
     the module docstring); return how many rows."""
     writer = csv.writer(out)

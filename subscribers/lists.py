@@ -14,10 +14,10 @@ from digest.services.db import Database
 from subscribers.fields import one_line
 from subscribers.models import (
     ENTRY_PARTS,
-    STATUSES,
     WHEN_NOTHING_MATCHES,
     MailingList,
     Subscription,
+    SubscriptionStatus,
 )
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,99}$")
@@ -137,6 +137,11 @@ def get_list(session: Session, name: str) -> MailingList:
     return found
 
 
+def _no_subscriptions() -> dict[str, int]:
+    """A count of 0 for every subscription status, in the order lists show them."""
+    return {status: 0 for status in SubscriptionStatus}
+
+
 def summarize_lists(db: Database) -> list[ListSummary]:
     """Every list with its counts of subscriptions by status."""
     with db.session() as session:
@@ -145,8 +150,8 @@ def summarize_lists(db: Database) -> list[ListSummary]:
             .group_by(Subscription.list_id, Subscription.status)).all()
         counts: dict[int, dict[str, int]] = {}
         for list_id, status, n in rows:
-            counts.setdefault(list_id, dict.fromkeys(STATUSES, 0))[status] = n
-        return [ListSummary(m.id, m.name, m.title, counts.get(m.id, dict.fromkeys(STATUSES, 0)),
+            counts.setdefault(list_id, _no_subscriptions())[status] = n
+        return [ListSummary(m.id, m.name, m.title, counts.get(m.id, _no_subscriptions()),
                             m.when_nothing_matches)
                 for m in session.scalars(select(MailingList).order_by(MailingList.name))]
 

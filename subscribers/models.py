@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 
 from sqlalchemy import JSON, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from digest.services.db import Base, UTCDateTime, utcnow
 
-STATUSES = ("pending", "active", "paused", "unsubscribed", "bounced", "complained")
+
+class SubscriptionStatus(StrEnum):
+    """Where a subscription is (``Subscription.status``); only active ones get issues."""
+
+    PENDING = "pending"            # signed up, the confirmation link not yet clicked
+    ACTIVE = "active"
+    PAUSED = "paused"              # the reader paused their emails
+    UNSUBSCRIBED = "unsubscribed"  # left; kept, so nothing revives it
+    BOUNCED = "bounced"            # the address bounced
+    COMPLAINED = "complained"      # the reader marked an issue as spam
+
+
 # Links in emails name a subscription by id for good, and webhook events a subscriber:
 # an id is never handed out twice. PostgreSQL's sequences never go back; SQLite reuses
 # the highest rowid once its row is deleted (a forgotten person's) unless the table is
@@ -68,13 +80,13 @@ class Subscription(Base):
         # Partial on PostgreSQL too (migration 0009); saying so here would load
         # SQLAlchemy's PostgreSQL dialect into every command on SQLite.
         Index("ix_subscriptions_pending", "confirm_sent_at",
-              sqlite_where=text("status = 'pending'")),
+              sqlite_where=text(f"status = '{SubscriptionStatus.PENDING}'")),
         NEVER_REUSED,
     )
     id: Mapped[int] = mapped_column(primary_key=True)
     subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscribers.id", ondelete="CASCADE"))
     list_id: Mapped[int] = mapped_column(ForeignKey("lists.id", ondelete="CASCADE"))
-    status: Mapped[str] = mapped_column(String(20), default="active")
+    status: Mapped[str] = mapped_column(String(20), default=SubscriptionStatus.ACTIVE)
     source: Mapped[str] = mapped_column(String(100), default="cli")
     keywords: Mapped[list[str]] = mapped_column(JSON, default=list)
     # The keywords' matching forms, sorted and ";"-joined: issues render once per segment.

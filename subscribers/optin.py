@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.message import EmailMessage
+from enum import StrEnum
 
 from sqlalchemy import delete, select, update
 
@@ -22,7 +23,7 @@ from digest.services.transports import Transport, make_transport
 from subscribers.addresses import normalize_address
 from subscribers.fields import one_line
 from subscribers.lists import get_list
-from subscribers.models import MailingList, Subscriber, Subscription
+from subscribers.models import MailingList, Subscriber, Subscription, SubscriptionStatus
 from subscribers.subscriptions import (
     clean_keywords,
     find_subscription,
@@ -36,18 +37,27 @@ log = logging.getLogger(__name__)
 
 # A person who left on their own may come back by confirming again; a bounced or
 # complained address, or a forgotten person, may not.
-MAY_REJOIN = ("pending", "unsubscribed", "paused")
+MAY_REJOIN = (SubscriptionStatus.PENDING, SubscriptionStatus.UNSUBSCRIBED,
+              SubscriptionStatus.PAUSED)
+
+
+class OptIn(StrEnum):
+    """What a subscribe request did."""
+
+    SENT = "sent"            # a confirmation link went out
+    ALREADY = "already"      # the subscription is active
+    REFUSED = "refused"      # suppressed, bounced or complained
+    THROTTLED = "throttled"  # a confirmation went out just now
 
 
 @dataclass(frozen=True)
 class OptInResult:
-    """What a subscribe request did: sent (a confirmation), already (active), refused
-    (suppressed, bounced or complained) or throttled (a confirmation went out just now).
+    """What a subscribe request did, and to which address.
 
     The public form answers the same for all of them, so it tells nobody who is subscribed.
     """
 
-    outcome: str
+    outcome: OptIn
     email: str
 
 
@@ -62,22 +72,22 @@ def request_subscription(ctx: Context, list_name: str, email: str, *, name: str 
     with ctx.db.session() as session:
         mailing_list = get_list(session, list_name)
         if is_suppressed(session, address):
-            return OptInResult("refused", address)
+            return OptInResult(OptIn.REFUSED, address)
         # A form anyone can fill in never renames someone already known.
         person = person_for(session, address, name=one_line(name, most=300), now=now)
         sub = find_subscription(session, person.id, mailing_list.id)
-        if sub is not None and sub.status == "active":
-            return OptInResult("already", person.email)
+        if sub is not None and sub.status == SubscriptionStatus.ACTIVE:
+            return OptInResult(OptIn.ALREADY, person.email)
         if sub is not None and sub.status not in MAY_REJOIN:
-            return OptInResult("refused", person.email)
-        if (sub is not None and sub.status == "pending" and sub.confirm_sent_at
-                and now - sub.confirm_sent_at < resend_after):
-            return OptInResult("throttled", person.email)
+            return OptInResult(OptIn.REFUSED, person.email)
+        if (sub is not None and sub.status == SubscriptionStatus.PENDING
+                and sub.confirm_sent_at and now - sub.confirm_sent_at < resend_after):
+            return OptInResult(OptIn.THROTTLED, person.email)
         if sub is None:
             sub = Subscription(subscriber_id=person.id, list_id=mailing_list.id,
                                created_at=now, source=source)
             session.add(sub)
-        sub.status, sub.confirm_sent_at, sub.updated_at = "pending", now, now
+        sub.status, sub.confirm_sent_at, sub.updated_at = SubscriptionStatus.PENDING, now, now
         if keywords:
             chosen = clean_keywords(keywords)
             sub.keywords, sub.segment = chosen, segment_of(chosen)
@@ -86,7 +96,7 @@ def request_subscription(ctx: Context, list_name: str, email: str, *, name: str 
     with transport or make_transport(ctx.settings) as sender:
         sender.send_message(message)
     log.info("confirmation sent for list %s (subscription %s)", list_name, sub.id)
-    return OptInResult("sent", person.email)
+    return OptInResult(OptIn.SENT, person.email)
 
 
 def confirmation_message(ctx: Context, mailing_list: MailingList, person: Subscriber,
@@ -130,11 +140,11 @@ def confirm_subscription(ctx: Context, token: str, *, now: datetime | None = Non
             raise InvalidToken("this confirmation link has expired; subscribe again")
         mailing_list = session.get(MailingList, sub.list_id)
         assert mailing_list is not None
-        if sub.status == "active":
+        if sub.status == SubscriptionStatus.ACTIVE:
             return Confirmed(mailing_list.title, already=True)
-        if sub.status != "pending":
+        if sub.status != SubscriptionStatus.PENDING:
             raise InvalidToken("this subscription can no longer be confirmed")
-        sub.status, sub.confirmed_at, sub.updated_at = "active", now, now
+        sub.status, sub.confirmed_at, sub.updated_at = SubscriptionStatus.ACTIVE, now, now
         return Confirmed(mailing_list.title, already=False)
 
 
@@ -142,13 +152,14 @@ def expire_pending(ctx: Context, *, now: datetime | None = None) -> int:
     """Delete subscriptions left unconfirmed too long; return how many."""
     now = now or utcnow()
     cutoff = now - timedelta(hours=ctx.settings.confirm_expiry_hours)
-    stale = (Subscription.status == "pending", Subscription.confirm_sent_at < cutoff)
+    stale = (Subscription.status == SubscriptionStatus.PENDING,
+             Subscription.confirm_sent_at < cutoff)
     with ctx.db.session() as session:
         # Someone who had left and asked to come back, but never confirmed, stays left:
         # deleting the record would let an import revive them.
         session.execute(update(Subscription).where(
             *stale, Subscription.unsubscribed_at.is_not(None))
-            .values(status="unsubscribed", updated_at=now)
+            .values(status=SubscriptionStatus.UNSUBSCRIBED, updated_at=now)
             .execution_options(synchronize_session=False))
         ids = list(session.scalars(select(Subscription.id).where(*stale)))
         if ids:

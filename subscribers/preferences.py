@@ -16,9 +16,12 @@ from sqlalchemy.orm import Session
 from digest.core.grouping import keyword_key
 from digest.services.db import Database, utcnow
 from digest.services.models import Entry
-from subscribers.models import MailingList, Subscriber, Subscription
-from subscribers.subscriptions import clean_keywords, segment_of, unsubscribe
+from subscribers.models import MailingList, Subscriber, Subscription, SubscriptionStatus
+from subscribers.subscriptions import LEFT, ON_LIST, clean_keywords, segment_of, unsubscribe
 from subscribers.tokens import InvalidToken
+
+# Confirmed subscriptions a reader can pause and resume, and choose topics for.
+CONFIRMED = (SubscriptionStatus.ACTIVE, SubscriptionStatus.PAUSED)
 
 
 @dataclass(frozen=True)
@@ -44,7 +47,7 @@ def one_click_unsubscribe(db: Database, subscription_id: int, *,
         sub = _subscription(session, subscription_id)
         mailing_list = session.get(MailingList, sub.list_id)
         assert mailing_list is not None
-        if sub.status in ("bounced", "complained"):
+        if sub.status in (SubscriptionStatus.BOUNCED, SubscriptionStatus.COMPLAINED):
             return Left(mailing_list.title, False)
         return Left(mailing_list.title, unsubscribe(session, sub, now=now))
 
@@ -59,6 +62,21 @@ class PreferencesView:
     keywords: list[str]
     choices: list[str]
     other_lists: list[str]
+
+    @property
+    def paused(self) -> bool:
+        """Whether the reader paused their emails."""
+        return self.status == SubscriptionStatus.PAUSED
+
+    @property
+    def confirmed(self) -> bool:
+        """Whether the reader may choose topics and pause (active or paused)."""
+        return self.status in CONFIRMED
+
+    @property
+    def left(self) -> bool:
+        """Whether the subscription ended (unsubscribed, bounced or complained)."""
+        return self.status in LEFT
 
 
 def keyword_choices(db: Database, configured: Sequence[str], *, days: int = 90,
@@ -88,7 +106,7 @@ def preferences(db: Database, subscription_id: int,
         others = [title for title, in session.execute(
             select(MailingList.title).join(Subscription, Subscription.list_id == MailingList.id)
             .where(Subscription.subscriber_id == person.id, Subscription.id != sub.id,
-                   Subscription.status.in_(("active", "paused"))))]
+                   Subscription.status.in_(CONFIRMED)))]
         email, title, status, keywords = (person.email, mailing_list.title, sub.status,
                                           list(sub.keywords))
     choices: list[str] = []
@@ -106,12 +124,12 @@ def save_preferences(db: Database, subscription_id: int, *, keywords: Sequence[s
     now = now or utcnow()
     with db.session() as session:
         sub = _subscription(session, subscription_id)
-        if sub.status not in ("active", "paused"):
+        if sub.status not in CONFIRMED:
             raise InvalidToken(f"this subscription is {sub.status}; subscribe again to "
                                "choose topics")
         cleaned = clean_keywords(keywords)
         sub.keywords, sub.segment = cleaned, segment_of(cleaned)
-        sub.status = "paused" if paused else "active"
+        sub.status = SubscriptionStatus.PAUSED if paused else SubscriptionStatus.ACTIVE
         sub.updated_at = now
         return sub.status
 
@@ -124,6 +142,6 @@ def leave_every_list(db: Database, subscription_id: int, *,
         changed = 0
         for other in session.scalars(select(Subscription).where(
                 Subscription.subscriber_id == sub.subscriber_id,
-                Subscription.status.in_(("active", "paused", "pending")))):
+                Subscription.status.in_(ON_LIST))):
             changed += unsubscribe(session, other, now=now)
         return changed

@@ -17,10 +17,13 @@ from digest.services.models import delete_deliveries
 from subscribers.addresses import address_hash, address_key, normalize_address
 from subscribers.fields import one_line
 from subscribers.lists import get_list
-from subscribers.models import Subscriber, Subscription, Suppression
+from subscribers.models import Subscriber, Subscription, SubscriptionStatus, Suppression
 
-RECEIVING = "active"
-LEFT = ("unsubscribed", "bounced", "complained")
+# Those who left a list: they are never subscribed again by an add or an import.
+LEFT = (SubscriptionStatus.UNSUBSCRIBED, SubscriptionStatus.BOUNCED,
+        SubscriptionStatus.COMPLAINED)
+# Those still on a list (a sign-up awaiting confirmation too): leaving changes them.
+ON_LIST = (SubscriptionStatus.ACTIVE, SubscriptionStatus.PAUSED, SubscriptionStatus.PENDING)
 
 
 def segment_of(keywords: Sequence[str]) -> str:
@@ -100,7 +103,8 @@ def is_suppressed(session: Session, email: str) -> bool:
 
 
 def subscribe(session: Session, list_id: int, email: str, *, name: str = "",
-              keywords: Sequence[str] = (), source: str = "cli", status: str = RECEIVING,
+              keywords: Sequence[str] = (), source: str = "cli",
+              status: SubscriptionStatus = SubscriptionStatus.ACTIVE,
               now: datetime | None = None) -> AddResult:
     """Subscribe one (already normalized) address; never revive one that left or is suppressed."""
     now = now or utcnow()
@@ -114,7 +118,8 @@ def subscribe(session: Session, list_id: int, email: str, *, name: str = "",
         sub = Subscription(subscriber_id=person.id, list_id=list_id, status=status,
                            source=source, keywords=list(keywords),
                            segment=segment_of(keywords), created_at=now,
-                           updated_at=now, confirmed_at=now if status == RECEIVING else None)
+                           updated_at=now,
+                           confirmed_at=now if status == SubscriptionStatus.ACTIVE else None)
         session.add(sub)
         session.flush()
         return AddResult("added", sub.id, person.email)
@@ -145,7 +150,8 @@ def add_subscriber(db: Database, list_name: str, email: str, *, name: str = "",
         raise InvalidInputError(f"{display} was added concurrently; try again") from e
 
 
-def unsubscribe(session: Session, subscription: Subscription, *, status: str = "unsubscribed",
+def unsubscribe(session: Session, subscription: Subscription, *,
+                status: SubscriptionStatus = SubscriptionStatus.UNSUBSCRIBED,
                 now: datetime | None = None) -> bool:
     """Mark a subscription as left; True if it changed. It is kept, so nothing revives it."""
     if subscription.status == status:

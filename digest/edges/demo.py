@@ -24,6 +24,7 @@ from digest.services.building import draft_issue, write_preview_files
 from digest.services.collect import add_feed, collect
 from digest.services.context import Context
 from digest.services.db import utcnow
+from digest.services.models import DeliveryStatus
 from digest.services.pipeline import RunEvents, RunRequest, run_list
 from digest.settings import load_settings
 from subscribers.lists import create_list, edit_list
@@ -232,8 +233,9 @@ def run_demo(directory: Path, *, console: Console, interactive: bool = False,
                               _Progress(update), now=now)
         assert result.send is not None
         counts = result.send.counts
-        console.print(f"Sent: {counts['accepted']} accepted, {counts['failed']} failed, "
-                      f"{counts['skipped']} skipped.")
+        console.print(f"Sent: {counts[DeliveryStatus.ACCEPTED]} accepted, "
+                      f"{counts[DeliveryStatus.FAILED]} failed, "
+                      f"{counts[DeliveryStatus.SKIPPED]} skipped.")
         emails = sorted((directory / "outbox").glob(f"{DEMO_LIST}-*/*.eml"))
     finally:
         ctx.close()

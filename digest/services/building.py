@@ -40,6 +40,7 @@ from digest.services.models import (
     Issue,
     IssueEdit,
     IssueEntry,
+    IssueStatus,
 )
 from subscribers.lists import get_list
 from subscribers.models import MailingList
@@ -174,7 +175,7 @@ def new_items(session: Session, list_id: int, *, since: datetime) -> list[Item]:
             for e, source in rows]
 
 
-SENT_OR_SENDING = ("sending", "sent")
+SENT_OR_SENDING = (IssueStatus.SENDING, IssueStatus.SENT)
 
 
 def held_entry_ids(list_id: int) -> Select[Any]:

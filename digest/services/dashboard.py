@@ -12,7 +12,7 @@ from digest.services.collect import FeedSummary, list_feeds
 from digest.services.context import Context
 from digest.services.db import utcnow
 from digest.services.models import Entry
-from digest.services.reports import issue_rows
+from digest.services.reports import IssueRow, issue_rows
 from schedules.service import ScheduleView, list_schedules
 from subscribers.lists import ListSummary, summarize_lists
 
@@ -31,7 +31,7 @@ class Dashboard:
 
     lists: list[ListSummary]
     schedules: list[ScheduleView]
-    issues: list[tuple[str, ...]]
+    issues: list[IssueRow]
     feeds: list[FeedHealth]
     per_day: list[tuple[date, int]]  # new entries per day, oldest first
 

@@ -50,9 +50,13 @@ from digest.services.db import among, utcnow
 from digest.services.models import (
     ACCEPTED,
     FAILED,
+    HELD,
     UNCERTAIN,
+    BatchStatus,
     Delivery,
+    DeliveryStatus,
     Issue,
+    IssueStatus,
     IssueVariant,
     SendBatch,
     deliveries_by_status,
@@ -70,7 +74,7 @@ from digest.services.transports.base import (
     OutgoingRecipient,
     Transport,
 )
-from subscribers.models import MailingList, Subscriber, Subscription
+from subscribers.models import MailingList, Subscriber, Subscription, SubscriptionStatus
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +165,7 @@ def _pending_between(issue_id: int | BindParameter[int], first_id: int | BindPar
                      last_id: int | BindParameter[int]) -> ColumnElement[bool]:
     """Pending deliveries of an issue among the ids ``first_id``…``last_id``."""
     return and_(Delivery.id.between(first_id, last_id), _of_issue(issue_id),
-                Delivery.status == "pending")
+                Delivery.status == DeliveryStatus.PENDING)
 
 
 # The statements a batch runs are built once (on first use), with bound parameters:
@@ -298,15 +302,16 @@ def settle_abandoned(ctx: Context, issue: OutgoingIssue, transport: Transport,
             select(SendBatch.id, SendBatch.status, SendBatch.claimed_by,
                    SendBatch.lease_until, SendBatch.first_id, SendBatch.last_id)
             .where(SendBatch.issue_id == issue.issue_id,
-                   SendBatch.status.in_(("claimed", "sending")))).all()
+                   SendBatch.status.in_(HELD))).all()
     confirmed_total = uncertain_total = 0
     make = RecipientMaker(ctx, issue)
     for batch_id, status, by, lease, first_id, last_id in held:
         if by == me or not claimer_gone(by, lease, now):
             continue
-        if status == "claimed":
+        if status == BatchStatus.CLAIMED:
             with ctx.db.engine.begin() as conn:
-                _move_batch(conn, batch_id, "pending", now, only_from="claimed", holder=by)
+                _move_batch(conn, batch_id, BatchStatus.PENDING, now,
+                            only_from=BatchStatus.CLAIMED, holder=by)
             continue
         with ctx.db.engine.begin() as conn:
             rows = _pending_rows(conn, issue.issue_id, first_id, last_id)
@@ -315,12 +320,15 @@ def settle_abandoned(ctx: Context, issue: OutgoingIssue, transport: Transport,
         confirmed = transport.already_sent(issue, recipients)
         unsure = [r.delivery_id for r in recipients if r.delivery_id not in confirmed]
         with ctx.db.engine.begin() as conn:
-            _set_status(ctx, conn, sorted(confirmed), ACCEPTED, now=now, only_from="pending",
+            _set_status(ctx, conn, sorted(confirmed), ACCEPTED, now=now,
+                        only_from=DeliveryStatus.PENDING,
                         count_attempt=True)
-            _set_status(ctx, conn, unsure, UNCERTAIN, now=now, only_from="pending",
+            _set_status(ctx, conn, unsure, UNCERTAIN, now=now,
+                        only_from=DeliveryStatus.PENDING,
                         count_attempt=True,
                         error="the send stopped while this message was being handed over")
-            _move_batch(conn, batch_id, "done", now, only_from="sending", holder=by)
+            _move_batch(conn, batch_id, BatchStatus.DONE, now, only_from=BatchStatus.SENDING,
+                        holder=by)
         confirmed_total += len(confirmed)
         uncertain_total += len(unsure)
     if uncertain_total:
@@ -347,9 +355,9 @@ def claim_batch(ctx: Context, conn: Connection, issue_id: int, me: str,
 def _claim(postgres: bool) -> ReturningUpdate[int, int, int]:
     candidate = (select(SendBatch.id)
                  .where(SendBatch.issue_id == bindparam("of_issue"),
-                        SendBatch.status == "pending")
+                        SendBatch.status == BatchStatus.PENDING)
                  .order_by(SendBatch.id).limit(1))
-    claim = update(SendBatch).values(status="claimed", claimed_by=bindparam("me"),
+    claim = update(SendBatch).values(status=BatchStatus.CLAIMED, claimed_by=bindparam("me"),
                                      lease_until=bindparam("lease"),
                                      updated_at=bindparam("at"))
     if postgres:
@@ -358,7 +366,7 @@ def _claim(postgres: bool) -> ReturningUpdate[int, int, int]:
         claim = claim.where(SendBatch.id == picked.c.id)
     else:
         claim = claim.where(SendBatch.id.in_(candidate.scalar_subquery()))
-    return claim.where(SendBatch.status == "pending").returning(
+    return claim.where(SendBatch.status == BatchStatus.PENDING).returning(
         SendBatch.id, SendBatch.first_id, SendBatch.last_id)
 
 
@@ -376,7 +384,7 @@ def pending_in_held_batches(ctx: Context, issue_id: int) -> int:
     """
     with ctx.db.session() as session:
         ranges = session.execute(select(SendBatch.first_id, SendBatch.last_id).where(
-            SendBatch.issue_id == issue_id, SendBatch.status != "done")).all()
+            SendBatch.issue_id == issue_id, SendBatch.status != BatchStatus.DONE)).all()
         return sum(session.scalar(
             select(func.count()).select_from(Delivery)
             .where(_pending_between(issue_id, first, last))) or 0 for first, last in ranges)
@@ -404,14 +412,15 @@ def deliver(ctx: Context, issue_id: int, transport: Transport, *,
     # every module). Frozen, the objects that exist now are left out of those walks until
     # the send ends: 11.0 s → 9.4 s for 300,000 recipients.
     gc.freeze()
-    started, outcome = time.perf_counter(), "failed"
+    started, outcome = time.perf_counter(), metrics.SendOutcome.FAILED
     try:
         _deliver(ctx, issue, report, transport, me, resend_uncertain=resend_uncertain,
                  on_progress=on_progress, should_stop=should_stop, now=now, sleep=sleep)
         # Told to stop only once the issue was done (a helper let go at the end): not a
         # stopped send.
         stopped = report.stopped and not report.finished
-        outcome = "stopped" if stopped else "ok" if report.ok else "failed"
+        outcome = (metrics.SendOutcome.STOPPED if stopped else metrics.SendOutcome.OK
+                   if report.ok else metrics.SendOutcome.FAILED)
         return report
     finally:
         gc.unfreeze()
@@ -460,14 +469,14 @@ def _deliver(ctx: Context, issue: OutgoingIssue, report: SendReport, transport: 
             with ctx.db.session() as session:
                 moved = session.scalars(update(Delivery).where(
                     Delivery.issue_id == issue_id, Delivery.status == UNCERTAIN)
-                    .values(status="pending", error=None, updated_at=now())
+                    .values(status=DeliveryStatus.PENDING, error=None, updated_at=now())
                     .execution_options(synchronize_session=False)
                     .returning(Delivery.id)).first()
                 if moved is not None:
                     add_batches(session, issue_id, batch_size(ctx.settings), now())
         tally = counts(ctx, issue_id)
         total = sum(tally.values())
-        done = total - tally["pending"]
+        done = total - tally[DeliveryStatus.PENDING]
         waiting = 0.02  # seconds before looking again at batches other senders hold
         with _HandOvers(run) as hand_overs:
             while True:
@@ -502,7 +511,7 @@ def _deliver(ctx: Context, issue: OutgoingIssue, report: SendReport, transport: 
     report.counts, report.finished = _close_run(ctx, issue_id, now())
     report.failures = failures(ctx, issue_id, tally=report.counts)
     if on_progress:
-        on_progress(total - report.counts["pending"], total)
+        on_progress(total - report.counts[DeliveryStatus.PENDING], total)
     return report
 
 
@@ -519,13 +528,13 @@ def _close_run(ctx: Context, issue_id: int, now: datetime) -> tuple[Counter[str]
                         .execution_options(synchronize_session=False))
         tally = deliveries_by_status(session, issue_id)
         held = session.scalar(held_batches(issue_id))
-        finished = not tally["pending"] and not held
+        finished = not tally[DeliveryStatus.PENDING] and not held
         session.execute(update(Issue).where(Issue.id == issue_id).values(counts=dict(tally))
                         .execution_options(synchronize_session=False))
         if finished:
             session.execute(update(Issue).where(Issue.id == issue_id,
-                                                Issue.status == "sending")
-                            .values(status="sent", sent_at=now)
+                                                Issue.status == IssueStatus.SENDING)
+                            .values(status=IssueStatus.SENT, sent_at=now)
                             .execution_options(synchronize_session=False))
     return tally, finished
 
@@ -597,8 +606,8 @@ class _HandOvers:
             return current, current.outcomes.result()
         except DeliveryError:
             with self.run.step() as conn:
-                _move_batch(conn, current.claim.batch_id, "pending", self.run.now(),
-                            only_from="sending", holder=self.run.me)
+                _move_batch(conn, current.claim.batch_id, BatchStatus.PENDING, self.run.now(),
+                            only_from=BatchStatus.SENDING, holder=self.run.me)
             raise
 
     def record(self, conn: Connection, finished: tuple[_InFlight, list[Outcome]] | None
@@ -611,8 +620,8 @@ class _HandOvers:
         run = self.run
         _record(run.ctx, conn, outcomes, run.now())
         if current.last:  # the outcomes and the batch's end in one transaction
-            _move_batch(conn, current.claim.batch_id, "done", run.now(),
-                        only_from="sending", holder=run.me)
+            _move_batch(conn, current.claim.batch_id, BatchStatus.DONE, run.now(),
+                        only_from=BatchStatus.SENDING, holder=run.me)
         run.batch_seconds.observe(time.perf_counter() - current.handed)
         by_outcome = Counter(o.status for o in outcomes)
         for status, n in by_outcome.items():
@@ -633,11 +642,11 @@ def _send_claimed(run: _Run, claim: Claim, rows: list[Row], hand_overs: _HandOve
     after the one in flight, recording that one's outcomes. Return how many were
     accepted of what was recorded."""
     ctx, now = run.ctx, run.now
-    left = [r[0] for r in rows if r[5] != "active"]
+    left = [r[0] for r in rows if r[5] != SubscriptionStatus.ACTIVE]
     # Keyword segments get their own rendering; a batch rarely spans more than one.
     groups: dict[int | None, list[OutgoingRecipient]] = {}
     for d, sub, subn, email, name, status, variant in rows:
-        if status == "active":
+        if status == SubscriptionStatus.ACTIVE:
             groups.setdefault(variant, []).append(run.make(d, sub, subn, email, name))
     prepared = [run.transport.prepare_batch(variant_issue(ctx, run.issue, variant,
                                                           run.variants), recipients)
@@ -646,7 +655,8 @@ def _send_claimed(run: _Run, claim: Claim, rows: list[Row], hand_overs: _HandOve
         finished = hand_overs.outcomes()
     except DeliveryError:
         with run.step() as conn:  # never handed over: for another run
-            _move_batch(conn, claim.batch_id, "pending", now(), only_from="claimed",
+            _move_batch(conn, claim.batch_id, BatchStatus.PENDING, now(),
+                        only_from=BatchStatus.CLAIMED,
                         holder=run.me)
         raise
     # Committed before the hand-over: after a crash this batch reads "maybe sent". If the
@@ -654,16 +664,19 @@ def _send_claimed(run: _Run, claim: Claim, rows: list[Row], hand_overs: _HandOve
     lease = now() + timedelta(seconds=ctx.settings.send_lease_seconds)
     with run.step() as conn:
         accepted = hand_overs.record(conn, finished)
-        _set_status(ctx, conn, left, "skipped", now=now(), only_from="pending",
+        _set_status(ctx, conn, left, DeliveryStatus.SKIPPED, now=now(),
+                    only_from=DeliveryStatus.PENDING,
                     error="no longer subscribed when the batch was sent")
-        if not _move_batch(conn, claim.batch_id, "sending", now(), only_from="claimed",
+        if not _move_batch(conn, claim.batch_id, BatchStatus.SENDING, now(),
+                           only_from=BatchStatus.CLAIMED,
                            holder=run.me, claimer=run.me, lease=lease):
             return accepted
         if not prepared:
-            _move_batch(conn, claim.batch_id, "done", now(), only_from="sending",
+            _move_batch(conn, claim.batch_id, BatchStatus.DONE, now(),
+                        only_from=BatchStatus.SENDING,
                         holder=run.me)
     if left:
-        metrics.RECIPIENTS.labels(run.issue.list_name, "skipped").inc(len(left))
+        metrics.RECIPIENTS.labels(run.issue.list_name, DeliveryStatus.SKIPPED).inc(len(left))
     last = len(prepared) - 1
     for i, hand_over in enumerate(prepared):
         if i:  # a batch's later segments go after its earlier ones are recorded

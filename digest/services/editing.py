@@ -38,7 +38,7 @@ from digest.services.models import Entry, IssueEdit
 from digest.services.transports import Transport, make_transport
 from subscribers.addresses import normalize_address
 from subscribers.lists import get_list
-from subscribers.models import Subscription
+from subscribers.models import Subscription, SubscriptionStatus
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,8 @@ def segments(ctx: Context, list_name: str) -> list[tuple[str, int]]:
         list_id = get_list(session, list_name).id
         return [(segment, n) for segment, n in session.execute(
             select(Subscription.segment, func.count())
-            .where(Subscription.list_id == list_id, Subscription.status == "active")
+            .where(Subscription.list_id == list_id,
+                   Subscription.status == SubscriptionStatus.ACTIVE)
             .group_by(Subscription.segment).order_by(func.count().desc()).limit(50))]
 
 

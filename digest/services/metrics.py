@@ -13,6 +13,7 @@ never an address or a token.
 from __future__ import annotations
 
 import os
+from enum import StrEnum
 from pathlib import Path
 
 from prometheus_client import (
@@ -28,6 +29,15 @@ from prometheus_client import (
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class SendOutcome(StrEnum):
+    """How a send run ended (the ``outcome`` label of ``SENDS``)."""
+
+    OK = "ok"            # every delivery accepted
+    FAILED = "failed"    # some failed or are uncertain, or the run raised
+    STOPPED = "stopped"  # told to stop before the issue was done
+
 
 SENDS = Counter("digest_sends", "Send runs by how they ended (ok, failed, stopped).",
                 ["list", "outcome"])

@@ -115,6 +115,14 @@ class EntryKey(Base):
                                           index=True)
 
 
+class IssueStatus(StrEnum):
+    """Where an issue is (``Issue.status``): sending → sent; a sandbox issue stays one."""
+
+    SENDING = "sending"  # recorded, its deliveries being handed over
+    SENT = "sent"        # every delivery has an outcome and no sender holds a batch
+    SANDBOX = "sandbox"  # a send validated in sandbox mode, deleted at the list's next run
+
+
 class Issue(Base):
     """One edition of a list's digest."""
 
@@ -123,7 +131,7 @@ class Issue(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     list_id: Mapped[int] = mapped_column(ForeignKey("lists.id", ondelete="CASCADE"))
     number: Mapped[int] = mapped_column(Integer)
-    status: Mapped[str] = mapped_column(String(20), default="sending")  # sending, sent
+    status: Mapped[str] = mapped_column(String(20), default=IssueStatus.SENDING)
     subject: Mapped[str] = mapped_column(Text)
     intro: Mapped[str] = mapped_column(Text, default="")
     html: Mapped[str] = mapped_column(Text)
@@ -255,8 +263,19 @@ class IssueEntry(Base):
     position: Mapped[int] = mapped_column(Integer)
 
 
-# What a transport made of a delivery (``Delivery.status``, besides pending and skipped).
-ACCEPTED, FAILED, UNCERTAIN = "accepted", "failed", "uncertain"
+class DeliveryStatus(StrEnum):
+    """Where one delivery is (``Delivery.status``)."""
+
+    PENDING = "pending"      # waiting for its batch to be handed over
+    ACCEPTED = "accepted"    # the transport took it
+    FAILED = "failed"        # the transport refused it
+    UNCERTAIN = "uncertain"  # handed over, but no answer came: not retried on its own
+    SKIPPED = "skipped"      # the subscriber left, or nothing matched their keywords
+
+
+# The outcomes a transport reports for a delivery (the transports' contract).
+ACCEPTED, FAILED, UNCERTAIN = (DeliveryStatus.ACCEPTED, DeliveryStatus.FAILED,
+                               DeliveryStatus.UNCERTAIN)
 
 
 class Delivery(Base):
@@ -289,7 +308,7 @@ class Delivery(Base):
     subscription_id: Mapped[int] = mapped_column(Integer)
     # The keyword segment's version of the issue; None for the full issue.
     variant_id: Mapped[int | None] = mapped_column(Integer)
-    status: Mapped[str] = mapped_column(String(20), default="pending")
+    status: Mapped[str] = mapped_column(String(20), default=DeliveryStatus.PENDING)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     message_id: Mapped[str | None] = mapped_column(String(300))
     error: Mapped[str | None] = mapped_column(Text)
@@ -298,6 +317,15 @@ class Delivery(Base):
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     opens: Mapped[int] = mapped_column(Integer, default=0)
     clicks: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class BatchStatus(StrEnum):
+    """Where a batch of deliveries is (``SendBatch.status``)."""
+
+    PENDING = "pending"  # no sender has it
+    CLAIMED = "claimed"  # leased by a sender, not yet handed over
+    SENDING = "sending"  # being handed to the transport
+    DONE = "done"        # its deliveries have their outcomes
 
 
 class SendBatch(Base):
@@ -314,7 +342,7 @@ class SendBatch(Base):
     issue_id: Mapped[int] = mapped_column(ForeignKey("issues.id", ondelete="CASCADE"))
     first_id: Mapped[int] = mapped_column(Integer)
     last_id: Mapped[int] = mapped_column(Integer)
-    status: Mapped[str] = mapped_column(String(20), default="pending")
+    status: Mapped[str] = mapped_column(String(20), default=BatchStatus.PENDING)
     claimed_by: Mapped[str | None] = mapped_column(String(200))
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -339,10 +367,14 @@ def deliveries_by_status(session: Session, issue_id: int) -> Counter[str]:
         .group_by(Delivery.status)).all()))
 
 
+# The states of a batch some sender holds.
+HELD = (BatchStatus.CLAIMED, BatchStatus.SENDING)
+
+
 def held_batches(issue_id: int) -> Select[int]:
     """The count of an issue's batches some sender holds (claimed or being handed over)."""
     return select(func.count()).select_from(SendBatch).where(
-        SendBatch.issue_id == issue_id, SendBatch.status.in_(("claimed", "sending")))
+        SendBatch.issue_id == issue_id, SendBatch.status.in_(HELD))
 
 
 def get_issue(session: Session, issue_id: int) -> tuple[Issue, MailingList]:

@@ -18,6 +18,7 @@ from digest.services.db import utcnow
 from digest.services.delivery import SendReport, deliver
 from digest.services.fetch import FetchResult
 from digest.services.logs import fields
+from digest.services.models import IssueStatus
 from digest.services.recording import (
     IssueTaken,
     audience_size,
@@ -157,7 +158,8 @@ def run_list(ctx: Context, request: RunRequest, events: RunEvents = NO_EVENTS, *
     started = time.perf_counter()
     try:
         issue_id = record_issue(ctx, draft, now=now,
-                                status="sandbox" if request.sandbox else "sending")
+                                status=IssueStatus.SANDBOX if request.sandbox
+                                else IssueStatus.SENDING)
     except IssueTaken:
         if request.sandbox:
             raise

@@ -30,15 +30,18 @@ from digest.services.building import Draft, plan_segments
 from digest.services.context import Context
 from digest.services.db import utcnow
 from digest.services.models import (
+    BatchStatus,
     Delivery,
+    DeliveryStatus,
     Issue,
     IssueEntry,
+    IssueStatus,
     IssueVariant,
     SendBatch,
     delete_deliveries,
 )
 from digest.services.transports import batch_size
-from subscribers.models import Subscription
+from subscribers.models import Subscription, SubscriptionStatus
 
 
 def section_summary(sections: list[Section]) -> list[dict[str, Any]]:
@@ -51,7 +54,7 @@ class IssueTaken(DigestError):
 
 
 def record_issue(ctx: Context, draft: Draft, *, now: datetime | None = None,
-                 status: str = "sending") -> int:
+                 status: IssueStatus = IssueStatus.SENDING) -> int:
     """Record the issue, its entries, and a pending delivery per active subscriber.
 
     One transaction: an issue exists only together with its whole audience. Raise
@@ -64,7 +67,7 @@ def record_issue(ctx: Context, draft: Draft, *, now: datetime | None = None,
                          "process at the same moment") from e
 
 
-def _record_issue(ctx: Context, draft: Draft, now: datetime, status: str) -> int:
+def _record_issue(ctx: Context, draft: Draft, now: datetime, status: IssueStatus) -> int:
     with ctx.db.session() as session:
         issue = Issue(list_id=draft.list_id, number=draft.number, status=status,
                       subject=draft.rendered.subject, intro=draft.content.intro,
@@ -95,7 +98,8 @@ def _add_deliveries(ctx: Context, session: Session, draft: Draft, issue_id: int,
     Subscribers without preferences get the full issue. Those whose keywords have
     nothing new are recorded as skipped (or get the full issue, if the list says so).
     """
-    active = (Subscription.list_id == draft.list_id, Subscription.status == "active")
+    active = (Subscription.list_id == draft.list_id,
+              Subscription.status == SubscriptionStatus.ACTIVE)
     segments = list(session.scalars(select(Subscription.segment).where(*active).distinct()))
     by_segment, variants = plan_segments(ctx, draft, segments)
     variant_ids: dict[tuple[str, ...], int] = {}
@@ -108,31 +112,32 @@ def _add_deliveries(ctx: Context, session: Session, draft: Draft, issue_id: int,
         variant_ids[keys] = row.id
     skip = draft.when_nothing_matches == "skip"
     plan = [(segment, variant_ids[keys] if keys else None,
-             "skipped" if keys is None and skip else "pending")
+             DeliveryStatus.SKIPPED if keys is None and skip else DeliveryStatus.PENDING)
             for segment, keys in by_segment.items()]
     columns = ["issue_id", "subscriber_id", "subscription_id", "status", "error",
                "variant_id", "attempts", "updated_at"]
     stamp = literal(now, type_=Delivery.updated_at.type)
-    if all(variant is None and status == "pending" for _, variant, status in plan):
+    if all(variant is None and status == DeliveryStatus.PENDING for _, variant, status in plan):
         # Everyone gets the full issue: no segment table to join, no sort (the list's
         # index already gives subscriptions in id order). Half the time of the join.
         add = insert(Delivery).from_select(columns, select(
             literal(issue_id), Subscription.subscriber_id, Subscription.id,
-            literal("pending"), literal(None, type_=String), literal(None, type_=Integer),
-            literal(0), stamp).where(*active).order_by(Subscription.id))
+            literal(DeliveryStatus.PENDING, type_=String), literal(None, type_=String),
+            literal(None, type_=Integer), literal(0), stamp)
+            .where(*active).order_by(Subscription.id))
     else:
         # The segment → (variant, status) table goes in as one VALUES list, joined once.
         seg = values(column("segment", String), column("variant_id", Integer),
                      column("status", String), name="seg").data(plan).cte("seg")
         subs = (select(Subscription.subscriber_id, Subscription.id,
                        cast(seg.c.variant_id, Integer).label("variant_id"),
-                       func.coalesce(seg.c.status, "pending").label("status"))
+                       func.coalesce(seg.c.status, DeliveryStatus.PENDING).label("status"))
                 .select_from(Subscription)
                 .outerjoin(seg, seg.c.segment == Subscription.segment)
                 .where(*active).subquery())
         add = insert(Delivery).from_select(columns, select(
             literal(issue_id), subs.c.subscriber_id, subs.c.id, subs.c.status,
-            case((subs.c.status == "skipped", NOTHING_MATCHES), else_=None),
+            case((subs.c.status == DeliveryStatus.SKIPPED, NOTHING_MATCHES), else_=None),
             subs.c.variant_id, literal(0), stamp)
             .order_by(subs.c.variant_id, subs.c.id))
     if ctx.db.is_postgres:
@@ -155,12 +160,12 @@ def add_batch_ranges(session: Session, issue_id: int, first: int, last: int, siz
     ``size`` deliveries (fewer where ids belong to another issue or were skipped)."""
     session.execute(insert(SendBatch), [
         {"issue_id": issue_id, "first_id": start, "last_id": min(last, start + size - 1),
-         "status": "pending", "updated_at": now}
+         "status": BatchStatus.PENDING, "updated_at": now}
         for start in range(first, last + 1, size)])
 
 
 def add_batches(session: Session, issue_id: int, size: int, now: datetime,
-                status: str = "pending") -> None:
+                status: DeliveryStatus = DeliveryStatus.PENDING) -> None:
     """Cut an issue's deliveries in ``status`` into send batches of ``size`` by id (for
     deliveries scattered through the issue: uncertain ones to send again)."""
     numbered = (select(Delivery.id.label("id"),
@@ -171,7 +176,8 @@ def add_batches(session: Session, issue_id: int, size: int, now: datetime,
     session.execute(insert(SendBatch).from_select(
         ["issue_id", "first_id", "last_id", "status", "updated_at"],
         select(literal(issue_id), func.min(numbered.c.id), func.max(numbered.c.id),
-               literal("pending"), literal(now, type_=SendBatch.updated_at.type))
+               literal(BatchStatus.PENDING, type_=String),
+               literal(now, type_=SendBatch.updated_at.type))
         .group_by(numbered.c.batch)))
 
 
@@ -182,14 +188,14 @@ def unfinished_issue(session: Session, list_id: int, *,
     With ``with_uncertain``, also the latest issue that has uncertain deliveries.
     """
     found = session.scalars(select(Issue).where(Issue.list_id == list_id,
-                                                Issue.status == "sending")
+                                                Issue.status == IssueStatus.SENDING)
                             .order_by(Issue.id)).first()
     if found is None and with_uncertain:
         # Each send run ends by counting its issue's deliveries onto the issue.
         latest = next((issue_id for issue_id, tally in session.execute(
             select(Issue.id, Issue.counts).where(Issue.list_id == list_id,
-                                                 Issue.status == "sent")
-            .order_by(Issue.id.desc())) if (tally or {}).get("uncertain")), None)
+                                                 Issue.status == IssueStatus.SENT)
+            .order_by(Issue.id.desc())) if (tally or {}).get(DeliveryStatus.UNCERTAIN)), None)
         found = session.get(Issue, latest) if latest is not None else None
     return found
 
@@ -198,13 +204,15 @@ def audience_size(ctx: Context, list_id: int) -> int:
     """How many subscriptions of a list are active (would receive an issue now)."""
     with ctx.db.session() as session:
         return session.scalar(select(func.count()).select_from(Subscription).where(
-            Subscription.list_id == list_id, Subscription.status == "active")) or 0
+            Subscription.list_id == list_id,
+            Subscription.status == SubscriptionStatus.ACTIVE)) or 0
 
 
 def discard_sandbox_issues(ctx: Context, list_id: int) -> None:
     """Delete a list's sandbox issues: they validated a send and must hold no entries."""
     with ctx.db.session() as session:
-        sandbox = select(Issue.id).where(Issue.list_id == list_id, Issue.status == "sandbox")
+        sandbox = select(Issue.id).where(Issue.list_id == list_id,
+                                         Issue.status == IssueStatus.SANDBOX)
         delete_deliveries(session, issue_ids=sandbox)
         for issue in session.scalars(select(Issue).where(Issue.id.in_(sandbox))):
             session.delete(issue)

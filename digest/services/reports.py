@@ -7,16 +7,18 @@ the sending path (transports, rendering, metrics).
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy import select
 from sqlalchemy.orm import load_only
 
 from digest.services.context import Context
 from digest.services.models import (
-    FAILED,
-    UNCERTAIN,
     Delivery,
+    DeliveryStatus,
     Issue,
+    IssueStatus,
     deliveries_by_status,
     get_issue,
 )
@@ -36,7 +38,8 @@ def failures(ctx: Context, issue_id: int, limit: int = 50, *,
 
     Given the issue's ``tally``, an issue with none looks at no delivery.
     """
-    if tally is not None and not tally[FAILED] and not tally[UNCERTAIN]:
+    if tally is not None and not tally[DeliveryStatus.FAILED] \
+            and not tally[DeliveryStatus.UNCERTAIN]:
         return []
     with ctx.db.session() as session:
         return [(email, f"{status}: {error or ''}".strip(": ")) for email, status, error in
@@ -44,12 +47,33 @@ def failures(ctx: Context, issue_id: int, limit: int = 50, *,
                     select(Subscriber.email, Delivery.status, Delivery.error)
                     .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
                     .where(Delivery.issue_id == issue_id,
-                           Delivery.status.in_((FAILED, UNCERTAIN)))
+                           Delivery.status.in_((DeliveryStatus.FAILED,
+                                                DeliveryStatus.UNCERTAIN)))
                     .order_by(Delivery.id).limit(limit))]
 
 
+@dataclass(frozen=True)
+class IssueRow:
+    """An issue as lists of issues show it, with its delivery counts."""
+
+    id: int
+    list_name: str
+    number: int
+    subject: str
+    status: str
+    created_at: datetime
+    accepted: int
+    failed: int
+    uncertain: int
+
+    @property
+    def created(self) -> str:
+        """When the issue was made, to the minute (UTC)."""
+        return self.created_at.strftime("%Y-%m-%d %H:%M")
+
+
 def issue_rows(ctx: Context, list_name: str | None = None,
-               limit: int | None = None) -> list[tuple[str, ...]]:
+               limit: int | None = None) -> list[IssueRow]:
     """One row per issue (the newest ``limit``), newest first, with delivery counts."""
     with ctx.db.session() as session:
         query = (select(Issue, MailingList.name).join(MailingList,
@@ -60,14 +84,15 @@ def issue_rows(ctx: Context, list_name: str | None = None,
         if list_name:
             query = query.where(Issue.list_id == get_list(session, list_name).id)
         issues = session.execute(query).all()
-    rows: list[tuple[str, ...]] = []
+    rows: list[IssueRow] = []
     for issue, name in issues:
         # Counted at the end of each send run; an issue being sent is counted now.
-        t = counts(ctx, issue.id) if issue.status == "sending" or issue.counts is None \
-            else issue.counts
-        rows.append((str(issue.id), name, str(issue.number), issue.subject, issue.status,
-                     issue.created_at.strftime("%Y-%m-%d %H:%M"), str(t.get("accepted", 0)),
-                     str(t.get("failed", 0)), str(t.get("uncertain", 0))))
+        t = counts(ctx, issue.id) if issue.status == IssueStatus.SENDING \
+            or issue.counts is None else issue.counts
+        rows.append(IssueRow(issue.id, name, issue.number, issue.subject, issue.status,
+                             issue.created_at, t.get(DeliveryStatus.ACCEPTED, 0),
+                             t.get(DeliveryStatus.FAILED, 0),
+                             t.get(DeliveryStatus.UNCERTAIN, 0)))
     return rows
 
 

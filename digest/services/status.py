@@ -17,17 +17,19 @@ from sqlalchemy import func, select
 from digest.services.context import Context
 from digest.services.db import HEAD_REVISION, schema_problem, schema_revision, utcnow
 from digest.services.models import (
+    DeliveryStatus,
     Entry,
     Feed,
     Issue,
+    IssueStatus,
     SendBatch,
     Skip,
     deliveries_by_status,
     held_batches,
 )
-from schedules.models import ScheduleRun
+from schedules.models import RunStatus, ScheduleRun
 from schedules.service import list_schedules
-from subscribers.models import MailingList, Subscription, Suppression
+from subscribers.models import MailingList, Subscription, SubscriptionStatus, Suppression
 
 FEED_FAILING_DAYS = 3
 WEEK = timedelta(days=7)
@@ -132,7 +134,7 @@ def gather(ctx: Context, now: datetime | None = None) -> Status:
         for past in session.scalars(select(ScheduleRun).order_by(ScheduleRun.started_at)):
             last_runs[past.schedule_id] = past
         waiting_ids = set(session.scalars(select(ScheduleRun.schedule_id)
-                                          .where(ScheduleRun.status == "waiting")))
+                                          .where(ScheduleRun.status == RunStatus.WAITING)))
 
         lists = session.scalars(select(MailingList).order_by(MailingList.name)).all()
         by_status: dict[int, Counter[str]] = {}
@@ -141,27 +143,30 @@ def gather(ctx: Context, now: datetime | None = None) -> Status:
                 .group_by(Subscription.list_id, Subscription.status)):
             by_status.setdefault(list_id, Counter())[sub_status] = n
         last_issue_ids = select(func.max(Issue.id)).where(
-            Issue.status != "sandbox").group_by(Issue.list_id)
+            Issue.status != IssueStatus.SANDBOX).group_by(Issue.list_id)
         last_issues = {i.list_id: i for i in session.scalars(
             select(Issue).where(Issue.id.in_(last_issue_ids)))}
         for mailing_list in lists:
             subs = by_status.get(mailing_list.id, Counter())
             issue = last_issues.get(mailing_list.id)
-            health = ListHealth(mailing_list.name, subs["active"], subs["pending"],
+            health = ListHealth(mailing_list.name, subs[SubscriptionStatus.ACTIVE],
+                                subs[SubscriptionStatus.PENDING],
                                 issue.number if issue else None,
                                 issue.status if issue else None,
                                 (issue.sent_at or issue.created_at) if issue else None)
             if issue is not None:
-                tally = (Counter(issue.counts or {}) if issue.status == "sent"
+                tally = (Counter(issue.counts or {}) if issue.status == IssueStatus.SENT
                          else deliveries_by_status(session, issue.id))
-                health.accepted, health.failed = tally["accepted"], tally["failed"]
-                health.uncertain, health.pending = tally["uncertain"], tally["pending"]
+                health.accepted = tally[DeliveryStatus.ACCEPTED]
+                health.failed = tally[DeliveryStatus.FAILED]
+                health.uncertain = tally[DeliveryStatus.UNCERTAIN]
+                health.pending = tally[DeliveryStatus.PENDING]
                 if health.uncertain:
                     attention.append(
                         f"issue {issue.number} of {mailing_list.name}: {health.uncertain} "
                         "deliveries are uncertain; check SendGrid's activity, then `digest "
                         f"send --list {mailing_list.name} --resend-uncertain` if needed")
-                if issue.status == "sending" and not _held(session, issue.id, now):
+                if issue.status == IssueStatus.SENDING and not _held(session, issue.id, now):
                     attention.append(
                         f"issue {issue.number} of {mailing_list.name} stopped while sending "
                         f"({health.pending} not sent yet): `digest send --list "
@@ -187,7 +192,7 @@ def gather(ctx: Context, now: datetime | None = None) -> Status:
         if view.id in waiting_ids:
             attention.append(f"schedule {view.name}: an issue of {view.list_name} is held "
                              "for approval (editor's issue page, or `digest send`)")
-        elif run is not None and run.status == "failed":
+        elif run is not None and run.status == RunStatus.FAILED:
             attention.append(f"schedule {view.name}: its last run failed: {run.message}")
     return status
 

@@ -310,16 +310,19 @@ def write_preview(ctx: Context, draft: Draft, out_path: Path, text_path: Path | 
 
 def print_send(report: SendReport) -> None:
     """The final summary of a send, naming failures."""
+    from digest.services.models import DeliveryStatus
     c = report.counts
+    pending = c[DeliveryStatus.PENDING]
     err.print(f"Issue {report.number} of {report.list_name} ({report.subject!r}): "
-              f"{c['accepted']} accepted, {c['failed']} failed, {c['uncertain']} uncertain, "
-              f"{c['skipped']} skipped" + (f", {c['pending']} pending" if c["pending"] else "")
+              f"{c[DeliveryStatus.ACCEPTED]} accepted, {c[DeliveryStatus.FAILED]} failed, "
+              f"{c[DeliveryStatus.UNCERTAIN]} uncertain, {c[DeliveryStatus.SKIPPED]} skipped"
+              + (f", {pending} pending" if pending else "")
               + f"; {report.sent_now} sent by this run.")
     for email, reason in report.failures[:20]:
         err.print(f"  [red]{email}[/red]: {reason}")
     if len(report.failures) > 20:
         err.print(f"  … and more: `digest issues show {report.issue_id}`")
-    if c["uncertain"]:
+    if c[DeliveryStatus.UNCERTAIN]:
         err.print("Uncertain messages may or may not have gone out; resend them with "
                   "`digest send --list " + report.list_name + " --resend-uncertain`.")
 
@@ -454,8 +457,9 @@ def status_cmd(as_json: bool) -> None:
     Exits with status 1 when something needs a person (uncertain deliveries, a feed
     failing for 3 days or more, an issue held for approval, a stopped send).
     """
-    from digest.services.models import describe_skips
+    from digest.services.models import DeliveryStatus, describe_skips
     from digest.services.status import gather
+    from subscribers.models import SubscriptionStatus
     status = gather(state().ctx)
     if as_json:
         import json
@@ -488,8 +492,9 @@ def status_cmd(as_json: bool) -> None:
                           (s.last_outcome or "never ran")
                           + (f": {s.last_message}" if s.last_message else ""))
         out.print(sched)
-    lists_table = Table("list", "active", "unconfirmed", "last issue", "status", "when (UTC)",
-                        "accepted", "failed", "uncertain", title="Lists", title_justify="left")
+    lists_table = Table("list", SubscriptionStatus.ACTIVE, "unconfirmed", "last issue", "status",
+                        "when (UTC)", DeliveryStatus.ACCEPTED, DeliveryStatus.FAILED,
+                        DeliveryStatus.UNCERTAIN, title="Lists", title_justify="left")
     for li in status.lists:
         lists_table.add_row(li.name, str(li.active), str(li.unconfirmed),
                             str(li.last_issue or "-"), li.last_issue_status or "-",
@@ -518,11 +523,13 @@ def issues_group() -> None:
 @boundary
 def issues_list(list_name: str | None) -> None:
     """List issues with their delivery counts."""
+    from digest.services.models import DeliveryStatus
     from digest.services.reports import issue_rows
-    table = Table("id", "list", "no.", "subject", "status", "created (UTC)", "accepted",
-                  "failed", "uncertain")
+    table = Table("id", "list", "no.", "subject", "status", "created (UTC)",
+                  DeliveryStatus.ACCEPTED, DeliveryStatus.FAILED, DeliveryStatus.UNCERTAIN)
     for row in issue_rows(state().ctx, list_name):
-        table.add_row(*row)
+        table.add_row(str(row.id), row.list_name, str(row.number), row.subject, row.status,
+                      row.created, str(row.accepted), str(row.failed), str(row.uncertain))
     out.print(table)
 
 
@@ -615,10 +622,11 @@ def lists_edit(name: str, title: str | None, when_nothing_matches: str | None,
 def lists_list() -> None:
     """List the lists with subscriber counts by status."""
     from subscribers.lists import summarize_lists
-    from subscribers.models import STATUSES
-    table = Table("name", "title", *STATUSES)
+    from subscribers.models import SubscriptionStatus
+    table = Table("name", "title", *SubscriptionStatus)
     for summary in summarize_lists(state().ctx.db):
-        table.add_row(summary.name, summary.title, *(str(summary.counts[s]) for s in STATUSES))
+        table.add_row(summary.name, summary.title,
+                      *(str(summary.counts[s]) for s in SubscriptionStatus))
     out.print(table)
 
 
@@ -646,8 +654,9 @@ def lists_show(name: str) -> None:
     if not rows:
         out.print("No issues yet.")
     for row in rows:
-        out.print(f"Issue {row[2]} ({row[4]}, {row[5]} UTC): {row[3]} — {row[6]} accepted, "
-                  f"{row[7]} failed, {row[8]} uncertain", markup=False)
+        out.print(f"Issue {row.number} ({row.status}, {row.created} UTC): {row.subject} — "
+                  f"{row.accepted} accepted, {row.failed} failed, {row.uncertain} uncertain",
+                  markup=False)
 
 
 @lists_group.command("delete")
@@ -683,16 +692,19 @@ def subscribers_add(email: str, list_name: str, name: str, keywords: str,
     from subscribers.subscriptions import add_subscriber
     wanted = [k.strip() for k in keywords.split(";") if k.strip()]
     if double_opt_in:
-        from subscribers.optin import request_subscription
+        from subscribers.optin import OptIn, request_subscription
         sent = request_subscription(state().ctx, list_name, email, name=name,
                                     keywords=wanted, source="cli")
         out.print({
-            "sent": f"Sent a confirmation link to {sent.email}; pending until it is clicked.",
-            "already": f"{sent.email} is already subscribed to {list_name}.",
-            "throttled": f"A confirmation went to {sent.email} minutes ago; not sent again.",
-            "refused": f"{sent.email} bounced, complained or was forgotten; not subscribed.",
+            OptIn.SENT: f"Sent a confirmation link to {sent.email}; pending until it is "
+                        "clicked.",
+            OptIn.ALREADY: f"{sent.email} is already subscribed to {list_name}.",
+            OptIn.THROTTLED: f"A confirmation went to {sent.email} minutes ago; not sent "
+                             "again.",
+            OptIn.REFUSED: f"{sent.email} bounced, complained or was forgotten; not "
+                           "subscribed.",
         }[sent.outcome])
-        if sent.outcome == "refused":
+        if sent.outcome == OptIn.REFUSED:
             sys.exit(1)
         return
     result = add_subscriber(state().ctx.db, list_name, email, name=name, keywords=wanted)

@@ -126,6 +126,7 @@ def schedules_remove(name: str) -> None:
 def schedules_run(name: str) -> None:
     """Fire a schedule now: its due slot if nobody ran it, else its next slot."""
     from digest.services.db import utcnow
+    from schedules.models import RunStatus
     from schedules.runner import manual_slot, run_slot
     from schedules.service import find_schedule
     ctx = state().ctx
@@ -137,7 +138,7 @@ def schedules_run(name: str) -> None:
     result = run_slot(ctx, schedule.id, slot, trigger="manual", now=now)
     out.print(f"{name}, slot {slot:%Y-%m-%d %H:%M %Z}: {result.status}"
               + (f" — {result.message}" if result.message else ""), markup=False)
-    if result.status in ("failed", "taken"):
+    if result.status in (RunStatus.FAILED, RunStatus.TAKEN):
         sys.exit(1)
 
 
