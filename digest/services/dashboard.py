@@ -8,21 +8,13 @@ from datetime import date, datetime, timedelta
 
 from sqlalchemy import select
 
-from digest.services.collect import FeedSummary, list_feeds
 from digest.services.context import Context
 from digest.services.db import utcnow
 from digest.services.models import Entry
 from digest.services.reports import IssueRow, issue_rows
+from digest.services.status import FeedHealth, feed_health
 from schedules.service import ScheduleView, list_schedules
 from subscribers.lists import ListSummary, summarize_lists
-
-
-@dataclass(frozen=True)
-class FeedHealth:
-    """A feed with its entries of the last seven days."""
-
-    feed: FeedSummary
-    last_week: int
 
 
 @dataclass(frozen=True)
@@ -46,16 +38,15 @@ def dashboard(ctx: Context, *, now: datetime | None = None, days: int = 30) -> D
     now = now or utcnow()
     since = now - timedelta(days=days)
     with ctx.db.session() as session:
-        seen = session.execute(select(Entry.feed_id, Entry.first_seen_at)
+        seen = session.scalars(select(Entry.first_seen_at)
                                .where(Entry.first_seen_at >= since)).all()
-    by_day = Counter(seen_at.date() for _, seen_at in seen)
-    week_ago = now - timedelta(days=7)
-    by_feed = Counter(feed_id for feed_id, seen_at in seen if seen_at >= week_ago)
+        feeds = feed_health(session, now)
+    by_day = Counter(seen_at.date() for seen_at in seen)
     first = (now - timedelta(days=days - 1)).date()
     per_day = [(first + timedelta(days=i), by_day.get(first + timedelta(days=i), 0))
                for i in range(days)]
     return Dashboard(
         lists=summarize_lists(ctx.db), schedules=list_schedules(ctx.db, now=now, count=1),
         issues=issue_rows(ctx, limit=10),
-        feeds=[FeedHealth(f, by_feed.get(f.id, 0)) for f in list_feeds(ctx.db)],
+        feeds=feeds,
         per_day=per_day)

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from digest.services.context import Context
 from digest.services.db import HEAD_REVISION, schema_problem, schema_revision, utcnow
@@ -35,17 +36,44 @@ FEED_FAILING_DAYS = 3
 WEEK = timedelta(days=7)
 
 
-@dataclass
+@dataclass(frozen=True)
 class FeedHealth:
+    """A feed's last fetches and what it gave: a row of `digest status` and of the
+    editors' dashboard."""
+
+    id: int
     name: str
     url: str
+    last_fetched_at: datetime | None
+    last_status: str | None  # ok, not_modified, error
     last_success: datetime | None
-    last_error: str | None
+    last_error: str | None  # the last fetch's error, only while it fails
+    warning: str | None  # what the parser said of the last body it read
     failures: int
     failing_since: datetime | None
+    entries: int
     entries_this_week: int
     # Entries its last read did not store, by reason.
     skipped: dict[Skip, int] = field(default_factory=dict)
+
+
+def feed_health(session: Session, now: datetime) -> list[FeedHealth]:
+    """Every feed with its last fetches and its entries, all and of the week to ``now``
+    (two queries)."""
+    counts = {feed_id: (total, week) for feed_id, total, week in session.execute(
+        select(Entry.feed_id, func.count(),
+               func.count().filter(Entry.first_seen_at >= now - WEEK))
+        .group_by(Entry.feed_id))}
+    rows = []
+    for feed in session.scalars(select(Feed).order_by(Feed.id)):
+        failing = feed.last_status == "error"
+        total, week = counts.get(feed.id, (0, 0))
+        rows.append(FeedHealth(feed.id, feed.name, feed.url, feed.last_fetched_at,
+                               feed.last_status, feed.last_ok_at,
+                               feed.last_error if failing else None,
+                               None if failing else feed.last_error, feed.failures or 0,
+                               feed.failing_since, total, week, dict(feed.skipped or {})))
+    return rows
 
 
 @dataclass
@@ -115,20 +143,12 @@ def gather(ctx: Context, now: datetime | None = None) -> Status:
         attention.append(problem)
     with ctx.db.session() as session:
         week_ago = now - WEEK
-        per_feed = dict(session.execute(
-            select(Entry.feed_id, func.count()).where(Entry.first_seen_at >= week_ago)
-            .group_by(Entry.feed_id)).all())
-        for feed in session.scalars(select(Feed).order_by(Feed.id)):
-            feed_health = FeedHealth(feed.name, feed.url, feed.last_ok_at,
-                                feed.last_error if feed.last_status == "error" else None,
-                                feed.failures or 0, feed.failing_since,
-                                per_feed.get(feed.id, 0), feed.skipped)
-            status.feeds.append(feed_health)
-            if feed.failing_since and now - feed.failing_since >= timedelta(
-                    days=FEED_FAILING_DAYS):
-                attention.append(
-                    f"feed {feed.url} has failed for {(now - feed.failing_since).days} days "
-                    f"({feed_health.failures} fetches in a row): {feed.last_error}")
+        status.feeds.extend(feed_health(session, now))
+        attention.extend(
+            f"feed {feed.url} has failed for {(now - feed.failing_since).days} days "
+            f"({feed.failures} fetches in a row): {feed.last_error}"
+            for feed in status.feeds if feed.failing_since
+            and now - feed.failing_since >= timedelta(days=FEED_FAILING_DAYS))
 
         last_runs: dict[int, ScheduleRun] = {}
         for past in session.scalars(select(ScheduleRun).order_by(ScheduleRun.started_at)):
