@@ -4,7 +4,8 @@ Only one scheduler may use a job store, so instances elect a leader: on PostgreS
 an advisory lock held by a dedicated connection (released by the server when the holder
 dies), on SQLite with a lease row. The others wait and take over when the leader goes.
 Whatever the scheduler does, a slot runs once: :mod:`schedules.runner` claims it in the
-database first.
+database first. The leader also carries out the runs editors asked for ("Send now"),
+looking at every tick (:class:`schedules.worker.RunWorker`).
 """
 
 from __future__ import annotations
@@ -26,12 +27,13 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from digest.services import metrics
 from digest.services.context import Context
 from digest.services.db import utcnow
-from digest.services.delivery import claimer_gone, worker_identity
+from digest.services.claims import claimer_gone, hold, let_go, worker_identity
 from digest.services.pipeline import warm_up
 from digest.services.transports import Transport
 from schedules.expressions import WallClockTrigger, parse_expression, slot_key, time_zone
 from schedules.models import RunStatus, Schedule, SchedulerLease, ScheduleRun
 from schedules.runner import SlotResult, run_slot
+from schedules.worker import RunWorker
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,7 @@ class LeaderLock:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self.me = worker_identity()
+        hold(self.me)  # alive to this process's other claimers until released
         self._conn: Connection | None = None
 
     def try_acquire(self) -> bool:
@@ -86,7 +89,7 @@ class LeaderLock:
                     return True
                 except IntegrityError:
                     return False
-            if row.holder == self.me or claimer_gone(row.holder, row.lease_until, now):
+            if claimer_gone(row.holder, row.lease_until, now, me=None) or row.holder == self.me:
                 taken = session.execute(
                     update(SchedulerLease).where(SchedulerLease.name == LOCK_NAME,
                                                  SchedulerLease.holder == row.holder)
@@ -95,8 +98,31 @@ class LeaderLock:
                 return bool(taken.rowcount)  # type: ignore[attr-defined]
             return False
 
+    def held_elsewhere(self) -> bool:
+        """Whether another scheduler (in this process or any other) leads now."""
+        if self.ctx.db.is_postgres:
+            if self._conn is not None:
+                return False
+            with self.ctx.db.engine.connect() as conn:
+                got = conn.execute(text(
+                    "SELECT pg_try_advisory_lock(hashtext('recap-digest-scheduler:' || "
+                    "current_schema()))")).scalar()
+                if got:  # nobody held it: give it straight back
+                    conn.execute(text(
+                        "SELECT pg_advisory_unlock(hashtext('recap-digest-scheduler:' || "
+                        "current_schema()))"))
+                conn.commit()
+                return not got
+        now = utcnow()
+        with self.ctx.db.session() as session:
+            row = session.get(SchedulerLease, LOCK_NAME)
+            if row is None or row.holder == self.me:
+                return False
+            return not claimer_gone(row.holder, row.lease_until, now)
+
     def release(self) -> None:
         """Let go (on shutdown)."""
+        let_go(self.me)
         if self._conn is not None:
             try:
                 self._conn.execute(text(
@@ -135,8 +161,15 @@ def job_id(schedule_id: int) -> str:
     return f"schedule-{schedule_id}"
 
 
+def scheduler_leads(ctx: Context) -> bool:
+    """Whether a scheduler leads now, here or in another process (the web app then leaves
+    requested runs to it)."""
+    return LeaderLock(ctx).held_elsewhere()
+
+
 class Daemon:
-    """Elects a leader, runs APScheduler while leading, and stops cleanly."""
+    """Elects a leader, runs APScheduler and requested runs while leading, and stops
+    cleanly."""
 
     def __init__(self, ctx: Context, *, check_every: float = 5.0,
                  transport_factory: Callable[[], Transport] | None = None) -> None:
@@ -148,6 +181,10 @@ class Daemon:
         self.stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._synced: dict[int, str] = {}
+        # Requested runs ("Send now") are carried out on a thread of their own, so that
+        # a long send never holds up the election (nor the lease it renews).
+        self.requests = RunWorker(ctx, transport_factory=transport_factory,
+                                  should_stop=self.stopping.is_set)
 
     # -- lifecycle
     def start(self) -> None:
@@ -164,6 +201,7 @@ class Daemon:
         self.stopping.set()
         if self._thread is not None:
             self._thread.join(timeout=60)
+        self.requests.close()
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=True)
             self.scheduler = None
@@ -192,6 +230,7 @@ class Daemon:
                     self.scheduler = None
                 if self.scheduler is not None:
                     self.sync()
+                    self.requests.nudge()  # "Send now" asked for since the last tick
             except Exception:  # the database went away for a moment: try again
                 log.exception("scheduler election failed; retrying")
             self.stopping.wait(self.check_every)

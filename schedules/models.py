@@ -6,7 +6,17 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from digest.services.db import Base, UTCDateTime, utcnow
@@ -45,6 +55,7 @@ class RunStatus(StrEnum):
     FAILED = "failed"
     MISSED = "missed"              # its grace time passed before a scheduler ran it
     TAKEN = "taken"                # another run had the slot (a result only, never stored)
+    REQUESTED = "requested"        # a requested run ("Send now") nobody has claimed yet
 
 
 class ScheduleRun(Base):
@@ -76,3 +87,31 @@ class SchedulerLease(Base):
     name: Mapped[str] = mapped_column(String(50), primary_key=True)
     holder: Mapped[str] = mapped_column(String(200))
     lease_until: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+# A list has at most one requested run that is not over: asking again while one is
+# waiting or running is that same run (two clicks on "Send now" are one send).
+OPEN_REQUEST = "status IN ('requested', 'running', 'interrupted')"
+
+
+class RequestedRun(Base):
+    """A run of a list an editor asked for ("Send now"): claimed, like a slot, by the
+    scheduler or the web app's worker, whichever comes first, and carried out once."""
+
+    __tablename__ = "requested_runs"
+    __table_args__ = (Index("uq_requested_runs_open", "list_id", unique=True,
+                            sqlite_where=text(OPEN_REQUEST),
+                            postgresql_where=text(OPEN_REQUEST)),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    list_id: Mapped[int] = mapped_column(ForeignKey("lists.id", ondelete="CASCADE"))
+    status: Mapped[str] = mapped_column(String(20))  # a RunStatus
+    requested_by: Mapped[str] = mapped_column(String(200))
+    requested_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    claimed_by: Mapped[str | None] = mapped_column(String(200))
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    issue_id: Mapped[int | None] = mapped_column(
+        ForeignKey("issues.id", ondelete="SET NULL"))
+    counts: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    message: Mapped[str] = mapped_column(Text, default="")

@@ -1,10 +1,15 @@
-"""Run one slot of a schedule, exactly once: claim it in the database, then do the job.
+"""Run one slot of a schedule, or a requested run of a list, exactly once: claim it in
+the database, then do the job through :func:`digest.services.pipeline.run_list`.
 
 The claim is a row unique on (schedule, slot) inserted before any work. A restart, a
 misfire replay, `digest schedules run` racing the timer or a second instance all try the
 same insert; one wins, the others log that the slot was taken. A claim whose holder died
 (its process is gone, or its lease ran out) is taken over, and the takeover resumes the
 issue the dead run had started instead of building another.
+
+A requested run ("Send now" in the web app) is a row of its own, claimed the same way by
+whichever comes first of the scheduler's next tick and the web app's worker
+(:mod:`schedules.worker`); a list has at most one requested run waiting or running.
 """
 
 from __future__ import annotations
@@ -16,23 +21,26 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from digest.services import metrics
-from digest.services.building import Draft, draft_issue, next_number
-from digest.services.collect import collect
 from digest.services.context import Context
 from digest.services.db import utcnow
-from digest.services.delivery import SendReport, claimer_gone, deliver, worker_identity
+from digest.services.delivery import claimer_gone, worker_identity
 from digest.services.editing import approval
 from digest.services.logs import fields
-from digest.services.pipeline import RunEvents, RunRequest, run_list
-from digest.services.transports import Transport, make_transport
+from digest.services.pipeline import RunEvents, RunRequest, RunResult, run_list
 from schedules.expressions import next_slots, parse_expression, slot_key, time_zone
-from schedules.models import RunStatus, Schedule, ScheduleRun
+from schedules.models import RequestedRun, RunStatus, Schedule, ScheduleRun
+from subscribers.lists import get_list
 from subscribers.models import MailingList
+
+if TYPE_CHECKING:
+    from digest.services.building import Draft
+    from digest.services.transports import Transport
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +52,7 @@ TAKEABLE = (RunStatus.RUNNING, RunStatus.WAITING, RunStatus.INTERRUPTED)
 
 @dataclass
 class SlotResult:
-    """What running a slot did."""
+    """What running a slot, or a requested run, did."""
 
     status: RunStatus
     message: str = ""
@@ -149,8 +157,9 @@ def claim(ctx: Context, schedule: Schedule, slot_at: datetime, trigger: str, me:
 class _LeaseKeeper:
     """Renews a run's lease in the background while the run works."""
 
-    def __init__(self, ctx: Context, run_id: int, me: str) -> None:
-        self.ctx, self.run_id, self.me = ctx, run_id, me
+    def __init__(self, ctx: Context, table: type[ScheduleRun | RequestedRun], run_id: int,
+                 me: str) -> None:
+        self.ctx, self.table, self.run_id, self.me = ctx, table, run_id, me
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._renew, daemon=True,
                                         name=f"lease-run-{run_id}")
@@ -158,7 +167,8 @@ class _LeaseKeeper:
     def _renew(self) -> None:
         while not self._stop.wait(RENEW_EVERY):
             try:
-                _update(self.ctx, self.run_id, self.me, lease_until=utcnow() + LEASE)
+                _update(self.ctx, self.table, self.run_id, self.me,
+                        lease_until=utcnow() + LEASE)
             except Exception:  # a database hiccup: try again at the next tick
                 log.warning("could not renew the lease of run %s", self.run_id, exc_info=True)
 
@@ -171,15 +181,12 @@ class _LeaseKeeper:
         self._thread.join(timeout=5)
 
 
-def _update(ctx: Context, run_id: int, me: str, **values: object) -> None:
+def _update(ctx: Context, table: type[ScheduleRun | RequestedRun], run_id: int, me: str,
+            **values: object) -> None:
+    """Write onto a run record this process still holds."""
     with ctx.db.session() as session:
-        session.execute(update(ScheduleRun).where(ScheduleRun.id == run_id,
-                                                  ScheduleRun.claimed_by == me)
+        session.execute(update(table).where(table.id == run_id, table.claimed_by == me)
                         .values(**values).execution_options(synchronize_session=False))
-
-
-def _counts(report: SendReport | None) -> dict[str, int]:
-    return dict(report.counts) if report is not None else {}
 
 
 def run_slot(ctx: Context, schedule_id: int, slot_at: datetime | None = None, *,
@@ -209,17 +216,17 @@ def run_slot(ctx: Context, schedule_id: int, slot_at: datetime | None = None, *,
                  key, schedule.name)
         return SlotResult(RunStatus.TAKEN, f"slot {key} was already taken")
     log.info("schedule %s: running slot %s for list %s", schedule.name, key, list_name)
-    with _LeaseKeeper(ctx, run_id, me):
+    with _LeaseKeeper(ctx, ScheduleRun, run_id, me):
         try:
             result = _work(ctx, schedule, list_name, list_id, run_id, me, slot_at,
-                           transport or make_transport(ctx.settings), should_stop,
-                           poll_seconds)
+                           transport, should_stop, poll_seconds)
         except Exception as e:  # recorded and logged with the reason, never dropped
             log.exception("schedule %s slot %s failed", schedule.name, key)
             result = SlotResult(RunStatus.FAILED, f"{type(e).__name__}: {e}")
     result.run_id = run_id
     finished = None if result.status == RunStatus.INTERRUPTED else utcnow()
-    _update(ctx, run_id, me, status=result.status, message=result.message[:2000],
+    _update(ctx, ScheduleRun, run_id, me, status=result.status,
+            message=result.message[:2000],
             counts=result.counts, finished_at=finished,
             # An interrupted run lets go at once: the next start takes it over.
             lease_until=utcnow() if result.status == RunStatus.INTERRUPTED else utcnow() + LEASE,
@@ -232,89 +239,208 @@ def run_slot(ctx: Context, schedule_id: int, slot_at: datetime | None = None, *,
     return result
 
 
+class _SlotEvents(RunEvents):
+    """The scheduled job's part of a run: nobody to ask, but an approval to wait for and
+    check, the issue to remember on the run record, and a stop flag."""
+
+    def __init__(self, ctx: Context, schedule: Schedule, list_name: str, list_id: int,
+                 run_id: int, me: str, slot_at: datetime,
+                 should_stop: Callable[[], bool] | None, poll_seconds: float) -> None:
+        self.ctx, self.schedule, self.list_name, self.list_id = ctx, schedule, list_name, list_id
+        self.run_id, self.me, self.slot_at = run_id, me, slot_at
+        self.stop_flag, self.poll_seconds = should_stop, poll_seconds
+        self.held: SlotResult | None = None  # why waiting for approval ended unsent
+
+    def approved(self, number: int) -> bool:
+        ctx, schedule = self.ctx, self.schedule
+        deadline = self.slot_at + timedelta(seconds=schedule.approval_wait_seconds)
+        list_name = self.list_name
+        while approval(ctx, self.list_id, number) is None:
+            if utcnow() >= deadline:
+                self.held = SlotResult(RunStatus.NOT_APPROVED,
+                                       f"issue {number} of {list_name} was not approved by "
+                                       f"{deadline:%Y-%m-%d %H:%M} UTC; not sent")
+                return False
+            if self.should_stop():
+                self.held = SlotResult(RunStatus.INTERRUPTED,
+                                       "stopped while waiting for approval")
+                return False
+            _update(ctx, ScheduleRun, self.run_id, self.me, status=RunStatus.WAITING,
+                    message=f"waiting for an editor to approve issue {number} until "
+                            f"{deadline:%Y-%m-%d %H:%M} UTC")
+            time.sleep(min(self.poll_seconds,
+                           max(0.05, (deadline - utcnow()).total_seconds())))
+        _update(ctx, ScheduleRun, self.run_id, self.me, status=RunStatus.RUNNING)
+        return True
+
+    def confirm(self, draft: Draft, audience: int) -> bool:
+        # A held issue goes out only as approved; an edit since withdrew the approval.
+        return (not self.schedule.hold_for_approval
+                or approval(self.ctx, self.list_id, draft.number) is not None)
+
+    def issue_started(self, issue_id: int) -> None:
+        _update(self.ctx, ScheduleRun, self.run_id, self.me, issue_id=issue_id)
+
+    def should_stop(self) -> bool:
+        return self.stop_flag is not None and self.stop_flag()
+
+
 def _work(ctx: Context, schedule: Schedule, list_name: str, list_id: int, run_id: int,
-          me: str, slot_at: datetime, transport: Transport,
+          me: str, slot_at: datetime, transport: Transport | None,
           should_stop: Callable[[], bool] | None, poll_seconds: float) -> SlotResult:
     with ctx.db.session() as session:
         started_issue = session.scalar(select(ScheduleRun.issue_id)
                                        .where(ScheduleRun.id == run_id))
-    if started_issue is not None:
-        # Taken over from a run that died after building its issue: finish that issue.
-        report = deliver(ctx, started_issue, transport, should_stop=should_stop)
-        return _sent(report)
-    collect_first = True
-    if schedule.hold_for_approval:
-        # Collect now, so editors approve the issue that will go out.
-        collect(ctx.db, ctx.settings)
-        collect_first = False
-        held = _wait_for_approval(ctx, schedule, list_name, list_id, run_id, me, slot_at,
-                                  should_stop, poll_seconds)
-        if held is not None:
-            return held
+    # Taken over from a run that died after recording its issue: finish that issue.
+    request = RunRequest(list_name, allow_empty=not schedule.skip_empty,
+                         hold_for_approval=schedule.hold_for_approval,
+                         finish_issue=started_issue)
+    events = _SlotEvents(ctx, schedule, list_name, list_id, run_id, me, slot_at, should_stop,
+                         poll_seconds)
+    return _outcome(run_list(ctx, request, events, transport=transport), events.held)
 
-    class SlotEvents(RunEvents):
-        """The scheduled job's part: nobody to ask, but an approval to check, the issue to
-        remember on the run record, and a stop flag."""
 
-        def confirm(self, draft: Draft, audience: int) -> bool:
-            # A held issue goes out only as approved; an edit since withdrew the approval.
-            return (not schedule.hold_for_approval
-                    or approval(ctx, list_id, draft.number) is not None)
-
-        def issue_started(self, issue_id: int) -> None:
-            _update(ctx, run_id, me, issue_id=issue_id)
-
-        def should_stop(self) -> bool:
-            return should_stop is not None and should_stop()
-
-    request = RunRequest(list_name, collect_first=collect_first,
-                         allow_empty=not schedule.skip_empty)
-    result = run_list(ctx, request, SlotEvents(), transport=transport)
+def _outcome(result: RunResult, held: SlotResult | None = None) -> SlotResult:
+    """A run's result as a run record says it."""
+    if held is not None:
+        return held
     if result.declined:
         return SlotResult(RunStatus.NOT_APPROVED, "the issue changed after it was approved; "
-                                          "not sent")
+                                                  "not sent")
     if result.send is None:
-        return SlotResult(RunStatus.NOTHING_NEW, "nothing new since the last issue; no email sent")
-    return _sent(result.send)
-
-
-def _sent(report: SendReport) -> SlotResult:
-    counts = _counts(report)
+        return SlotResult(RunStatus.NOTHING_NEW,
+                          "nothing new since the last issue; no email sent")
+    report = result.send
+    counts = dict(report.counts)
     if report.stopped and not report.finished:
-        return SlotResult(RunStatus.INTERRUPTED, "stopped at a batch boundary; resumes on the next "
-                          "start", report.issue_id, counts)
+        return SlotResult(RunStatus.INTERRUPTED, "stopped at a batch boundary; resumes on "
+                          "the next start", report.issue_id, counts)
     status = RunStatus.SENT if report.ok else RunStatus.PARTIAL
     return SlotResult(status, f"issue {report.number} of {report.list_name}: "
                       + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())),
                       report.issue_id, counts)
 
 
-def _wait_for_approval(ctx: Context, schedule: Schedule, list_name: str, list_id: int,
-                       run_id: int, me: str, slot_at: datetime,
-                       should_stop: Callable[[], bool] | None,
-                       poll_seconds: float) -> SlotResult | None:
-    """Wait until an editor approves the next issue or the deadline passes.
+# -- requested runs ("Send now") ---------------------------------------------------------
 
-    None when approved (go on and send); otherwise the result to record.
-    """
-    draft = draft_issue(ctx, list_name)
-    if draft is None and schedule.skip_empty:
-        return SlotResult(RunStatus.NOTHING_NEW, "nothing new since the last issue; no email sent")
-    if draft is not None:
-        number = draft.number
-    else:
+OPEN_STATES = (RunStatus.REQUESTED, RunStatus.RUNNING, RunStatus.INTERRUPTED)
+
+
+def request_run(ctx: Context, list_name: str, requested_by: str, *,
+                now: datetime | None = None) -> tuple[int, bool]:
+    """Ask for a run of a list now (the web app's "Send now"): (its id, whether this call
+    asked for it). While one of the list's requested runs is waiting or running, asking
+    again is that same run. The scheduler, or the web app's worker, carries it out."""
+    now = now or utcnow()
+    with ctx.db.session() as session:
+        list_id = get_list(session, list_name).id
+    try:
         with ctx.db.session() as session:
-            number = next_number(session, list_id)
-    deadline = slot_at + timedelta(seconds=schedule.approval_wait_seconds)
-    while approval(ctx, list_id, number) is None:
-        if utcnow() >= deadline:
-            return SlotResult(RunStatus.NOT_APPROVED, f"issue {number} of {list_name} was not "
-                              f"approved by {deadline:%Y-%m-%d %H:%M} UTC; not sent")
-        if should_stop is not None and should_stop():
-            return SlotResult(RunStatus.INTERRUPTED, "stopped while waiting for approval")
-        _update(ctx, run_id, me, status=RunStatus.WAITING,
-                message=f"waiting for an editor to approve issue {number} until "
-                        f"{deadline:%Y-%m-%d %H:%M} UTC")
-        time.sleep(min(poll_seconds, max(0.05, (deadline - utcnow()).total_seconds())))
-    _update(ctx, run_id, me, status=RunStatus.RUNNING)
+            run = RequestedRun(list_id=list_id, status=RunStatus.REQUESTED,
+                               requested_by=requested_by, requested_at=now, counts={},
+                               message="")
+            session.add(run)
+            session.flush()
+            return run.id, True
+    except IntegrityError:
+        pass  # one is open already (uq_requested_runs_open)
+    with ctx.db.session() as session:
+        open_id = session.scalar(select(RequestedRun.id).where(
+            RequestedRun.list_id == list_id, RequestedRun.status.in_(OPEN_STATES)))
+    if open_id is None:  # it ended between the two statements: ask again
+        return request_run(ctx, list_name, requested_by, now=now)
+    return open_id, False
+
+
+def claim_requested(ctx: Context, me: str, now: datetime | None = None) -> int | None:
+    """Claim the oldest requested run nobody carries out (asked for, or its holder gone);
+    its id, or None. Of several claimers one wins; the others see it taken."""
+    now = now or utcnow()
+    with ctx.db.session() as session:
+        candidates = session.execute(
+            select(RequestedRun.id, RequestedRun.status, RequestedRun.claimed_by,
+                   RequestedRun.lease_until)
+            .where(RequestedRun.status.in_(OPEN_STATES)).order_by(RequestedRun.id)).all()
+    for run_id, status, claimed_by, lease_until in candidates:
+        if status != RunStatus.REQUESTED and not _gone(claimed_by, lease_until, now, me):
+            continue
+        with ctx.db.session() as session:
+            # Conditional on what we read: of two processes claiming, one wins.
+            taken = session.scalars(
+                update(RequestedRun).where(RequestedRun.id == run_id,
+                                           RequestedRun.status == status,
+                                           or_(RequestedRun.claimed_by == claimed_by,
+                                               RequestedRun.claimed_by.is_(None)))
+                .values(status=RunStatus.RUNNING, claimed_by=me, lease_until=now + LEASE,
+                        started_at=now, finished_at=None)
+                .execution_options(synchronize_session=False)
+                .returning(RequestedRun.id)).first()
+        if taken is not None:
+            return taken
     return None
+
+
+class _RequestEvents(RunEvents):
+    """A requested run's part: the issue remembered on its record, and a stop flag."""
+
+    def __init__(self, ctx: Context, run_id: int, me: str,
+                 should_stop: Callable[[], bool] | None) -> None:
+        self.ctx, self.run_id, self.me, self.stop_flag = ctx, run_id, me, should_stop
+
+    def issue_started(self, issue_id: int) -> None:
+        _update(self.ctx, RequestedRun, self.run_id, self.me, issue_id=issue_id)
+
+    def should_stop(self) -> bool:
+        return self.stop_flag is not None and self.stop_flag()
+
+
+def run_requested(ctx: Context, run_id: int, me: str, *, transport: Transport | None = None,
+                  should_stop: Callable[[], bool] | None = None) -> SlotResult:
+    """Carry out a requested run this process claimed (:func:`claim_requested`).
+
+    What was previewed is what goes out: no collecting first. An issue of the list whose
+    send was interrupted is finished first, as with `digest send`.
+    """
+    with ctx.db.session() as session:
+        run = session.get(RequestedRun, run_id)
+        mailing_list = session.get(MailingList, run.list_id) if run is not None else None
+        if run is None or mailing_list is None:
+            return SlotResult(RunStatus.FAILED, f"requested run {run_id} no longer exists")
+        list_name, requested_by = mailing_list.name, run.requested_by
+    log.info("send now of %s (asked for by %s): running", list_name, requested_by)
+    with _LeaseKeeper(ctx, RequestedRun, run_id, me):
+        try:
+            result = _outcome(run_list(ctx, RunRequest(list_name, collect_first=False),
+                                       _RequestEvents(ctx, run_id, me, should_stop),
+                                       transport=transport))
+        except Exception as e:  # recorded and logged with the reason, never dropped
+            log.exception("send now of %s failed", list_name)
+            result = SlotResult(RunStatus.FAILED, f"{type(e).__name__}: {e}")
+    result.run_id = run_id
+    interrupted = result.status == RunStatus.INTERRUPTED
+    _update(ctx, RequestedRun, run_id, me, status=result.status,
+            message=result.message[:2000], counts=result.counts,
+            finished_at=None if interrupted else utcnow(),
+            # An interrupted run lets go at once: the next claimer takes it over.
+            lease_until=utcnow() if interrupted else None,
+            **({"issue_id": result.issue_id} if result.issue_id else {}))
+    log.info("send now of %s: %s %s", list_name, result.status, result.message,
+             extra=fields(list=list_name, status=result.status, issue=result.issue_id,
+                          counts=result.counts or None))
+    return result
+
+
+def carry_out_requested(ctx: Context, *, transport_factory: Callable[[], Transport] | None
+                        = None, should_stop: Callable[[], bool] | None = None) -> int:
+    """Claim and carry out requested runs one after another until none is left (or told
+    to stop); how many this call carried out."""
+    me = worker_identity()
+    done = 0
+    while not (should_stop is not None and should_stop()):
+        run_id = claim_requested(ctx, me)
+        if run_id is None:
+            break
+        run_requested(ctx, run_id, me, should_stop=should_stop,
+                      transport=transport_factory() if transport_factory else None)
+        done += 1
+    return done

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from digest.errors import InvalidInputError, NotFoundError
 from digest.services.db import Database, utcnow
 from schedules.expressions import CronSpec, next_slots, parse_expression, time_zone
-from schedules.models import DEFAULT_GRACE_SECONDS, Schedule, ScheduleRun
+from schedules.models import DEFAULT_GRACE_SECONDS, RequestedRun, RunStatus, Schedule, ScheduleRun
 from subscribers.lists import check_slug, get_list
 from subscribers.models import MailingList
 
@@ -136,3 +136,42 @@ def history(db: Database, name: str, limit: int = 20) -> list[RunView]:
                                          .where(ScheduleRun.schedule_id == schedule.id)
                                          .order_by(ScheduleRun.slot_at.desc(),
                                                    ScheduleRun.id.desc()).limit(limit))]
+
+
+@dataclass(frozen=True)
+class RequestedRunView:
+    """A run an editor asked for ("Send now"), as the dashboard shows it."""
+
+    id: int
+    list_name: str
+    status: str  # a RunStatus
+    requested_by: str
+    requested_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    issue_id: int | None
+    counts: dict[str, int]
+    message: str
+
+    @property
+    def state(self) -> str:
+        """What it is doing, in words: requested, running, or how it ended and why."""
+        if self.status == RunStatus.REQUESTED:
+            return "requested: waiting for the scheduler or the web app to start it"
+        if self.status == RunStatus.RUNNING:
+            return "running"
+        if self.status == RunStatus.INTERRUPTED:
+            return f"interrupted: {self.message}"
+        return f"{self.status}: {self.message}" if self.message else str(self.status)
+
+
+def requested_runs(db: Database, limit: int = 10) -> list[RequestedRunView]:
+    """The latest requested runs, newest first."""
+    with db.session() as session:
+        return [RequestedRunView(r.id, name, r.status, r.requested_by, r.requested_at,
+                                 r.started_at, r.finished_at, r.issue_id, dict(r.counts),
+                                 r.message)
+                for r, name in session.execute(
+                    select(RequestedRun, MailingList.name)
+                    .join(MailingList, MailingList.id == RequestedRun.list_id)
+                    .order_by(RequestedRun.id.desc()).limit(limit))]

@@ -15,14 +15,14 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, text
 
-from digest.services.collect import add_feed
+from digest.services.collect import add_feed, collect
 from digest.services.context import Context
 from digest.services.models import ACCEPTED
 from digest.services.reports import counts
 from digest.services.transports.base import Outcome, OutgoingIssue, OutgoingRecipient
 from digest.services.transports.locmem import LocmemTransport
 from schedules.daemon import Daemon
-from schedules.models import ScheduleRun
+from schedules.models import RequestedRun, ScheduleRun
 from schedules.service import add_schedule
 from subscribers.lists import create_list
 from subscribers.subscriptions import add_subscriber
@@ -219,3 +219,41 @@ def test_a_leading_scheduler_loads_what_a_slot_needs_before_the_slot(
             name for _, name in ctx.renderer.env.cache or {}}
     finally:
         daemon.stop()
+
+
+def test_a_requested_run_is_carried_out_once_by_the_leading_scheduler(
+        tmp_path: Path, database_url: str, feed_server: FeedServer,
+        procs: list[Scheduler]) -> None:
+    from schedules.daemon import scheduler_leads
+    from schedules.runner import request_run
+    from schedules.worker import RunWorker
+    ctx = Context.open(make_settings(tmp_path, database_url))
+    newsroom(ctx, feed_server)
+    collect(ctx.db, ctx.settings)  # "Send now" sends what was previewed: no collecting
+    leader = Scheduler(ctx, tmp_path / "leader.log")
+    procs.append(leader)
+    wait_for(leader.leading)
+    assert scheduler_leads(ctx)
+    # A web app beside it leaves the run to the scheduler, however often it looks.
+    web = RunWorker(ctx, defer=lambda: scheduler_leads(ctx))
+    run_id, _ = request_run(ctx, "weekly", "layla")
+    for _ in range(3):
+        web.nudge()
+
+    def finished() -> RequestedRun | None:
+        with ctx.db.session() as s:
+            run = s.get(RequestedRun, run_id)
+            assert run is not None
+            return run if run.status == "sent" else None
+
+    wait_for(finished, timeout=45)
+    time.sleep(6)  # another tick: nothing more
+    web.close()
+    assert leader.stop() == 0
+    assert not scheduler_leads(ctx)
+    run = finished()
+    assert run is not None and run.claimed_by is not None
+    assert run.claimed_by.split(":")[1] == str(leader.proc.pid)
+    assert sorted(str(m["To"]) for m in read_outbox(Path(ctx.settings.outbox_dir))) == [
+        "reader0@example.org", "reader1@example.org", "reader2@example.org"]
+    ctx.close()

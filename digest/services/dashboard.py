@@ -13,7 +13,7 @@ from digest.services.db import utcnow
 from digest.services.models import Entry
 from digest.services.reports import IssueRow, issue_rows
 from digest.services.status import FeedHealth, feed_health
-from schedules.service import ScheduleView, list_schedules
+from schedules.service import RequestedRunView, ScheduleView, list_schedules, requested_runs
 from subscribers.lists import ListSummary, summarize_lists
 
 
@@ -26,6 +26,7 @@ class Dashboard:
     issues: list[IssueRow]
     feeds: list[FeedHealth]
     per_day: list[tuple[date, int]]  # new entries per day, oldest first
+    sends: list[RequestedRunView]  # the latest "Send now" runs, newest first
 
     @property
     def per_day_max(self) -> int:
@@ -49,4 +50,4 @@ def dashboard(ctx: Context, *, now: datetime | None = None, days: int = 30) -> D
         lists=summarize_lists(ctx.db), schedules=list_schedules(ctx.db, now=now, count=1),
         issues=issue_rows(ctx, limit=10),
         feeds=feeds,
-        per_day=per_day)
+        per_day=per_day, sends=requested_runs(ctx.db, limit=5))

@@ -1,6 +1,7 @@
 """The whole job for one list: collect, build the issue, deliver it.
 
-`digest send` and the scheduled job both call :func:`run_list`.
+`digest send`, the scheduled job and a web "Send now" (which the scheduler's runner
+carries out) all call :func:`run_list`; nothing else collects, builds and delivers.
 """
 
 from __future__ import annotations
@@ -57,7 +58,11 @@ class RunRequest:
     ``allow_empty`` (a schedule that sends even when nothing is new): an issue with no
     entries is sent rather than nothing. ``join_only`` (``digest send --worker``): only
     help send the list's issue that is being sent, waiting up to ``wait_for_issue``
-    seconds for one to start; never collect or build an issue.
+    seconds for one to start; never collect or build an issue. ``hold_for_approval`` (a
+    schedule that holds): once collected, wait for an editor (``RunEvents.approved``)
+    before the issue is built as it goes out. ``finish_issue`` (a run taken over from one
+    that died after recording its issue): send that issue's remaining deliveries and
+    build none.
     """
 
     list_name: str
@@ -67,19 +72,26 @@ class RunRequest:
     join_only: bool = False
     allow_empty: bool = False
     wait_for_issue: float = 0.0
+    hold_for_approval: bool = False
+    finish_issue: int | None = None
 
 
 class RunEvents:
     """What a run tells the one who started it, and asks them. Every method does nothing
     (or says go on) unless a subclass says otherwise: the CLI draws a progress bar and
-    asks before sending, the scheduler checks approvals and a stop flag, the web app
-    needs nothing."""
+    asks before sending, the scheduler waits for and checks approvals and has a stop
+    flag, a web "Send now" (carried out by the scheduler's runner) has the same."""
 
     def collect_started(self, feeds: int) -> None:
         """Collecting begins, with this many feeds."""
 
     def feed_fetched(self, result: FetchResult) -> None:
         """One feed's fetch ended (whatever its outcome)."""
+
+    def approved(self, number: int) -> bool:
+        """With ``hold_for_approval``: wait until issue ``number`` is approved (True: go
+        on and build it as approved) or waiting ends (False: not sent)."""
+        return True
 
     def confirm(self, draft: Draft, audience: int) -> bool:
         """Whether to send this new issue to ``audience`` people (True: go on)."""
@@ -135,6 +147,8 @@ def run_list(ctx: Context, request: RunRequest, events: RunEvents = NO_EVENTS, *
                           "would mark it delivered without delivering it",
                           hint=f"finish it first: digest send --list {list_name}")
     transport = transport or make_transport(ctx.settings)
+    if request.finish_issue is not None:
+        pending_id = request.finish_issue
     if pending_id is not None:
         # An issue whose send was interrupted goes out first, as it was built.
         events.issue_started(pending_id)
@@ -151,6 +165,14 @@ def run_list(ctx: Context, request: RunRequest, events: RunEvents = NO_EVENTS, *
     draft = draft_issue(ctx, list_name, now=now, allow_empty=request.allow_empty)
     if draft is None:
         return RunResult(list_name, collected, None)
+    if request.hold_for_approval:
+        # Editors approve what they saw; whatever they changed while we waited is in the
+        # issue built again below, and confirm checks the approval still stands.
+        if not events.approved(draft.number):
+            return RunResult(list_name, collected, None, declined=True)
+        draft = draft_issue(ctx, list_name, now=now, allow_empty=request.allow_empty)
+        if draft is None:
+            return RunResult(list_name, collected, None)
     if not events.confirm(draft, audience_size(ctx, draft.list_id)):
         return RunResult(list_name, collected, None, declined=True)
     # A sandbox run validates the send and then forgets the issue: it must not count as
