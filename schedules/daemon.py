@@ -25,9 +25,9 @@ from sqlalchemy import Connection, select, text, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from digest.services import metrics
+from digest.services.claims import claimer_gone, hold, let_go, worker_identity
 from digest.services.context import Context
 from digest.services.db import utcnow
-from digest.services.claims import claimer_gone, hold, let_go, worker_identity
 from digest.services.pipeline import warm_up
 from digest.services.transports import Transport
 from schedules.expressions import WallClockTrigger, parse_expression, slot_key, time_zone
@@ -89,7 +89,7 @@ class LeaderLock:
                     return True
                 except IntegrityError:
                     return False
-            if claimer_gone(row.holder, row.lease_until, now, me=None) or row.holder == self.me:
+            if row.holder == self.me or claimer_gone(row.holder, row.lease_until, now):
                 taken = session.execute(
                     update(SchedulerLease).where(SchedulerLease.name == LOCK_NAME,
                                                  SchedulerLease.holder == row.holder)
