@@ -6,17 +6,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import (
-    JSON,
-    Boolean,
-    ForeignKey,
-    Index,
-    Integer,
-    String,
-    Text,
-    UniqueConstraint,
-    text,
-)
+from sqlalchemy import JSON, Boolean, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from digest.services.db import Base, UTCDateTime, utcnow
@@ -89,22 +79,17 @@ class SchedulerLease(Base):
     lease_until: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
-# A list has at most one requested run that is not over: asking again while one is
-# waiting or running is that same run (two clicks on "Send now" are one send).
-OPEN_REQUEST = "status IN ('requested', 'running', 'interrupted')"
-
-
 class RequestedRun(Base):
     """A run of a list an editor asked for ("Send now"): claimed, like a slot, by the
     scheduler or the web app's worker, whichever comes first, and carried out once."""
 
     __tablename__ = "requested_runs"
-    __table_args__ = (Index("uq_requested_runs_open", "list_id", unique=True,
-                            sqlite_where=text(OPEN_REQUEST),
-                            postgresql_where=text(OPEN_REQUEST)),)
     id: Mapped[int] = mapped_column(primary_key=True)
     list_id: Mapped[int] = mapped_column(ForeignKey("lists.id", ondelete="CASCADE"))
     status: Mapped[str] = mapped_column(String(20))  # a RunStatus
+    # The list's id while the run is not over (requested, running, interrupted), NULL
+    # after: unique, so a list has one open run and two clicks on "Send now" are one.
+    open_for: Mapped[int | None] = mapped_column(Integer, unique=True)
     requested_by: Mapped[str] = mapped_column(String(200))
     requested_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     claimed_by: Mapped[str | None] = mapped_column(String(200))

@@ -15,7 +15,6 @@ whichever comes first of the scheduler's next tick and the web app's worker
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -27,9 +26,9 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from digest.services import metrics
+from digest.services.claims import claimer_gone, hold, let_go, worker_identity
 from digest.services.context import Context
 from digest.services.db import utcnow
-from digest.services.delivery import claimer_gone, worker_identity
 from digest.services.editing import approval
 from digest.services.logs import fields
 from digest.services.pipeline import RunEvents, RunRequest, RunResult, run_list
@@ -98,24 +97,7 @@ def manual_slot(ctx: Context, schedule: Schedule, now: datetime) -> datetime:
     return upcoming[0] if upcoming else now
 
 
-def _gone(claimed_by: str | None, lease_until: datetime | None, now: datetime,
-          me: str) -> bool:
-    """Whether a run's holder is gone: its lease ran out, or its process on this host died.
-
-    A claim by this very process is alive while its lease is (one process never runs a
-    slot twice at once: APScheduler's max_instances is 1).
-    """
-    if claimed_by == me:
-        return False
-    if lease_until is None or lease_until < now:
-        return True
-    pid = (claimed_by or "").split(":")[1:2]
-    if pid == [str(os.getpid())]:
-        return False
-    return claimer_gone(claimed_by, lease_until, now)
-
-
-def claim(ctx: Context, schedule: Schedule, slot_at: datetime, trigger: str, me: str,
+def claim(ctx: Context, schedule: Schedule, slot_at: datetime, trigger: str, me: str,  # noqa: PLR0913 - the slot, then who claims it, how and when
           now: datetime, *, max_attempts: int = 1) -> int | None:
     """Claim a slot for this process; the run's id, or None if someone else has it."""
     key = slot_key(slot_at, time_zone(schedule.timezone))
@@ -133,7 +115,8 @@ def claim(ctx: Context, schedule: Schedule, slot_at: datetime, trigger: str, me:
     with ctx.db.session() as session:
         run = session.scalars(select(ScheduleRun).where(
             ScheduleRun.schedule_id == schedule.id, ScheduleRun.slot_key == key)).one()
-        takeable = (run.status in TAKEABLE and _gone(run.claimed_by, run.lease_until, now, me))
+        takeable = (run.status in TAKEABLE and claimer_gone(run.claimed_by, run.lease_until, now,
+                                                                me=me))
         retry = (trigger == "retry" and run.status == RunStatus.FAILED
                  and run.attempts < max_attempts)
         if not (takeable or retry):
@@ -189,7 +172,7 @@ def _update(ctx: Context, table: type[ScheduleRun | RequestedRun], run_id: int, 
                         .values(**values).execution_options(synchronize_session=False))
 
 
-def run_slot(ctx: Context, schedule_id: int, slot_at: datetime | None = None, *,
+def run_slot(ctx: Context, schedule_id: int, slot_at: datetime | None = None, *,  # noqa: PLR0913 - the slot, then keyword-only options the daemon and tests set
              trigger: str = "timer", transport: Transport | None = None,
              should_stop: Callable[[], bool] | None = None,
              now: datetime | None = None, poll_seconds: float = 15.0,
@@ -210,16 +193,21 @@ def run_slot(ctx: Context, schedule_id: int, slot_at: datetime | None = None, *,
             return SlotResult(RunStatus.FAILED, "no slot is due")
     key = slot_key(slot_at, time_zone(schedule.timezone))
     me = worker_identity()
+    # At work from before its claim until its outcome is written: to this process's other
+    # claimers its run is alive meanwhile (and, should writing the outcome fail, until
+    # its lease ends).
+    hold(me)
     run_id = claim(ctx, schedule, slot_at, trigger, me, now, max_attempts=max_attempts)
     if run_id is None:
+        let_go(me)
         log.info("slot %s of schedule %s was taken by another run; not running it again",
                  key, schedule.name)
         return SlotResult(RunStatus.TAKEN, f"slot {key} was already taken")
     log.info("schedule %s: running slot %s for list %s", schedule.name, key, list_name)
+    slot = _Slot(ctx, schedule, list_name, list_id, run_id, me, slot_at)
     with _LeaseKeeper(ctx, ScheduleRun, run_id, me):
         try:
-            result = _work(ctx, schedule, list_name, list_id, run_id, me, slot_at,
-                           transport, should_stop, poll_seconds)
+            result = _work(slot, transport, should_stop, poll_seconds)
         except Exception as e:  # recorded and logged with the reason, never dropped
             log.exception("schedule %s slot %s failed", schedule.name, key)
             result = SlotResult(RunStatus.FAILED, f"{type(e).__name__}: {e}")
@@ -231,6 +219,7 @@ def run_slot(ctx: Context, schedule_id: int, slot_at: datetime | None = None, *,
             # An interrupted run lets go at once: the next start takes it over.
             lease_until=utcnow() if result.status == RunStatus.INTERRUPTED else utcnow() + LEASE,
             **({"issue_id": result.issue_id} if result.issue_id else {}))
+    let_go(me)
     log.info("schedule %s slot %s: %s %s", schedule.name, key, result.status, result.message,
              extra=fields(schedule=schedule.name, slot=key, list=list_name,
                           status=result.status, issue=result.issue_id,
@@ -239,22 +228,34 @@ def run_slot(ctx: Context, schedule_id: int, slot_at: datetime | None = None, *,
     return result
 
 
+@dataclass(frozen=True)
+class _Slot:
+    """A slot this process claimed: its schedule and list, and its run record."""
+
+    ctx: Context
+    schedule: Schedule
+    list_name: str
+    list_id: int
+    run_id: int
+    me: str
+    slot_at: datetime
+
+
 class _SlotEvents(RunEvents):
     """The scheduled job's part of a run: nobody to ask, but an approval to wait for and
     check, the issue to remember on the run record, and a stop flag."""
 
-    def __init__(self, ctx: Context, schedule: Schedule, list_name: str, list_id: int,
-                 run_id: int, me: str, slot_at: datetime,
-                 should_stop: Callable[[], bool] | None, poll_seconds: float) -> None:
-        self.ctx, self.schedule, self.list_name, self.list_id = ctx, schedule, list_name, list_id
-        self.run_id, self.me, self.slot_at = run_id, me, slot_at
+    def __init__(self, slot: _Slot, should_stop: Callable[[], bool] | None,
+                 poll_seconds: float) -> None:
+        self.slot, self.ctx, self.schedule = slot, slot.ctx, slot.schedule
+        self.list_id, self.run_id, self.me = slot.list_id, slot.run_id, slot.me
         self.stop_flag, self.poll_seconds = should_stop, poll_seconds
         self.held: SlotResult | None = None  # why waiting for approval ended unsent
 
     def approved(self, number: int) -> bool:
         ctx, schedule = self.ctx, self.schedule
-        deadline = self.slot_at + timedelta(seconds=schedule.approval_wait_seconds)
-        list_name = self.list_name
+        deadline = self.slot.slot_at + timedelta(seconds=schedule.approval_wait_seconds)
+        list_name = self.slot.list_name
         while approval(ctx, self.list_id, number) is None:
             if utcnow() >= deadline:
                 self.held = SlotResult(RunStatus.NOT_APPROVED,
@@ -285,19 +286,17 @@ class _SlotEvents(RunEvents):
         return self.stop_flag is not None and self.stop_flag()
 
 
-def _work(ctx: Context, schedule: Schedule, list_name: str, list_id: int, run_id: int,
-          me: str, slot_at: datetime, transport: Transport | None,
-          should_stop: Callable[[], bool] | None, poll_seconds: float) -> SlotResult:
-    with ctx.db.session() as session:
+def _work(slot: _Slot, transport: Transport | None, should_stop: Callable[[], bool] | None,
+          poll_seconds: float) -> SlotResult:
+    with slot.ctx.db.session() as session:
         started_issue = session.scalar(select(ScheduleRun.issue_id)
-                                       .where(ScheduleRun.id == run_id))
+                                       .where(ScheduleRun.id == slot.run_id))
     # Taken over from a run that died after recording its issue: finish that issue.
-    request = RunRequest(list_name, allow_empty=not schedule.skip_empty,
-                         hold_for_approval=schedule.hold_for_approval,
+    request = RunRequest(slot.list_name, allow_empty=not slot.schedule.skip_empty,
+                         hold_for_approval=slot.schedule.hold_for_approval,
                          finish_issue=started_issue)
-    events = _SlotEvents(ctx, schedule, list_name, list_id, run_id, me, slot_at, should_stop,
-                         poll_seconds)
-    return _outcome(run_list(ctx, request, events, transport=transport), events.held)
+    events = _SlotEvents(slot, should_stop, poll_seconds)
+    return _outcome(run_list(slot.ctx, request, events, transport=transport), events.held)
 
 
 def _outcome(result: RunResult, held: SlotResult | None = None) -> SlotResult:
@@ -323,8 +322,6 @@ def _outcome(result: RunResult, held: SlotResult | None = None) -> SlotResult:
 
 # -- requested runs ("Send now") ---------------------------------------------------------
 
-OPEN_STATES = (RunStatus.REQUESTED, RunStatus.RUNNING, RunStatus.INTERRUPTED)
-
 
 def request_run(ctx: Context, list_name: str, requested_by: str, *,
                 now: datetime | None = None) -> tuple[int, bool]:
@@ -336,17 +333,17 @@ def request_run(ctx: Context, list_name: str, requested_by: str, *,
         list_id = get_list(session, list_name).id
     try:
         with ctx.db.session() as session:
-            run = RequestedRun(list_id=list_id, status=RunStatus.REQUESTED,
+            run = RequestedRun(list_id=list_id, status=RunStatus.REQUESTED, open_for=list_id,
                                requested_by=requested_by, requested_at=now, counts={},
                                message="")
             session.add(run)
             session.flush()
             return run.id, True
     except IntegrityError:
-        pass  # one is open already (uq_requested_runs_open)
+        pass  # one is open already (open_for is unique)
     with ctx.db.session() as session:
         open_id = session.scalar(select(RequestedRun.id).where(
-            RequestedRun.list_id == list_id, RequestedRun.status.in_(OPEN_STATES)))
+            RequestedRun.open_for == list_id))
     if open_id is None:  # it ended between the two statements: ask again
         return request_run(ctx, list_name, requested_by, now=now)
     return open_id, False
@@ -360,9 +357,10 @@ def claim_requested(ctx: Context, me: str, now: datetime | None = None) -> int |
         candidates = session.execute(
             select(RequestedRun.id, RequestedRun.status, RequestedRun.claimed_by,
                    RequestedRun.lease_until)
-            .where(RequestedRun.status.in_(OPEN_STATES)).order_by(RequestedRun.id)).all()
+            .where(RequestedRun.open_for.is_not(None)).order_by(RequestedRun.id)).all()
     for run_id, status, claimed_by, lease_until in candidates:
-        if status != RunStatus.REQUESTED and not _gone(claimed_by, lease_until, now, me):
+        if status != RunStatus.REQUESTED and not claimer_gone(claimed_by, lease_until, now,
+                                                                     me=me):
             continue
         with ctx.db.session() as session:
             # Conditional on what we read: of two processes claiming, one wins.
@@ -406,7 +404,7 @@ def run_requested(ctx: Context, run_id: int, me: str, *, transport: Transport | 
         mailing_list = session.get(MailingList, run.list_id) if run is not None else None
         if run is None or mailing_list is None:
             return SlotResult(RunStatus.FAILED, f"requested run {run_id} no longer exists")
-        list_name, requested_by = mailing_list.name, run.requested_by
+        list_name, requested_by, run_list_id = mailing_list.name, run.requested_by, run.list_id
     log.info("send now of %s (asked for by %s): running", list_name, requested_by)
     with _LeaseKeeper(ctx, RequestedRun, run_id, me):
         try:
@@ -421,6 +419,7 @@ def run_requested(ctx: Context, run_id: int, me: str, *, transport: Transport | 
     _update(ctx, RequestedRun, run_id, me, status=result.status,
             message=result.message[:2000], counts=result.counts,
             finished_at=None if interrupted else utcnow(),
+            open_for=run_list_id if interrupted else None,
             # An interrupted run lets go at once: the next claimer takes it over.
             lease_until=utcnow() if interrupted else None,
             **({"issue_id": result.issue_id} if result.issue_id else {}))
@@ -435,6 +434,7 @@ def carry_out_requested(ctx: Context, *, transport_factory: Callable[[], Transpo
     """Claim and carry out requested runs one after another until none is left (or told
     to stop); how many this call carried out."""
     me = worker_identity()
+    hold(me)  # as run_slot: alive to this process's other claimers while it works
     done = 0
     while not (should_stop is not None and should_stop()):
         run_id = claim_requested(ctx, me)
@@ -443,4 +443,5 @@ def carry_out_requested(ctx: Context, *, transport_factory: Callable[[], Transpo
         run_requested(ctx, run_id, me, should_stop=should_stop,
                       transport=transport_factory() if transport_factory else None)
         done += 1
+    let_go(me)
     return done

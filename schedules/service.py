@@ -47,7 +47,7 @@ def _view(schedule: Schedule, list_name: str, now: datetime, count: int) -> Sche
                         schedule.misfire_grace_seconds, fires)
 
 
-def add_schedule(db: Database, name: str, list_name: str, expression: str, timezone: str, *,
+def add_schedule(db: Database, name: str, list_name: str, expression: str, timezone: str, *,  # noqa: PLR0913 - what a schedule is, then keyword-only options
                  skip_empty: bool = True, hold_for_approval: bool = False,
                  approval_wait: timedelta = timedelta(hours=2),
                  misfire_grace: timedelta = timedelta(seconds=DEFAULT_GRACE_SECONDS)

@@ -133,22 +133,8 @@ def run_list(ctx: Context, request: RunRequest, events: RunEvents = NO_EVENTS, *
     if not request.join_only:
         discard_sandbox_issues(ctx, list_id)
         expire_pending(ctx, now=now)  # unconfirmed sign-ups past their time
-    deadline = time.monotonic() + (request.wait_for_issue if request.join_only else 0.0)
-    while True:
-        with ctx.db.session() as session:
-            pending = unfinished_issue(session, list_id,
-                                       with_uncertain=request.resend_uncertain)
-            pending_id = pending.id if pending else None
-        if pending_id is not None or time.monotonic() >= deadline or events.should_stop():
-            break
-        time.sleep(0.2)
-    if pending_id is not None and request.sandbox:
-        raise DigestError(f"an issue of {list_name} is still being sent; a sandbox run "
-                          "would mark it delivered without delivering it",
-                          hint=f"finish it first: digest send --list {list_name}")
+    pending_id = _issue_to_finish(ctx, request, list_id, events)
     transport = transport or make_transport(ctx.settings)
-    if request.finish_issue is not None:
-        pending_id = request.finish_issue
     if pending_id is not None:
         # An issue whose send was interrupted goes out first, as it was built.
         events.issue_started(pending_id)
@@ -162,19 +148,9 @@ def run_list(ctx: Context, request: RunRequest, events: RunEvents = NO_EVENTS, *
     if request.collect_first:
         collected = collect(ctx.db, ctx.settings, now=now, on_start=events.collect_started,
                             on_fetched=events.feed_fetched)
-    draft = draft_issue(ctx, list_name, now=now, allow_empty=request.allow_empty)
+    draft, declined = _issue_to_send(ctx, request, events, now)
     if draft is None:
-        return RunResult(list_name, collected, None)
-    if request.hold_for_approval:
-        # Editors approve what they saw; whatever they changed while we waited is in the
-        # issue built again below, and confirm checks the approval still stands.
-        if not events.approved(draft.number):
-            return RunResult(list_name, collected, None, declined=True)
-        draft = draft_issue(ctx, list_name, now=now, allow_empty=request.allow_empty)
-        if draft is None:
-            return RunResult(list_name, collected, None)
-    if not events.confirm(draft, audience_size(ctx, draft.list_id)):
-        return RunResult(list_name, collected, None, declined=True)
+        return RunResult(list_name, collected, None, declined=declined)
     # A sandbox run validates the send and then forgets the issue: it must not count as
     # sent, or the real subscribers would never get these entries.
     started = time.perf_counter()
@@ -206,3 +182,43 @@ def run_list(ctx: Context, request: RunRequest, events: RunEvents = NO_EVENTS, *
     if request.sandbox:
         discard_sandbox_issues(ctx, list_id)
     return RunResult(list_name, collected, report, warnings=draft.rendered.warnings)
+
+
+def _issue_to_finish(ctx: Context, request: RunRequest, list_id: int,
+                     events: RunEvents) -> int | None:
+    """The list's issue to finish before building any: the one asked for, or one whose
+    send was interrupted (joining, wait up to ``wait_for_issue`` for one to start)."""
+    if request.finish_issue is not None:
+        return request.finish_issue
+    deadline = time.monotonic() + (request.wait_for_issue if request.join_only else 0.0)
+    while True:
+        with ctx.db.session() as session:
+            pending = unfinished_issue(session, list_id,
+                                       with_uncertain=request.resend_uncertain)
+            pending_id = pending.id if pending else None
+        if pending_id is not None or time.monotonic() >= deadline or events.should_stop():
+            break
+        time.sleep(0.2)
+    if pending_id is not None and request.sandbox:
+        raise DigestError(f"an issue of {request.list_name} is still being sent; a sandbox "
+                          "run would mark it delivered without delivering it",
+                          hint=f"finish it first: digest send --list {request.list_name}")
+    return pending_id
+
+
+def _issue_to_send(ctx: Context, request: RunRequest, events: RunEvents,
+                   now: datetime) -> tuple[Draft | None, bool]:
+    """The new issue as it goes out, approved (when held) and confirmed; or None, and
+    whether it was declined rather than there being nothing new."""
+    draft = draft_issue(ctx, request.list_name, now=now, allow_empty=request.allow_empty)
+    if draft is not None and request.hold_for_approval:
+        # Editors approve what they saw; whatever they changed while we waited is in the
+        # issue built again here, and confirm checks the approval still stands.
+        if not events.approved(draft.number):
+            return None, True
+        draft = draft_issue(ctx, request.list_name, now=now, allow_empty=request.allow_empty)
+    if draft is None:
+        return None, False
+    if not events.confirm(draft, audience_size(ctx, draft.list_id)):
+        return None, True
+    return draft, False

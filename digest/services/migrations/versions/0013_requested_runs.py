@@ -18,8 +18,6 @@ down_revision: str | None = "0012"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-OPEN_REQUEST = "status IN ('requested', 'running', 'interrupted')"
-
 
 def upgrade() -> None:
     op.create_table(
@@ -28,6 +26,7 @@ def upgrade() -> None:
         sa.Column("list_id", sa.Integer(), sa.ForeignKey("lists.id", ondelete="CASCADE"),
                   nullable=False),
         sa.Column("status", sa.String(20), nullable=False),
+        sa.Column("open_for", sa.Integer(), nullable=True),
         sa.Column("requested_by", sa.String(200), nullable=False),
         sa.Column("requested_at", UTCDateTime(), nullable=False),
         sa.Column("claimed_by", sa.String(200), nullable=True),
@@ -38,11 +37,9 @@ def upgrade() -> None:
                   nullable=True),
         sa.Column("counts", sa.JSON(), nullable=False),
         sa.Column("message", sa.Text(), nullable=False),
+        sa.UniqueConstraint("open_for"),
     )
-    op.create_index("uq_requested_runs_open", "requested_runs", ["list_id"], unique=True,
-                    sqlite_where=sa.text(OPEN_REQUEST), postgresql_where=sa.text(OPEN_REQUEST))
 
 
 def downgrade() -> None:
-    op.drop_index("uq_requested_runs_open", table_name="requested_runs")
     op.drop_table("requested_runs")
