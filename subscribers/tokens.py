@@ -11,6 +11,7 @@ import binascii
 import hashlib
 import hmac
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from itsdangerous import BadData, URLSafeSerializer, URLSafeTimedSerializer
 
@@ -24,26 +25,9 @@ class InvalidToken(DigestError):
 
 
 _URL_SAFE = bytes.maketrans(b"+/", b"-_")
-
-
-class _Sha1Hmac:
-    """HMAC-SHA1 under one key, with the key's inner and outer pads hashed once.
-
-    The same digest as ``hmac.digest(key, data, "sha1")`` in 0.65 µs instead of 1.9 µs:
-    a send signs two links for every recipient.
-    """
-
-    def __init__(self, key: bytes) -> None:
-        block = (hashlib.sha1(key).digest() if len(key) > 64 else key).ljust(64, b"\0")
-        self._inner = hashlib.sha1(bytes(b ^ 0x36 for b in block))
-        self._outer = hashlib.sha1(bytes(b ^ 0x5C for b in block))
-
-    def digest(self, data: bytes) -> bytes:
-        inner = self._inner.copy()
-        inner.update(data)
-        outer = self._outer.copy()
-        outer.update(inner.digest())
-        return outer.digest()
+# How the links in emails already sent were signed: pinned, so that a new itsdangerous
+# with other defaults still reads them.
+_SIGNING: dict[str, Any] = {"key_derivation": "django-concat", "digest_method": hashlib.sha1}
 
 
 class Tokens:
@@ -55,14 +39,19 @@ class Tokens:
             raise ValueError("at least one secret key is needed")
         # itsdangerous signs with the last key and accepts all of them.
         ordered = list(reversed(keys))
-        self._plain = {p: URLSafeSerializer(ordered, salt=f"digest.{p}") for p in PURPOSES}
-        self._timed = URLSafeTimedSerializer(ordered, salt="digest.confirm.timed")
-        # Making a token is on the hot path of a send (two per recipient). This produces
-        # exactly what URLSafeSerializer.dumps does (tests/test_tokens.py checks it):
-        # payload, ".", base64 of HMAC-SHA1 under the derived key; but the key is derived
-        # once and its HMAC pads hashed once.
-        self._signers = {purpose: _Sha1Hmac(serializer.make_signer().derive_key())
-                         for purpose, serializer in self._plain.items()}
+        self._plain = {p: URLSafeSerializer(ordered, salt=f"digest.{p}", signer_kwargs=_SIGNING)
+                       for p in PURPOSES}
+        self._timed = URLSafeTimedSerializer(ordered, salt="digest.confirm.timed",
+                                             signer_kwargs=_SIGNING)
+        # A send makes two tokens for every recipient. Each is what the serializer's
+        # dumps makes (payload, ".", signature; tests/test_tokens.py checks it), the
+        # signature an HMAC under the key itsdangerous derives, keyed once per purpose and
+        # copied per token (the standard library's way to sign many messages under one
+        # key): 2.5 µs a token, against 4.2 µs through itsdangerous' Signer and 19 µs
+        # through dumps.
+        self._keyed = {purpose: hmac.new(serializer.make_signer().derive_key(),
+                                         digestmod=hashlib.sha1)
+                       for purpose, serializer in self._plain.items()}
         # The web app's session cookies are signed with a key of their own.
         self.session_key = hmac.new(keys[0].encode("utf-8"), b"digest.session",
                                     "sha256").hexdigest()
@@ -75,13 +64,16 @@ class Tokens:
 
     def maker(self, purpose: str) -> Callable[[int], str]:
         """A function making ``purpose`` tokens (not "confirm"), for a send's hot loop."""
-        sign = self._signers[purpose].digest
+        keyed = self._keyed[purpose]
         b64 = binascii.b2a_base64
 
         def make(subscription_id: int) -> str:
-            # Digits need no URL-safe translation; a 20-byte signature has one "=" to drop.
+            # The payload is the id's JSON (its digits) in URL-safe base64 without padding;
+            # digits need no URL-safe translation, a 20-byte signature one "=" dropped.
             payload = b64(b"%d" % subscription_id, newline=False).rstrip(b"=")
-            signature = b64(sign(payload), newline=False)[:-1].translate(_URL_SAFE)
+            mac = keyed.copy()
+            mac.update(payload)
+            signature = b64(mac.digest(), newline=False)[:-1].translate(_URL_SAFE)
             return (payload + b"." + signature).decode("ascii")
 
         return make
