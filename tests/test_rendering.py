@@ -7,6 +7,7 @@ import re
 import tomllib
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -157,19 +158,25 @@ def test_size_warning_when_html_nears_gmail_clip(renderer: Renderer) -> None:
     assert not render_case("basic", renderer).warnings
 
 
-def test_inlining_leaves_requests_unloaded_until_used() -> None:
-    # premailer imports requests (and charset_normalizer, urllib3) for external
-    # stylesheets it never loads here; a send does not pay for them. Code that really
-    # uses requests still gets the real module.
+def test_a_document_inlined_before_loads_neither_premailer_nor_requests() -> None:
+    # premailer imports requests (with charset_normalizer and urllib3) at its top: only
+    # a process with a document not in the inline cache pays for them.
+    import json
     import subprocess
     import sys
-    code = ("import sys\nfrom digest.core.rendering import Renderer\nr = Renderer()\n"
-            "html = r.inline('<html><head><style>p {color: #123456}</style></head>"
-            "<body><p>x</p></body></html>')\nassert 'color:#123456' in html, html\n"
-            "print(sorted(m for m in ('requests', 'charset_normalizer', 'urllib3') "
-            "if m in sys.modules and type(sys.modules[m]).__name__ == 'module'))\n"
-            "import importlib.util\nassert importlib.util.find_spec('requests').origin\n"
-            "import requests\nprint(requests.codes.ok, type(sys.modules['requests']).__name__)")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=60, check=True)
-    assert done.stdout.split("\n")[:2] == ["[]", "200 module"], done.stdout
+    code = ("import json, sys\nfrom digest.core.rendering import Renderer\n"
+            "class Cache(dict):\n    def put(self, key, value): self[key] = value\n"
+            "cache = Cache(json.load(sys.stdin))\n"
+            "html = Renderer(inline_cache=cache).inline('<html><head><style>p {color: "
+            "#123456}</style></head><body><p>x</p></body></html>')\n"
+            "print(json.dumps([cache, html, sorted(m for m in ('premailer', 'requests', "
+            "'urllib3') if m in sys.modules)]))")
+
+    def run(cache: dict[str, str]) -> list[Any]:
+        done = subprocess.run([sys.executable, "-c", code], input=json.dumps(cache),
+                              capture_output=True, text=True, timeout=60, check=True)
+        return json.loads(done.stdout)  # type: ignore[no-any-return]
+
+    cache, html, loaded = run({})
+    assert "color:#123456" in html and loaded == ["premailer", "requests", "urllib3"]
+    assert run(cache)[1:] == [html, []]

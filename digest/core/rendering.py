@@ -40,15 +40,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import html
-import importlib
-import importlib.util
 import logging
 import re
 import secrets
-import sys
 import textwrap
 import threading
-import types
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -424,33 +420,6 @@ def long_date(value: datetime) -> str:
     return f"{value.day} {value:%B %Y}"
 
 
-class _DeferredModule(types.ModuleType):
-    """Stands in for a module in ``sys.modules`` until one of its attributes is asked for,
-    then imports the real one and answers from it."""
-
-    def __getattr__(self, attr: str) -> object:
-        if sys.modules.get(self.__name__) is self:
-            del sys.modules[self.__name__]
-        return getattr(importlib.import_module(self.__name__), attr)
-
-
-def _defer_import(name: str) -> None:
-    """Make ``import name`` cheap until something uses the module: premailer imports
-    requests at its top for external stylesheets, which it never loads here
-    (``allow_network=False``), and requests with charset_normalizer and urllib3 cost 0.1 s
-    of every send. (The standard library's LazyLoader does not help on Python 3.11: the
-    import statement itself reads the module's ``__spec__``, which loads it.) A module
-    already imported is left alone."""
-    if name in sys.modules:
-        return
-    spec = importlib.util.find_spec(name)
-    if spec is None:  # not installed: premailer's own import will say so
-        return
-    stand_in = _DeferredModule(name)
-    stand_in.__spec__ = spec  # what importlib.util.find_spec(name) answers meanwhile
-    sys.modules[name] = stand_in
-
-
 class InlineCache(Protocol):
     """Where inlined documents are kept between runs, by what premailer was given."""
 
@@ -524,7 +493,6 @@ class Renderer:
 
     def _inliner(self) -> Any:
         if self._premailer is None:
-            _defer_import("requests")
             import premailer
             self._premailer = premailer.Premailer(**PREMAILER_OPTIONS)
         return self._premailer
