@@ -18,7 +18,6 @@ import takes that ``'`` away again, so an export imports back exactly.
 from __future__ import annotations
 
 import csv
-import gc
 import io
 import json
 import logging
@@ -368,12 +367,6 @@ def _fan_out(items: Iterator[tuple[int, _T, _N]], parts: int,
     threads = [threading.Thread(target=produce, name="digest-import-reader", daemon=True)]
     threads += [threading.Thread(target=consume, args=(part,), daemon=True,
                                  name=f"digest-import-{part}") for part in range(1, parts)]
-    # Items wait in the hand-over through many of the collector's youngest rounds and
-    # were promoted, to be walked again in older ones: rounds every 10,000 new objects
-    # instead of 700 made an import of 1,000,000 rows on PostgreSQL 28-30 -> 22-27 s
-    # (three runs each, interleaved).
-    threshold = gc.get_threshold()
-    gc.set_threshold(10_000, *threshold[1:])
     for thread in threads:
         thread.start()
     try:
@@ -381,7 +374,6 @@ def _fan_out(items: Iterator[tuple[int, _T, _N]], parts: int,
     finally:
         for thread in threads:
             thread.join()
-        gc.set_threshold(*threshold)
     if errors:
         raise errors[0]
 

@@ -170,3 +170,188 @@ def test_no_import_circles() -> None:
     for module in sorted(graph):
         if module not in state:
             walk(module, [module])
+
+
+# The one place the process may tune Python's garbage collector (docs/architecture.md).
+COLLECTOR_EDGE = ("digest/edges/cli/base.py", "collector_tuned")
+OURS = ("digest", "subscribers", "schedules")
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def _private_names(node: ast.AST, modules: set[str]) -> list[str]:
+    """os._exit, atexit._run_exitfuncs, `from lib import _name`, `import lib._module`."""
+    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+        return ([f"{node.value.id}.{node.attr}"]
+                if node.value.id in modules and _private(node.attr) else [])
+    if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+        if node.module.split(".")[0] in OURS:
+            return []
+        if any(_private(part) for part in node.module.split(".")):
+            return [f"from {node.module} import …"]
+        return [f"from {node.module} import {a.name}" for a in node.names if _private(a.name)]
+    if isinstance(node, ast.Import):
+        return [f"import {a.name}" for a in node.names
+                if any(_private(part) for part in a.name.split("."))]
+    return []
+
+
+def _sys_modules_writes(node: ast.AST) -> list[str]:
+    """sys.modules[name] = …, del sys.modules[name], sys.modules.setdefault(…)…"""
+    if (isinstance(node, ast.Subscript) and not isinstance(node.ctx, ast.Load)
+            and ast.unparse(node.value) == "sys.modules"):
+        return ["writes sys.modules"]
+    if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute)
+            and ast.unparse(node.value) == "sys.modules" and node.attr != "get"):
+        return [f"sys.modules.{node.attr}"]
+    return []
+
+
+def _stand_ins(node: ast.AST) -> list[str]:
+    """A str or bytes subclass (a StrEnum aside), a module's stand-in."""
+    if not isinstance(node, ast.ClassDef):
+        return []
+    bases = {ast.unparse(b) for b in node.bases}
+    if bases & {"str", "bytes", "bytearray"} and not any(b.endswith("Enum") for b in bases):
+        return [f"class {node.name}({', '.join(sorted(bases))})"]
+    if bases & {"ModuleType", "types.ModuleType"}:
+        return [f"class {node.name} stands in for a module"]
+    return []
+
+
+def _reaches_inside(path: Path) -> list[str]:
+    """Where one module reaches into the interpreter's or a library's internals, or
+    touches the garbage collector anywhere but at the process's edge."""
+    relative = path.relative_to(ROOT).as_posix()
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    modules = {(a.asname or a.name).split(".")[0] for node in ast.walk(tree)
+               if isinstance(node, ast.Import) for a in node.names}
+    edge = {id(n) for node in ast.walk(tree)
+            if relative == COLLECTOR_EDGE[0] and isinstance(node, ast.FunctionDef)
+            and node.name == COLLECTOR_EDGE[1] for n in ast.walk(node)}
+    found = []
+    for node in ast.walk(tree):
+        problems = [*_private_names(node, modules), *_sys_modules_writes(node),
+                    *_stand_ins(node)]
+        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                and node.value.id == "gc" and id(node) not in edge):
+            problems.append(f"gc.{node.attr} outside {COLLECTOR_EDGE[1]}")
+        if isinstance(node, ast.ImportFrom) and node.module == "gc":
+            problems.append("from gc import …")
+        found += [f"{relative}:{getattr(node, 'lineno', '?')}: {p}" for p in problems]
+    return found
+
+
+def test_no_reach_into_interpreter_or_library_internals() -> None:
+    """Speed through public APIs only: such reaches break silently on an upgrade."""
+    found = [problem for package in OURS for path in sorted((ROOT / package).rglob("*.py"))
+             for problem in _reaches_inside(path)]
+    assert not found, "\n".join(found)
+
+
+def _runtime_imports(path: Path) -> list[tuple[str, set[str]]]:
+    """(module, names) of each import a file makes when it runs (TYPE_CHECKING aside)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    typing_only = {id(n) for node in ast.walk(tree)
+                   if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+                   for n in ast.walk(node)}
+    found: list[tuple[str, set[str]]] = []
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
+        if isinstance(node, ast.Import):
+            found += [(alias.name, set()) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found.append((node.module, {alias.name for alias in node.names}))
+    return found
+
+
+def test_the_scheduler_and_send_now_run_only_through_run_list() -> None:
+    """One run path: schedules/ (slots, requested runs, the daemon, its worker) starts a
+    run only through services.pipeline.run_list, so it imports none of a run's steps
+    (collecting, building, recording, delivering), only the transport's type; the web
+    app's "Send now" asks schedules for a run instead of running one on a thread of its
+    own."""
+    steps = ("digest.services.collect", "digest.services.fetch", "digest.services.building",
+             "digest.services.recording", "digest.services.linkcheck",
+             "digest.services.delivery")
+    allowed = {
+               "digest.services.transports": {"Transport"},
+               "digest.services.pipeline": {"RunEvents", "RunRequest", "RunResult", "run_list",
+                                            "warm_up"}}
+    for path in sorted((ROOT / "schedules").rglob("*.py")):
+        for module, names in _runtime_imports(path):
+            where = f"{path.relative_to(ROOT)} imports {module} {sorted(names)}"
+            assert not module.startswith(steps), where
+            if module.startswith(tuple(allowed)):
+                assert module in allowed and names <= allowed[module], where
+    for path in sorted((ROOT / "digest" / "edges" / "web").rglob("*.py")):
+        for module, names in _runtime_imports(path):
+            where = f"{path.relative_to(ROOT)} imports {module} {sorted(names)}"
+            assert not (module == "digest.services.pipeline" and "run_list" in names), where
+            assert module not in ("threading", "multiprocessing"), where
+
+
+# String constants equal to a state's value that are not that state, each with why, and
+# how many times the file holds one.
+NOT_A_STATE = {
+    # `--status`'s default: importing the enum there would load SQLAlchemy into every
+    # command, `digest --help` included.
+    ("digest/edges/cli/run_commands.py", "active"): 1,
+    # A paused schedule (Schedule.paused, a flag) shown as a word.
+    ("digest/edges/cli/run_commands.py", "paused"): 1,
+    ("digest/edges/cli/service_commands.py", "paused"): 1,
+    # The name of the preferences form's checkbox.
+    ("digest/edges/web/public.py", "paused"): 1,
+    # How a collect went (ok or partial), a field of its log line.
+    ("digest/services/collect.py", "partial"): 1,
+}
+
+
+def _enum_and_doc_strings(tree: ast.AST) -> set[int]:
+    """The string constants that may spell a state: docstrings, and the bodies of StrEnum
+    classes (the definitions themselves)."""
+    exempt: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+            first = node.body[0] if node.body else None
+            if (isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
+                    and isinstance(first.value.value, str)):
+                exempt.add(id(first.value))
+        if isinstance(node, ast.ClassDef) and any(ast.unparse(b).endswith("StrEnum")
+                                                  for b in node.bases):
+            exempt.update(id(n) for n in ast.walk(node))
+    return exempt
+
+
+def test_states_are_spelt_by_their_enums() -> None:
+    """No delivery, batch, issue, subscription or run state is spelt as a string literal in
+    the packages: a state is its enum's member, so a misspelt one fails at import instead
+    of matching no row. Migrations keep the values of their day; SQL text that must hold a
+    state binds the member or formats it in."""
+    from digest.services.models import BatchStatus, DeliveryStatus, IssueStatus
+    from schedules.models import RunStatus
+    from subscribers.models import SubscriptionStatus
+    members: dict[str, list[str]] = {}
+    for enum in (DeliveryStatus, BatchStatus, IssueStatus, SubscriptionStatus, RunStatus):
+        for member in enum:
+            members.setdefault(member.value, []).append(f"{enum.__name__}.{member.name}")
+    found: dict[tuple[str, str], list[tuple[int, str]]] = {}
+    for package in OURS:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            if "migrations" in path.parts:
+                continue
+            relative = path.relative_to(ROOT).as_posix()
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+            exempt = _enum_and_doc_strings(tree)
+            for node in ast.walk(tree):
+                if (isinstance(node, ast.Constant) and isinstance(node.value, str)
+                        and node.value in members and id(node) not in exempt):
+                    found.setdefault((relative, node.value), []).append((
+                        node.lineno, f"{relative}:{node.lineno}: {node.value!r} (use "
+                                     f"{' or '.join(members[node.value])})"))
+    spelt = [where for key, places in sorted(found.items())
+             if len(places) > NOT_A_STATE.get(key, 0) for _, where in sorted(places)]
+    assert not spelt, "states spelt as strings:\n" + "\n".join(spelt)

@@ -10,7 +10,6 @@ reported uncertain — never silently resent. docs/architecture.md has the whole
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import secrets
@@ -407,11 +406,6 @@ def deliver(ctx: Context, issue_id: int, transport: Transport, *,
     report = SendReport(issue_id, issue.list_name, issue.number, issue.rendered.subject)
     me = worker_identity()
     _LIVE_CLAIMERS.add(me)
-    # Each batch's thousands of short-lived objects keep pushing the garbage collector
-    # into full collections, which walk every object of the process (the ORM's caches,
-    # every module). Frozen, the objects that exist now are left out of those walks until
-    # the send ends: 11.0 s → 9.4 s for 300,000 recipients.
-    gc.freeze()
     started, outcome = time.perf_counter(), metrics.SendOutcome.FAILED
     try:
         _deliver(ctx, issue, report, transport, me, resend_uncertain=resend_uncertain,
@@ -423,7 +417,6 @@ def deliver(ctx: Context, issue_id: int, transport: Transport, *,
                    if report.ok else metrics.SendOutcome.FAILED)
         return report
     finally:
-        gc.unfreeze()
         _LIVE_CLAIMERS.discard(me)
         metrics.SEND_SECONDS.labels(issue.list_name).observe(time.perf_counter() - started)
         metrics.SENDS.labels(issue.list_name, outcome).inc()

@@ -4,24 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import httpx
+
 from digest import __version__
-
-# httpx's own command-line client (httpx/_main.py) loads rich's progress bars, syntax
-# highlighting and pygments whenever click and rich are installed, as they are here: 14 ms
-# of every collect, for a program we never run. httpx does without it when it cannot be
-# imported; a process that imported httpx before us keeps its client.
-sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
-
-import httpx  # noqa: E402
-
-from digest.services import outbound  # noqa: E402  (after httpx: see above)
+from digest.services import outbound
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -49,36 +49,38 @@ class State:
         if self._ctx is None:
             from digest.services.context import Context
             self._ctx = Context.open(self.loaded.settings)
-            resume_collector()
         return self._ctx
 
 
-# The console script pauses Python's cycle collector while a command starts: importing
-# SQLAlchemy and declaring the models makes ~140 collections, one of them full, for
-# nothing (modules are not garbage). `digest lists list` took 0.457 s with it and 0.393 s
-# without (mean of 16). It resumes once the command's database is open, before any
-# long work; a command that never opens one (`--help`, `config`) ends paused. What was
-# loaded until then (modules, classes, the models' mappers) is moved out of the
-# collector's sight first (gc.freeze): it lives as long as the process, and every full
-# collection used to walk it again. Collections then took 1.3 s instead of 3.9 s of a
-# 1,000,000-row import on SQLite, 3.8 s instead of 5.9 s on PostgreSQL, and 0.10 s
-# instead of 0.18 s of a send to 100,000.
-_paused = False
+# The one place that tunes Python's cycle collector, for the whole process
+# (tests/test_architecture.py keeps it the only one).
+#
+# The collector starts its youngest round every 700 new objects, and a round that
+# promotes enough survivors walks every object of the process. A command allocates far
+# more than that without making garbage: importing SQLAlchemy and declaring the models
+# (modules, classes, mappers that live as long as the process), a send's batch of 1000
+# recipients, an import's chunk of 5,000 rows waiting between threads. Each was promoted
+# and walked again, round after round; rounds every YOUNGEST_ROUND new objects collect
+# the same garbage in fewer walks.
+#
+# When the command is over, what it built lives until the process ends, and the
+# interpreter's teardown would walk all of it again in its own collections (the most of
+# the 0.1 s a command spent tearing down). Frozen, it is left out of those walks; the
+# teardown itself runs as usual: exit handlers, buffers flushed, modules cleared, objects
+# freed.
+YOUNGEST_ROUND = 10_000
 
 
-def pause_collector() -> None:
-    global _paused
-    if gc.isenabled():
-        gc.disable()
-        _paused = True
-
-
-def resume_collector() -> None:
-    global _paused
-    if _paused:
+@contextmanager
+def collector_tuned() -> Iterator[None]:
+    """Run the process's command with the cycle collector tuned for it: the console
+    script's entry point wraps its one command in this, once."""
+    _, middle, oldest = gc.get_threshold()
+    gc.set_threshold(YOUNGEST_ROUND, middle, oldest)
+    try:
+        yield
+    finally:
         gc.freeze()
-        gc.enable()
-        _paused = False
 
 
 def boundary(func: F) -> F:

@@ -24,7 +24,6 @@ from digest.edges.cli.base import (
     err,
     out,
     progress_bar,
-    resume_collector,
     state,
 )
 from digest.errors import InvalidInputError
@@ -830,7 +829,6 @@ def subscribers_export(list_name: str, out_path: Path | None, status: str) -> No
 def demo_cmd(directory: Path) -> None:
     """Run the whole job offline on bundled sample feeds, into a fresh SQLite file."""
     from digest.edges.demo import run_demo
-    resume_collector()  # the demo opens its own context
     run_demo(directory, console=err, interactive=_interactive(), progress=progress_bar)
 
 
