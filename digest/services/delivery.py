@@ -11,9 +11,6 @@ reported uncertain — never silently resent. docs/architecture.md has the whole
 from __future__ import annotations
 
 import logging
-import os
-import secrets
-import socket
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -44,6 +41,7 @@ from digest.core.messages import domain_of, format_sender
 from digest.core.rendering import Recipient, RenderedIssue
 from digest.errors import DeliveryError
 from digest.services import metrics
+from digest.services.claims import claimer_gone, hold, let_go, worker_identity
 from digest.services.context import Context
 from digest.services.db import among, utcnow
 from digest.services.models import (
@@ -228,36 +226,6 @@ def _update_deliveries(ctx: Context, conn: Connection, ids: Sequence[int],
         conn.execute(query)
 
 
-# Claimer ids of the sends running in this process (a web request and the scheduler may
-# both send): a claim by this pid whose id is not here belongs to a send that ended.
-_LIVE_CLAIMERS: set[str] = set()
-
-
-def worker_identity() -> str:
-    """This process as a claimer of deliveries: host, pid and a nonce."""
-    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
-
-
-def claimer_gone(claimed_by: str | None, lease_until: datetime | None,
-                 now: datetime) -> bool:
-    """Whether a claim is abandoned: its lease ran out, or its process on this host died."""
-    if claimed_by is None or lease_until is None or lease_until < now:
-        return True
-    host, _, rest = claimed_by.partition(":")
-    pid_text = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid_text.isdigit():
-        return False  # another machine's worker: trust its lease
-    if int(pid_text) == os.getpid():
-        return claimed_by not in _LIVE_CLAIMERS
-    try:
-        os.kill(int(pid_text), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
-
-
 @dataclass(frozen=True)
 class Claim:
     """A batch this process claimed: its id and the delivery ids it covers."""
@@ -405,7 +373,7 @@ def deliver(ctx: Context, issue_id: int, transport: Transport, *,
         issue = outgoing_issue(mailing_list, issue_row, ctx, sandbox=sandbox)
     report = SendReport(issue_id, issue.list_name, issue.number, issue.rendered.subject)
     me = worker_identity()
-    _LIVE_CLAIMERS.add(me)
+    hold(me)  # its claims are alive to this process's other senders until it ends
     started, outcome = time.perf_counter(), metrics.SendOutcome.FAILED
     try:
         _deliver(ctx, issue, report, transport, me, resend_uncertain=resend_uncertain,
@@ -417,7 +385,7 @@ def deliver(ctx: Context, issue_id: int, transport: Transport, *,
                    if report.ok else metrics.SendOutcome.FAILED)
         return report
     finally:
-        _LIVE_CLAIMERS.discard(me)
+        let_go(me)
         metrics.SEND_SECONDS.labels(issue.list_name).observe(time.perf_counter() - started)
         metrics.SENDS.labels(issue.list_name, outcome).inc()
         if outcome == "ok":
