@@ -3,15 +3,22 @@ reader for previews, one next issue number, one feed-health row, one liveness ru
 
 from __future__ import annotations
 
+import os
 import re
+import socket
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from starlette.testclient import TestClient
 
 from digest.edges.web.app import create_app
+from digest.services.claims import at_work, claimer_gone, worker_identity
 from digest.services.collect import add_feed, collect
 from digest.services.context import Context
 from digest.services.editors import add_editor
+from schedules.daemon import LeaderLock
 from subscribers.lists import create_list
 from subscribers.subscriptions import add_subscriber
 from tests.conftest import make_settings
@@ -66,3 +73,33 @@ def test_a_link_with_an_ampersand_is_listed_once_as_it_is_and_gets_its_mark(
     assert item.startswith('<li class="link-ok">'), item
     assert ("GET", "/post?a=1&b=2") in feed_server.seen
     ctx.close()
+
+
+def test_one_liveness_rule_for_every_claim() -> None:
+    now = datetime.now(UTC)
+    soon = now + timedelta(seconds=60)
+    me = worker_identity()
+    host = socket.gethostname()
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                           capture_output=True, text=True, check=True)
+    assert claimer_gone(me, now - timedelta(seconds=1), now)  # its lease ran out
+    assert claimer_gone(None, soon, now)
+    assert claimer_gone(f"{host}:{ended.stdout.strip()}:abc", soon, now)  # process gone
+    assert not claimer_gone(f"elsewhere.example:{os.getpid()}:abc", soon, now)  # trusted
+    assert claimer_gone(me, soon, now)  # this process's, not at work: its work ended
+    assert not claimer_gone(me, now - timedelta(seconds=1), now, me=me)  # the asker's own
+    with at_work(me):
+        assert not claimer_gone(me, soon, now)
+    assert claimer_gone(me, soon, now)
+
+
+def test_a_second_scheduler_in_one_process_leaves_a_live_leader_its_lock(
+        ctx: Context) -> None:
+    first, second = LeaderLock(ctx), LeaderLock(ctx)
+    assert first.try_acquire()
+    # Asking whether someone leads and trying to lead give one answer.
+    assert second.held_elsewhere() and not second.try_acquire()
+    assert first.try_acquire()  # still the leader
+    first.release()
+    assert not second.held_elsewhere() and second.try_acquire()
+    second.release()
