@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench fuzz clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,30 @@ test: $(STAMP) $(AXE)
 lint: $(STAMP)
 	$(BIN)/ruff check digest subscribers schedules tests bench
 	$(BIN)/mypy
+
+# atheris over feed parsing, sanitizing and the CSV import (tests/fuzz), FUZZ_SECONDS each;
+# an input slower than FUZZ_INPUT_SECONDS counts as a crash. Seeds stay as they are: the
+# inputs found and any crash (with the input that made it) go to .cache/fuzz. Without
+# atheris (no wheel for this Python), it says so and passes.
+FUZZ_SECONDS ?= 30
+FUZZ_INPUT_SECONDS ?= 20
+FUZZ_TARGETS := feeds sanitize imports
+
+fuzz: $(STAMP)
+	@if ! $(BIN)/python -c "import atheris" 2>/dev/null; then \
+	  echo "make fuzz: atheris is not installed; fuzzing skipped"; exit 0; fi; \
+	for target in $(FUZZ_TARGETS); do \
+	  work=.cache/fuzz/$$target; mkdir -p $$work/corpus; \
+	  cp tests/fuzz/seeds/$$target/* $$work/corpus/; \
+	  if DIGEST_FUZZ_WORK=$$work $(BIN)/python -m tests.fuzz.fuzz_$$target \
+	      -max_total_time=$(FUZZ_SECONDS) -timeout=$(FUZZ_INPUT_SECONDS) -rss_limit_mb=2048 \
+	      -artifact_prefix=$$work/ $$work/corpus >$$work/log 2>&1; then \
+	    echo "make fuzz: $$target: $$(grep '^Done' $$work/log)"; \
+	  else \
+	    tail -n 40 $$work/log; echo "make fuzz: $$target failed; the input is in $$work/"; \
+	    exit 1; \
+	  fi; \
+	done
 
 bench: $(STAMP)
 	@$(BYTECODE)

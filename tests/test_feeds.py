@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import html
 from datetime import UTC, datetime
 
 import pytest
 
 from digest.core.feeds import canonical_link, parse_feed, title_key
+from digest.core.grouping import Item, KeywordConfig, group
+from digest.core.rendering import IssueContent, Recipient, Renderer, Sender
 from digest.core.sanitize import sanitize_html, summarize
 from digest.errors import FeedError
 from tests.feedserver import rss
@@ -102,3 +105,86 @@ def test_duplicate_within_one_feed_is_kept_once() -> None:
     body = rss([{"title": "Same", "link": "https://n.example/1", "guid": "1"},
                 {"title": "Same", "link": "https://n.example/1?utm_medium=rss", "guid": "2"}])
     assert len(parse_feed(body, url="https://n.example/f").entries) == 1
+
+
+# --- text constructs: text stays text, HTML becomes text (issue 26, item 13) -----------------
+
+TEXT_TITLES = ["Vector<int> in C++", "if a<b and c>d", "History of the <blink> tag"]
+
+
+def atom(entries: list[str]) -> bytes:
+    """An Atom feed around entries given as their inner XML."""
+    return ('<?xml version="1.0" encoding="utf-8"?><feed xmlns="http://www.w3.org/2005/Atom">'
+            '<title type="text">Desk &lt;C++&gt;</title><id>urn:desk</id>'
+            + "".join(f'<entry><id>urn:{i}</id><link href="https://n.example/{i}"/>{inner}'
+                      "</entry>" for i, inner in enumerate(entries))
+            + "</feed>").encode()
+
+
+def test_text_titles_keep_their_text_in_rss_and_atom() -> None:
+    # RSS declares no type: no closing tag and no reference, so text. Atom says "text"
+    # (also what no type means there).
+    rss_feed = parse_feed(rss([{"title": html.escape(t, quote=False), "guid": str(i),
+                                "link": f"https://n.example/{i}"}
+                               for i, t in enumerate(TEXT_TITLES)], title="Desk &lt;C++&gt;"),
+                          url="https://n.example/feed.xml")
+    atom_feed = parse_feed(atom([f'<title type="text">{html.escape(TEXT_TITLES[0])}</title>',
+                                 f"<title>{html.escape(TEXT_TITLES[1])}</title>",
+                                 f'<title type="text">{html.escape(TEXT_TITLES[2])}</title>']),
+                           url="https://n.example/feed.atom")
+    for feed in (rss_feed, atom_feed):
+        assert [e.title for e in feed.entries] == TEXT_TITLES
+        assert feed.title == "Desk <C++>"
+
+
+def test_html_titles_are_reduced_to_their_text() -> None:
+    feed = parse_feed(atom([
+        '<title type="html">Vector&amp;lt;int&amp;gt; &lt;b&gt;in&lt;/b&gt; C++</title>',
+        '<title type="xhtml"><div xmlns="http://www.w3.org/1999/xhtml">History of the '
+        "<b>blink</b> tag</div></title>",
+        '<title type="html">Recap &lt;script&gt;alert(1)&lt;/script&gt;</title>']),
+        url="https://n.example/feed.atom")
+    assert [e.title for e in feed.entries] == ["Vector<int> in C++", "History of the blink tag",
+                                               "Recap"]
+    # RSS: a closing tag or a reference says HTML, whatever tags feedparser knows.
+    [entry] = parse_feed(rss([{"title": "<![CDATA[Recap: <b>Gaza</b> Talks<script>x()"
+                                        "</script>]]>", "guid": "1"}]),
+                         url="https://n.example/feed.xml").entries
+    assert entry.title == "Recap: Gaza Talks"
+
+
+def test_a_text_summary_is_escaped_into_a_paragraph_never_parsed() -> None:
+    feed = parse_feed(atom([
+        '<title>Text</title><summary type="text">if a&lt;b and c&gt;d, see &lt;blink&gt; '
+        "&amp; co</summary>",
+        '<title>Content</title><content type="text">Vector&lt;int&gt; &lt;img src=x&gt;'
+        "</content>",
+        '<title>HTML</title><summary type="html">&lt;p&gt;if a&amp;lt;b&lt;/p&gt;'
+        "&lt;img src=x&gt;</summary>"]), url="https://n.example/feed.atom")
+    text, content, markup = feed.entries
+    assert text.summary_html == "<p>if a&lt;b and c&gt;d, see &lt;blink&gt; &amp; co</p>"
+    assert text.lead == "if a<b and c>d, see <blink> & co"
+    assert content.summary_html == "<p>Vector&lt;int&gt; &lt;img src=x&gt;</p>"
+    assert content.lead == "Vector<int> <img src=x>" and content.image is None
+    assert markup.summary_html == '<p>if a&lt;b</p><img src="https://n.example/x">'
+    assert markup.lead == "if a<b" and markup.image is not None
+
+
+def test_a_text_title_reaches_the_email_as_text() -> None:
+    feed = parse_feed(atom([f'<title type="text">{html.escape(t)}</title><category term="C"/>'
+                            "<summary>A recap.</summary>" for t in TEXT_TITLES]),
+                      url="https://n.example/feed.atom")
+    now = datetime(2026, 11, 23, tzinfo=UTC)
+    items = [Item(i, e.title, e.link, e.summary_html, e.keywords, now, lead=e.lead)
+             for i, e in enumerate(feed.entries, 1)]
+    content = IssueContent("weekly", "The Weekly Recap", 1, "The Weekly Recap", now,
+                           group(items, KeywordConfig.from_settings([], {}, {}, "Other")),
+                           Sender("Desk", "desk@news.example", "1 Road, Town"),
+                           "https://digest.example/archive/weekly/1")
+    issue = Renderer().render_issue(content)
+    page, text = issue.personalize(Recipient("https://digest.example/u/T",
+                                             "https://digest.example/p/T"))
+    for title in TEXT_TITLES:
+        assert title in text
+        assert html.escape(title, quote=False) in page
+    assert "<int>" not in page and "<blink>" not in page

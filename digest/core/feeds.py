@@ -79,7 +79,10 @@ def canonical_link(url: str) -> str:
     """The form of a link used to spot the same recap: no fragment, no tracking parameters."""
     parts = urlsplit(url.strip())
     host = (parts.hostname or "").lower()
-    port = parts.port
+    try:
+        port = parts.port
+    except ValueError:  # not a number: no port (no link we keep has one)
+        port = None
     if port and not ((parts.scheme == "http" and port == 80) or
                      (parts.scheme == "https" and port == 443)):
         host = f"{host}:{port}"
@@ -100,8 +103,15 @@ def title_key(title: str) -> str:
 def _absolute_http(link: str | None, base: str) -> str | None:
     if not link:
         return None
-    absolute = urljoin(base, link.strip())
-    return absolute if urlsplit(absolute).scheme in {"http", "https"} else None
+    try:
+        absolute = urljoin(base, link.strip())
+        parts = urlsplit(absolute)
+        port = parts.port  # raises ValueError for a port that is no number
+    except ValueError:
+        return None
+    # "http:x//host/" is no web address (it names no host), nor is port 0.
+    web = parts.scheme in {"http", "https"} and parts.netloc and port != 0
+    return absolute if web else None
 
 
 def _time(entry: Any) -> datetime | None:
@@ -251,7 +261,7 @@ def normalize_entry(entry: Any, *, base: str, summary_max_chars: int,
     summary, text = summarize_parsed(body, summary_max_chars, base_url=link or base)
     lead = _lead(entry, value, text)
     if not title:
-        title = html_to_text(summary)[:80]
+        title = html_to_text(summary)[:80].rstrip()
     if not title and not link:
         return None
     guid = str(entry.get("id") or "").strip()[:2000] or None
@@ -275,8 +285,12 @@ def parse_feed(body: bytes, *, url: str, headers: Mapping[str, str] | None = Non
     # the few links we keep are made absolute in normalize_entry instead.
     response_headers.pop("content-location", None)
     import feedparser  # here: a collect whose feeds all answer 304 parses nothing
-    parsed = feedparser.parse(io.BytesIO(body), response_headers=response_headers,
-                              sanitize_html=False, resolve_relative_uris=False)
+    try:
+        parsed = feedparser.parse(io.BytesIO(body), response_headers=response_headers,
+                                  sanitize_html=False, resolve_relative_uris=False)
+    except Exception as e:  # its own bug on hostile bytes: this feed's error, not collect's
+        # (its loose parser encodes "&#xD800;" to UTF-8 and raises UnicodeEncodeError)
+        raise FeedError(url, f"feedparser failed: {type(e).__name__}: {e}") from e
     problem = parsed.get("bozo_exception") if parsed.get("bozo") else None
     if not parsed.entries and not parsed.get("version"):
         reason = f"not a feed ({problem})" if problem else "not a feed"

@@ -18,7 +18,8 @@ import html
 import re
 from collections.abc import Callable, Iterator, Mapping
 from functools import cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
+from urllib.parse import urlsplit
 
 import nh3
 
@@ -67,29 +68,35 @@ RELATED_WINDOW_CHARS = 2000
 # email_fragment. It stops at the first "<" as well as ">", so each try scans text no
 # other try scans again: linear, where "<img\b[^>]*>" was quadratic on "<img<img<img…".
 IMG_TAG = re.compile(r"<img\b[^<>]*>", re.IGNORECASE)
-_SURROGATE = re.compile("[\ud800-\udfff]")  # lone halves, which neither parser accepts
+# What no HTML text may hold: C0 controls but tab and line ends, two non-characters, and
+# lone halves of surrogate pairs (which no parser accepts).
+_UNFIT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff\ud800-\udfff]")
 _PIXELS = re.compile(r"\s*(\d+)(?:px)?\s*", re.IGNORECASE)  # a width or height, whole
 
 
 def _escape_text(text: str) -> str:
-    """Text escaped as html5ever (nh3) writes it: written the same way, nh3's output read
-    back and written again is unchanged."""
+    """Text escaped as nh3 writes it: written the same way, nh3's output read back and
+    written again is unchanged."""
     return (text.replace("&", "&amp;").replace("\xa0", "&nbsp;").replace("<", "&lt;")
             .replace(">", "&gt;"))
 
 
 def _escape_attribute(value: str) -> str:
-    """An attribute's value escaped as html5ever writes it, for double quotes."""
-    return value.replace("&", "&amp;").replace("\xa0", "&nbsp;").replace('"', "&quot;")
+    """An attribute's value escaped as nh3 writes it, for double quotes."""
+    return _escape_text(value).replace('"', "&quot;")
 
 
 def bounded(fragment: str) -> str:
     """``fragment`` as the parsers get it: its first :data:`MAX_FRAGMENT_CHARS`
-    characters, with lone surrogates (which no parser accepts) replaced."""
-    cut = fragment[:MAX_FRAGMENT_CHARS]
-    if not cut.isascii():
-        cut = _SURROGATE.sub("\ufffd", cut)
-    return cut
+    characters, without the characters no HTML or XML text may hold (lxml refuses to
+    write them back): control characters go (vertical tab and form feed become spaces)
+    and lone surrogates become U+FFFD."""
+    return _UNFIT.sub(_fit, fragment[:MAX_FRAGMENT_CHARS])
+
+
+def _fit(match: re.Match[str]) -> str:
+    char = match[0]
+    return " " if char in "\x0b\x0c" else "\ufffd" if "\ud800" <= char <= "\udfff" else ""
 
 
 @cache
@@ -122,18 +129,46 @@ def _prune(body: etree._Element) -> None:
     """Reduce a parsed fragment to the allow-list: dropped elements go with their content,
     other unknown tags leave their content in place, unknown attributes go."""
     from lxml import etree
-    tags = {el.tag for el in body.iter()}
-    tags.discard("body")
-    if not tags.isdisjoint(DROPPED_WITH_CONTENT):
-        etree.strip_elements(body, *DROPPED_WITH_CONTENT, with_tail=False)
-    others = tags - ALLOWED_TAGS - DROPPED_WITH_CONTENT
-    if others:
-        etree.strip_tags(body, *others)  # comments and the like too: their tag isn't a str
+    dropped = unknown = False
     for el in body.iter():
-        if el.attrib:
-            allowed = _KEPT_ATTRIBUTES.get(str(el.tag), set())
-            for name in [n for n in el.attrib if n not in allowed]:
-                del el.attrib[name]
+        tag = el.tag
+        if tag in ALLOWED_TAGS:
+            if el.attrib:
+                _prune_attributes(el, _KEPT_ATTRIBUTES.get(tag, set()))
+        elif el is not body:
+            if tag in DROPPED_WITH_CONTENT:
+                dropped = True
+                continue
+            unknown = True
+            if isinstance(tag, str):
+                # Renamed, as lxml takes no tag name it could not write ("a:b:c", say).
+                el.tag = _UNWRAPPED
+    if dropped:
+        etree.strip_elements(body, *DROPPED_WITH_CONTENT, with_tail=False)
+    if unknown:
+        etree.strip_tags(body, _UNWRAPPED, etree.Comment, etree.ProcessingInstruction,
+                         etree.Entity)
+
+
+_UNWRAPPED = "recap-unwrapped"  # an element whose tags go and whose content stays
+
+
+def _prune_attributes(el: etree._Element, allowed: set[str]) -> None:
+    # nh3 checks no scheme in a cite: javascript: would stay.
+    kept = [(name, value) for name, value in el.attrib.items() if name in allowed
+            and (name != "cite" or _web_address(value))]
+    if len(kept) < len(el.attrib):
+        el.attrib.clear()  # not one by one: lxml takes no name it could not write ("a}")
+        for name, value in kept:
+            el.set(name, value)
+
+
+def _web_address(url: str) -> bool:
+    """Whether ``url`` is an absolute http or https address."""
+    try:
+        return urlsplit(url.strip()).scheme.lower() in {"http", "https"}
+    except ValueError:  # such as an unclosed "[" where an IPv6 host would be
+        return False
 
 
 def _write(body: etree._Element, contents: Mapping[etree._Element, str] | None = None) -> str:
@@ -303,21 +338,29 @@ def element_text(el: etree._Element) -> str:
 
 
 def _clean(markup: str, base_url: str | None = None, *, images: bool = True) -> str:
-    """nh3's allow-list over markup already pruned to it, then (``images``) no tracking
-    images."""
-    cleaned = nh3.clean(
-        markup,
-        tags=ALLOWED_TAGS,
-        clean_content_tags=DROPPED_WITH_CONTENT,
-        attributes=ALLOWED_ATTRIBUTES,
-        url_schemes=URL_SCHEMES,
-        link_rel="noopener noreferrer",
-        url_relative=("rewrite_with_base", base_url) if base_url else "pass_through",
-        strip_comments=True,
-    )
+    """nh3's allow-list over markup already pruned to it, relative URLs made absolute
+    against ``base_url``, then (``images``) no tracking images."""
+    relative: _Relative = ("rewrite_with_base", base_url) if base_url else "pass_through"
+    try:
+        cleaned = _nh3(markup, relative)
+    except ValueError:
+        # A base nh3's URL parser (a browser's rules) refuses, such as an entry's link
+        # that Python reads as http ("http://ěě…127.0.0.1/"): relative URLs then lead
+        # nowhere, so they go.
+        cleaned = _nh3(markup, "deny")
     if images and "<img" in cleaned:
         cleaned = _drop_tracking_images(cleaned)
     return cleaned
+
+
+_Relative = Literal["pass_through", "deny"] | tuple[Literal["rewrite_with_base"], str]
+
+
+def _nh3(markup: str, relative: _Relative) -> str:
+    return nh3.clean(markup, tags=ALLOWED_TAGS, clean_content_tags=DROPPED_WITH_CONTENT,
+                     attributes=ALLOWED_ATTRIBUTES, url_schemes=URL_SCHEMES,
+                     link_rel="noopener noreferrer", url_relative=relative,
+                     strip_comments=True)
 
 
 def _at_most_one_pixel(value: str | None) -> bool | None:
@@ -425,11 +468,11 @@ def summarize_parsed(body: etree._Element, limit: int, *,
     :func:`html_to_text` gives it), which sanitizing leaves as it was."""
     _prune(body)
     text = element_text(body)
-    # Neither what follows twice the limit nor more elements than that can reach the
-    # summary (its text would be cut, its markup is no recap's): they are not sanitized.
-    bound = 2 * limit + 1000
-    if len(text) > limit or sum(1 for _ in body.iter()) > bound:
-        _cut(body, bound, _sliced, max_elements=bound)
+    # What follows twice the limit in text cannot reach the summary, and a summary needs
+    # no more elements than it has characters (each holds some): neither is sanitized.
+    most = limit + 100
+    if len(text) > limit or sum(1 for _ in body.iter()) > most:
+        _cut(body, 2 * limit + 1000, _sliced, max_elements=most)
     cleaned = _clean(_write(body), base_url).strip()
     if len(text) <= limit:
         return cleaned, text
@@ -446,6 +489,6 @@ def email_fragment(fragment: str, title: str) -> str:
     cut_at_read_also(body)
     for img in list(body.iter("img")):
         _remove(img)
-    titled = {a: html.escape(title) for a in body.iter("a")
+    titled = {a: html.escape(bounded(title)) for a in body.iter("a")
               if element_text(a).casefold() in VAGUE_LINK_TEXTS}
     return _write(body, titled).strip()
