@@ -28,12 +28,11 @@ import threading
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple, TextIO, TypeVar, cast
+from typing import Any, NamedTuple, TextIO, TypeVar
 
-from sqlalchemy import Connection, Text, select, text, update
+from sqlalchemy import Text, select
 from sqlalchemy import cast as cast_
 
 from digest.errors import InvalidInputError
@@ -43,10 +42,13 @@ from subscribers.addresses import address_hash, address_key, normalize_address
 from subscribers.fields import one_line
 from subscribers.lists import get_list
 from subscribers.models import Subscriber, Subscription, SubscriptionStatus, Suppression
-from subscribers.subscriptions import refused, segment_of
-
-if TYPE_CHECKING:
-    import psycopg
+from subscribers.subscriptions import (
+    add_people,
+    add_subscriptions,
+    refused,
+    rename_and_rekey,
+    segment_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -413,7 +415,7 @@ def _apply(db: Database, list_id: int, rows: dict[str, _Row], report: ImportRepo
                       if k not in people and k not in suppressed]
         if new_people:
             people.update({key: (pid, rows[key].name)
-                           for pid, key in _add_people(conn, new_people, now)})
+                           for pid, key in add_people(conn, new_people, now)})
         new_subs, renamed, rekeyed = [], [], []
         for key, row in rows.items():
             person_id, person_name = people.get(key, (0, ""))
@@ -439,106 +441,13 @@ def _apply(db: Database, list_id: int, rows: dict[str, _Row], report: ImportRepo
             else:
                 report.unchanged += 1
         if new_subs:
-            _add_subscriptions(conn, list_id, source, new_subs, now)
-        if renamed:
-            session.execute(update(Subscriber), renamed)
-        if rekeyed:
-            session.execute(update(Subscription), rekeyed)
+            add_subscriptions(conn, list_id, source, new_subs, now)
+        rename_and_rekey(session, renamed, rekeyed)
 
 
 @lru_cache(maxsize=4096)  # the stored JSON text of a list's few keyword choices
 def _stored_keywords(stored: str | None) -> tuple[str, ...]:
     return tuple(json.loads(stored) or ()) if stored else ()
-
-
-# New rows go in below SQLAlchemy's statement layer, which spent ~5 µs a row turning
-# parameters into values: on PostgreSQL through COPY, on SQLite through one statement a
-# chunk reading the rows from one JSON text (json_each).
-
-def _add_people(conn: Connection, people: list[tuple[str, str, str]],
-                now: datetime) -> list[tuple[int, str]]:
-    """Insert new subscribers (email, key, name); return (id, key) of each."""
-    if conn.dialect.name == "postgresql":
-        # COPY returns nothing: the ids are taken from the sequence first, as one text
-        # (a row each cost SQLAlchemy 2.4 µs).
-        ids = [int(i) for i in conn.execute(text(
-            "SELECT string_agg(nextval(pg_get_serial_sequence('subscribers', 'id'))::text, "
-            "',') FROM generate_series(1, :n)"), {"n": len(people)}).scalar_one().split(",")]
-        stamp = _copy_text(_naive(now).isoformat(" "))
-        _copy(conn, "subscribers (id, email, email_key, name, created_at)",
-              "".join(f"{pid}\t{_copy_text(email)}\t{_copy_text(key)}\t{_copy_text(name)}"
-                      f"\t{stamp}\n"
-                      for pid, (email, key, name) in zip(ids, people, strict=True)))
-        return [(pid, key) for pid, (_, key, _) in zip(ids, people, strict=True)]
-    # One statement for the chunk: the table is AUTOINCREMENT, whose counter SQLite
-    # writes at the end of every statement (an executemany, a statement a row, cost ~1 µs
-    # a row more for it; this costs what the executemany did before).
-    conn.exec_driver_sql(
-        "INSERT INTO subscribers (email, email_key, name, created_at) SELECT "
-        "json_extract(value, '$[0]'), json_extract(value, '$[1]'), "
-        "json_extract(value, '$[2]'), ? FROM json_each(?)",
-        (_sqlite_time(now), json.dumps(people)))
-    keys = [key for _, key, _ in people]
-    return [(pid, key) for pid, key in conn.execute(
-        select(Subscriber.id, Subscriber.email_key)
-        .where(among(Subscriber.email_key, False, keys)))]
-
-
-def _add_subscriptions(conn: Connection, list_id: int, source: str,
-                       new: list[tuple[int, tuple[str, ...]]], now: datetime) -> None:
-    """Insert active subscriptions (subscriber id, keywords) to a list."""
-    columns = ("subscriber_id, list_id, status, source, keywords, segment, created_at, "
-               "updated_at, confirmed_at")
-    postgres = conn.dialect.name == "postgresql"
-    stamp = _naive(now).isoformat(" ") if postgres else _sqlite_time(now)
-    # A list's readers share a few keyword choices: each is serialized once.
-    forms: dict[tuple[str, ...], tuple[str, str]] = {}
-    for _, keywords in new:
-        if keywords not in forms:
-            forms[keywords] = (json.dumps(list(keywords)), segment_of(keywords))
-    if postgres:
-        shared = f"\t{list_id}\t{SubscriptionStatus.ACTIVE}\t{_copy_text(source)}\t"
-        texts = {k: f"{_copy_text(keywords)}\t{_copy_text(segment)}"
-                 for k, (keywords, segment) in forms.items()}
-        _copy(conn, f"subscriptions ({columns})", "".join(
-            f"{person}{shared}{texts[keywords]}\t{stamp}\t{stamp}\t{stamp}\n"
-            for person, keywords in new))
-    else:  # one statement a chunk, as for the subscribers
-        conn.exec_driver_sql(
-            f"INSERT INTO subscriptions ({columns}) SELECT json_extract(value, '$[0]'), ?, "
-            "?, ?, json_extract(value, '$[1]'), json_extract(value, '$[2]'), ?, ?, ? "
-            "FROM json_each(?)",
-            (list_id, SubscriptionStatus.ACTIVE, source, stamp, stamp, stamp,
-             json.dumps([(person, *forms[keywords]) for person, keywords in new])))
-
-
-# COPY's text format: a backslash starts an escape; tab, newline and CR end a field or row.
-_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
-_COPY_SPECIAL = re.compile(r"[\\\t\n\r]").search
-
-
-def _copy_text(value: str) -> str:
-    """A value as COPY's text format writes it. Most values hold nothing to escape, and
-    looking costs 0.16 µs where translating costs 1.1 µs (three values a new row)."""
-    return value if _COPY_SPECIAL(value) is None else value.translate(_COPY_ESCAPES)
-
-
-def _copy(conn: Connection, target: str, data: str) -> None:
-    """COPY rows, written in COPY's text format, into ``target`` ("table (columns)") on
-    PostgreSQL, in the connection's transaction."""
-    dbapi = cast("psycopg.Connection[Any]", conn.connection.dbapi_connection)
-    with dbapi.cursor() as cursor, cursor.copy(f"COPY {target} FROM STDIN") as copy:
-        copy.write(data)
-
-
-def _naive(moment: datetime) -> datetime:
-    """A UTC time as a timestamp without time zone holds it."""
-    return moment.astimezone(UTC).replace(tzinfo=None)
-
-
-def _sqlite_time(moment: datetime) -> str:
-    """A UTC time as SQLAlchemy stores it in SQLite (and reads back exactly)."""
-    return f"{_naive(moment):%Y-%m-%d %H:%M:%S.%f}"
 
 
 def export_csv(db: Database, list_name: str, out: TextIO, *,

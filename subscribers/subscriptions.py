@@ -1,23 +1,32 @@
-"""Subscribers on lists: add, remove, forget, and the audience of an issue."""
+"""Subscribers on lists: add, remove, forget, and the audience of an issue; every write
+of subscribers and subscriptions, one at a time and many at once (the CSV import of
+:mod:`subscribers.imports` stores its chunks through :func:`add_people`,
+:func:`add_subscriptions` and :func:`rename_and_rekey`)."""
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import delete, select
+from sqlalchemy import Connection, delete, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from digest.core.grouping import keyword_key
 from digest.errors import InvalidInputError, NotFoundError
-from digest.services.db import Database, utcnow
+from digest.services.db import Database, among, utcnow
 from digest.services.models import delete_deliveries
 from subscribers.addresses import address_hash, address_key, normalize_address
 from subscribers.fields import one_line
 from subscribers.lists import get_list
 from subscribers.models import Subscriber, Subscription, SubscriptionStatus, Suppression
+
+if TYPE_CHECKING:
+    import psycopg
 
 # Those who left a list: they are never subscribed again by an add or an import.
 LEFT = (SubscriptionStatus.UNSUBSCRIBED, SubscriptionStatus.BOUNCED,
@@ -229,3 +238,108 @@ def show_subscriber(db: Database, email: str) -> PersonView:
             SubscriptionView(person.email, person.name, list_name, sub.status,
                              list(sub.keywords), sub.source, sub.created_at)
             for sub, list_name in rows])
+
+
+# --- many at once: the CSV import -------------------------------------------------------
+#
+# New rows go in below SQLAlchemy's statement layer, which spent ~5 µs a row turning
+# parameters into values: on PostgreSQL through COPY, on SQLite through one statement a
+# chunk reading the rows from one JSON text (json_each). One row at a time (subscribe,
+# above) goes through the ORM, whose objects its callers go on using and whose
+# IntegrityError says that the same address was added at the same moment elsewhere.
+
+def add_people(conn: Connection, people: list[tuple[str, str, str]],
+                now: datetime) -> list[tuple[int, str]]:
+    """Insert new subscribers (email, key, name); return (id, key) of each."""
+    if conn.dialect.name == "postgresql":
+        # COPY returns nothing: the ids are taken from the sequence first, as one text
+        # (a row each cost SQLAlchemy 2.4 µs).
+        ids = [int(i) for i in conn.execute(text(
+            "SELECT string_agg(nextval(pg_get_serial_sequence('subscribers', 'id'))::text, "
+            "',') FROM generate_series(1, :n)"), {"n": len(people)}).scalar_one().split(",")]
+        stamp = _copy_text(_naive(now).isoformat(" "))
+        _copy(conn, "subscribers (id, email, email_key, name, created_at)",
+              "".join(f"{pid}\t{_copy_text(email)}\t{_copy_text(key)}\t{_copy_text(name)}"
+                      f"\t{stamp}\n"
+                      for pid, (email, key, name) in zip(ids, people, strict=True)))
+        return [(pid, key) for pid, (_, key, _) in zip(ids, people, strict=True)]
+    # One statement for the chunk: the table is AUTOINCREMENT, whose counter SQLite
+    # writes at the end of every statement (an executemany, a statement a row, cost ~1 µs
+    # a row more for it; this costs what the executemany did before).
+    conn.exec_driver_sql(
+        "INSERT INTO subscribers (email, email_key, name, created_at) SELECT "
+        "json_extract(value, '$[0]'), json_extract(value, '$[1]'), "
+        "json_extract(value, '$[2]'), ? FROM json_each(?)",
+        (_sqlite_time(now), json.dumps(people)))
+    keys = [key for _, key, _ in people]
+    return [(pid, key) for pid, key in conn.execute(
+        select(Subscriber.id, Subscriber.email_key)
+        .where(among(Subscriber.email_key, False, keys)))]
+
+
+def add_subscriptions(conn: Connection, list_id: int, source: str,
+                       new: list[tuple[int, tuple[str, ...]]], now: datetime) -> None:
+    """Insert active subscriptions (subscriber id, keywords) to a list."""
+    columns = ("subscriber_id, list_id, status, source, keywords, segment, created_at, "
+               "updated_at, confirmed_at")
+    postgres = conn.dialect.name == "postgresql"
+    stamp = _naive(now).isoformat(" ") if postgres else _sqlite_time(now)
+    # A list's readers share a few keyword choices: each is serialized once.
+    forms: dict[tuple[str, ...], tuple[str, str]] = {}
+    for _, keywords in new:
+        if keywords not in forms:
+            forms[keywords] = (json.dumps(list(keywords)), segment_of(keywords))
+    if postgres:
+        shared = f"\t{list_id}\t{SubscriptionStatus.ACTIVE}\t{_copy_text(source)}\t"
+        texts = {k: f"{_copy_text(keywords)}\t{_copy_text(segment)}"
+                 for k, (keywords, segment) in forms.items()}
+        _copy(conn, f"subscriptions ({columns})", "".join(
+            f"{person}{shared}{texts[keywords]}\t{stamp}\t{stamp}\t{stamp}\n"
+            for person, keywords in new))
+    else:  # one statement a chunk, as for the subscribers
+        conn.exec_driver_sql(
+            f"INSERT INTO subscriptions ({columns}) SELECT json_extract(value, '$[0]'), ?, "
+            "?, ?, json_extract(value, '$[1]'), json_extract(value, '$[2]'), ?, ?, ? "
+            "FROM json_each(?)",
+            (list_id, SubscriptionStatus.ACTIVE, source, stamp, stamp, stamp,
+             json.dumps([(person, *forms[keywords]) for person, keywords in new])))
+
+
+# COPY's text format: a backslash starts an escape; tab, newline and CR end a field or row.
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+_COPY_SPECIAL = re.compile(r"[\\\t\n\r]").search
+
+
+def _copy_text(value: str) -> str:
+    """A value as COPY's text format writes it. Most values hold nothing to escape, and
+    looking costs 0.16 µs where translating costs 1.1 µs (three values a new row)."""
+    return value if _COPY_SPECIAL(value) is None else value.translate(_COPY_ESCAPES)
+
+
+def _copy(conn: Connection, target: str, data: str) -> None:
+    """COPY rows, written in COPY's text format, into ``target`` ("table (columns)") on
+    PostgreSQL, in the connection's transaction."""
+    dbapi = cast("psycopg.Connection[Any]", conn.connection.dbapi_connection)
+    with dbapi.cursor() as cursor, cursor.copy(f"COPY {target} FROM STDIN") as copy:
+        copy.write(data)
+
+
+def _naive(moment: datetime) -> datetime:
+    """A UTC time as a timestamp without time zone holds it."""
+    return moment.astimezone(UTC).replace(tzinfo=None)
+
+
+def _sqlite_time(moment: datetime) -> str:
+    """A UTC time as SQLAlchemy stores it in SQLite (and reads back exactly)."""
+    return f"{_naive(moment):%Y-%m-%d %H:%M:%S.%f}"
+
+
+def rename_and_rekey(session: Session, renamed: list[dict[str, Any]],
+                     rekeyed: list[dict[str, Any]]) -> None:
+    """Write new names (``id``, ``name``) of subscribers and new keywords (``id``,
+    ``keywords``, ``segment``, ``updated_at``) of subscriptions, each list in one
+    statement."""
+    if renamed:
+        session.execute(update(Subscriber), renamed)
+    if rekeyed:
+        session.execute(update(Subscription), rekeyed)
