@@ -159,7 +159,7 @@ class RequestedRunView:
         if self.status == RunStatus.REQUESTED:
             return "requested: waiting for the scheduler or the web app to start it"
         if self.status == RunStatus.RUNNING:
-            return "running"
+            return str(RunStatus.RUNNING)
         if self.status == RunStatus.INTERRUPTED:
             return f"interrupted: {self.message}"
         return f"{self.status}: {self.message}" if self.message else str(self.status)

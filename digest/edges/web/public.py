@@ -25,11 +25,11 @@ from digest.edges.web.base import WebApp, web_of
 from digest.edges.web.security import client_address, csrf_ok, csrf_token
 from digest.errors import DeliveryError, DigestError, InvalidInputError, NotFoundError
 from digest.services.building import keyword_config
-from digest.services.models import Entry, Issue, IssueEntry
+from digest.services.models import Entry, Issue, IssueEntry, IssueStatus
 from subscribers.addresses import normalize_address
 from subscribers.events import WebhookRefused, apply_events, verify
 from subscribers.lists import get_list
-from subscribers.models import MailingList
+from subscribers.models import MailingList, SubscriptionStatus
 from subscribers.optin import confirm_subscription, request_subscription
 from subscribers.preferences import (
     keyword_choices,
@@ -115,7 +115,7 @@ async def preferences_page(request: Request) -> Response:
                     paused=form.get("paused") == "on"))
         except InvalidToken as e:
             return _bad_link(request, e)
-        saved = "Saved. " + ("Your emails are paused." if status == "paused"
+        saved = "Saved. " + ("Your emails are paused." if status == SubscriptionStatus.PAUSED
                              else "You will get the sections you chose.")
     try:
         view = await run_in_threadpool(preferences, ctx.db, subscription_id,
@@ -307,7 +307,7 @@ def _archive_issues(web: WebApp, name: str) -> tuple[str, list[Issue]] | None:
         except NotFoundError:
             return None
         issues = list(session.scalars(
-            select(Issue).where(Issue.list_id == mailing_list.id, Issue.status == "sent")
+            select(Issue).where(Issue.list_id == mailing_list.id, Issue.status == IssueStatus.SENT)
             .order_by(Issue.number.desc())))
         session.expunge_all()
         return mailing_list.title, issues
@@ -327,7 +327,7 @@ def _keyword_recaps(web: WebApp, name: str, keyword: str) -> dict[str, Any] | No
             select(Entry, IssueEntry.section, Issue.number)
             .join(IssueEntry, IssueEntry.entry_id == Entry.id)
             .join(Issue, Issue.id == IssueEntry.issue_id)
-            .where(Issue.list_id == mailing_list.id, Issue.status == "sent")
+            .where(Issue.list_id == mailing_list.id, Issue.status == IssueStatus.SENT)
             .order_by(Entry.dated_at.desc(), Entry.id)).all()
         recaps, shown, seen = [], keyword, set()
         for entry, section, number in rows:
@@ -353,7 +353,7 @@ def _archived_html(web: WebApp, name: str, number: int) -> str | None:
             return None
         issue = session.scalars(select(Issue).where(
             Issue.list_id == mailing_list.id, Issue.number == number,
-            Issue.status == "sent")).first()
+            Issue.status == IssueStatus.SENT)).first()
         if issue is None:
             return None
         rendered = RenderedIssue(issue.subject, issue.html, issue.text, "")
