@@ -208,9 +208,10 @@ async def _image_size(client: httpx.AsyncClient, url: str) -> tuple[int, int] | 
     return image_size(bytes(head))
 
 
-async def each_bounded(items: Sequence[T], work: Callable[[T], Awaitable[R]], *,
-                       concurrency: int, timeout: float, deadline: float,
-                       on_timeout: Callable[[T], R]) -> list[R | None]:
+async def each_bounded(  # noqa: PLR0913  (the bounds are keyword-only, each named)
+        items: Sequence[T], work: Callable[[T], Awaitable[R]], *,
+        concurrency: int, timeout: float, deadline: float,
+        on_timeout: Callable[[T], R]) -> list[R | None]:
     """``work`` on every item, ``concurrency`` at a time, each within ``timeout`` seconds
     (else ``on_timeout(item)``) and all within ``deadline``; None for an item the deadline
     left unfinished. Results in the items' order."""

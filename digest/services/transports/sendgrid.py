@@ -86,9 +86,10 @@ class SendGridTransport(Transport):
     # nothing is shared between the two threads but the client's settings).
     overlaps = True
 
-    def __init__(self, api_key: str, *, host: str = "https://api.sendgrid.com",
-                 timeout: float = 30.0, attempts: int = 5, max_wait: float = 60.0,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(  # noqa: PLR0913  (keyword-only, one a setting: from_settings)
+            self, api_key: str, *, host: str = "https://api.sendgrid.com",
+            timeout: float = 30.0, attempts: int = 5, max_wait: float = 60.0,
+            sleep: Callable[[float], None] = time.sleep) -> None:
         if not api_key:
             raise ConfigError("no SendGrid API key: set SENDGRID_API_KEY",
                               key="sendgrid_api_key")
