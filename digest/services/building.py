@@ -105,7 +105,6 @@ class Variant:
 
 
 def draft_issue(ctx: Context, list_name: str, *, now: datetime | None = None,
-                subject: str | None = None, intro: str = "",
                 allow_empty: bool = False,
                 config: KeywordConfig | None = None) -> Draft | None:
     """The next issue of a list, or None when nothing is new. Changes nothing.
@@ -125,10 +124,9 @@ def draft_issue(ctx: Context, list_name: str, *, now: datetime | None = None,
         list_id, list_title = mailing_list.id, mailing_list.title
         nothing_matches = mailing_list.when_nothing_matches
         look = list_look(mailing_list)
+    subject, intro = (edit.subject or None, edit.intro) if edit is not None else (None, "")
     if edit is not None:
         items = [i for i in items if i.id not in edit.dropped]
-        subject = subject or edit.subject or None
-        intro = intro or edit.intro
     if not items and not allow_empty:
         return None
     grouping = Grouping.of(items, config or keyword_config(ctx))

@@ -156,7 +156,7 @@ def editor_text(value: str, field: str) -> str:
     return " ".join(html_to_text(value).split())[:_EDITOR_TEXT[field]]
 
 
-def save_edit(ctx: Context, list_name: str, editor: str, *,
+def save_edit(ctx: Context, list_name: str, editor: str, *,  # noqa: PLR0913 - keyword-only, one per field of an edit: a caller names what it changes
               expected_version: int | None = None, subject: str | None = None,
               intro: str | None = None, dropped: Sequence[int] | None = None,
               moves: Mapping[int, str] | None = None,
@@ -195,7 +195,7 @@ def _state(row: IssueEdit) -> dict[str, Any]:
     return {name: getattr(row, name) for name in _STATE}
 
 
-def _change(row: IssueEdit, *, subject: str | None, intro: str | None,
+def _change(row: IssueEdit, *, subject: str | None, intro: str | None,  # noqa: PLR0913 - save_edit's fields
             dropped: Sequence[int] | None, moves: Mapping[int, str] | None,
             section_order: Sequence[str] | None,
             entry_order: Mapping[str, Sequence[int]] | None,
@@ -287,7 +287,7 @@ def _feed_sections(draft: Draft) -> dict[int, str]:
     return {p.item.id: s.key for s in draft.grouping.sections() for p in s.entries}
 
 
-def edit_diff(ctx: Context, draft: Draft | None) -> list[str]:
+def edit_diff(ctx: Context, draft: Draft | None) -> list[str]:  # noqa: PLR0912 - a branch a kind of change, each one line of the diff
     """What the editors changed in a draft against the feeds' issue, one line a change."""
     if draft is None or draft.edit is None:
         return []
@@ -346,7 +346,7 @@ def approval(ctx: Context, list_id: int, number: int) -> tuple[str, datetime] | 
         return row.approved_by, row.approved_at
 
 
-def send_test(ctx: Context, list_name: str, address: str, editor: str, *,
+def send_test(ctx: Context, list_name: str, address: str, editor: str, *,  # noqa: PLR0913 - keyword-only: the segment, a transport given by tests
               segment: str = "", transport: Transport | None = None) -> str:
     """Send the next issue (as a segment gets it) to one address, marked as a test."""
     to = normalize_address(address)
