@@ -111,7 +111,7 @@ def is_suppressed(session: Session, email: str) -> bool:
     return session.get(Suppression, address_hash(email)) is not None
 
 
-def subscribe(session: Session, list_id: int, email: str, *, name: str = "",
+def subscribe(session: Session, list_id: int, email: str, *, name: str = "",  # noqa: PLR0913 - keyword-only: the columns a caller may set
               keywords: Sequence[str] = (), source: str = "cli",
               status: SubscriptionStatus = SubscriptionStatus.ACTIVE,
               now: datetime | None = None) -> AddResult:
@@ -144,7 +144,7 @@ def subscribe(session: Session, list_id: int, email: str, *, name: str = "",
     return AddResult("updated" if changed else "unchanged", existing.id, person.email)
 
 
-def add_subscriber(db: Database, list_name: str, email: str, *, name: str = "",
+def add_subscriber(db: Database, list_name: str, email: str, *, name: str = "",  # noqa: PLR0913 - keyword-only: what `subscribers add` takes
                    keywords: Sequence[str] = (), source: str = "cli") -> AddResult:
     """Validate an address and subscribe it to a list, its name and keywords made clean
     lines (:func:`subscribers.fields.one_line`)."""
