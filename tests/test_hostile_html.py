@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from digest.core.feeds import parse_feed
+from digest.core.feeds import FeedEntry, parse_feed
 from digest.core.sanitize import email_fragment, sanitize_html, summarize
 from digest.errors import FeedError
 from tests.feedserver import rss
@@ -92,7 +92,7 @@ def test_a_megabyte_of_hostile_html_costs_what_benign_html_does(family: str) -> 
             f"{family}, {size} bytes: {hostile:.3f} s beside {control:.3f} s benign"
 
 
-def entry_of(summary: str) -> object:
+def entry_of(summary: str) -> FeedEntry:
     [entry] = parse_feed(rss([{"title": "T", "link": "https://n.example/1", "guid": "1",
                                "summary": summary}]), url="https://n.example/f").entries
     return entry
@@ -102,17 +102,17 @@ def entry_of(summary: str) -> object:
 # parse_feed, failing the whole collect.
 def test_a_size_in_other_digits_is_no_size() -> None:
     entry = entry_of('<p>x</p><img src="https://i.example/a.png" width="²" height="٣">')
-    assert entry.image is not None and entry.image.width is None  # type: ignore[attr-defined]
+    assert entry.image is not None and entry.image.width is None
 
 
 def test_a_size_of_five_thousand_digits_is_no_size() -> None:
     entry = entry_of(f'<img src="https://i.example/a.png" width="{"9" * 5000}" height="1">')
-    assert entry.image is None  # type: ignore[attr-defined]  # a pixel high: a tracker
+    assert entry.image is None  # a pixel high: a tracker
 
 
 def test_a_reference_of_five_thousand_digits_in_an_image_url_is_a_bad_character() -> None:
     entry = entry_of(f'<img src="https://i.example/&#{"9" * 5000};.png">')
-    assert entry.image.url == "https://i.example/\ufffd.png"  # type: ignore[attr-defined]
+    assert entry.image.url == "https://i.example/\ufffd.png"
 
 
 def test_a_media_url_of_five_thousand_digits_is_left_out() -> None:
@@ -177,3 +177,9 @@ def test_control_characters_go_before_the_tree_is_cut() -> None:
                      'a.png">', 30) == "<p>ab word word word word word…</p>"
     assert email_fragment('<p>a\x02b <img src="https://i.example/a.png">\x03c</p>', "T") == \
         "<p>ab c</p>"
+
+
+def test_a_title_cut_at_its_limit_ends_in_a_word() -> None:
+    [entry] = parse_feed(rss([{"title": "word " * 200, "link": "https://n.example/1",
+                               "guid": "1"}]), url="https://n.example/f").entries
+    assert len(entry.title) <= 500 and entry.title.endswith("word")

@@ -100,6 +100,11 @@ def title_key(title: str) -> str:
     return " ".join(_NON_WORD.sub(" ", folded).split())
 
 
+def _clip(text: str, most: int) -> str:
+    """Folded text cut to ``most`` characters, with no space left at the cut."""
+    return text[:most].rstrip()
+
+
 def _absolute_http(link: str | None, base: str) -> str | None:
     if not link:
         return None
@@ -132,7 +137,7 @@ def _keywords(entry: Any) -> tuple[str, ...]:
         for part in str(term).split(","):
             display = " ".join(html_to_text(part).split())
             if display and display.casefold() not in seen:
-                seen[display.casefold()] = display[:100]
+                seen[display.casefold()] = _clip(display, 100)
     return tuple(seen.values())
 
 
@@ -211,13 +216,14 @@ def _image(entry: Any, body: Any, *, base: str) -> Image | None:
     described = html_to_text(str(entry.get("media_description") or ""))
     for url, alt, width, height in candidates:
         if len(url) > MAX_URL_CHARS:
-            continue  # cut, it would lead nowhere
+            continue  # cut short, it would lead nowhere
         absolute = _absolute_http(html.unescape(url), base)
         w, h = _dimension(width), _dimension(height)
-        if absolute is None or (w is not None and w <= 1) or (h is not None and h <= 1):
+        if absolute is None or len(absolute) > MAX_URL_CHARS or (w is not None and w <= 1) \
+                or (h is not None and h <= 1):
             continue
         alt_text = " ".join(html_to_text(alt).split()) or described
-        return Image(absolute[:MAX_URL_CHARS], alt_text[:300], w, h)
+        return Image(absolute, _clip(alt_text, 300), w, h)
     return None
 
 
@@ -226,7 +232,7 @@ def _related(body: Any, *, base: str, own_link: str | None) -> tuple[tuple[str, 
     found: dict[str, str] = {}
     for href, text in links_after_read_also(body):
         url = _absolute_http(href, base)
-        label = text[:300]
+        label = _clip(text, 300)
         if url and label and url != own_link and url not in found:
             found[url] = label
         if len(found) == MAX_RELATED:
@@ -243,7 +249,7 @@ def _lead(entry: Any, value: str, text: str) -> str:
     marker = READ_ALSO.search(text)
     if marker is not None:
         text = text[:marker.start()]
-    return " ".join(text.split())[:LEAD_MAX_CHARS]
+    return _clip(" ".join(text.split()), LEAD_MAX_CHARS)
 
 
 def normalize_entry(entry: Any, *, base: str, summary_max_chars: int,
@@ -253,7 +259,7 @@ def normalize_entry(entry: Any, *, base: str, summary_max_chars: int,
     ``guess``: the feed declares no type for its titles (RSS), so markup is recognised.
     """
     link = _absolute_http(entry.get("link"), base)
-    title = _plain(entry.get("title"), entry.get("title_detail"), guess=guess)[:500]
+    title = _clip(_plain(entry.get("title"), entry.get("title_detail"), guess=guess), 500)
     value, raw = _summary(entry)
     body = parse_fragment(raw)  # read once, in this order: summarizing prunes the tree
     image = _image(entry, body, base=link or base)
@@ -261,14 +267,14 @@ def normalize_entry(entry: Any, *, base: str, summary_max_chars: int,
     summary, text = summarize_parsed(body, summary_max_chars, base_url=link or base)
     lead = _lead(entry, value, text)
     if not title:
-        title = html_to_text(summary)[:80].rstrip()
+        title = _clip(html_to_text(summary), 80)
     if not title and not link:
         return None
     guid = str(entry.get("id") or "").strip()[:2000] or None
-    author = " ".join(html_to_text(str(entry.get("author") or "")).split())[:300] or None
+    author = _clip(html_to_text(str(entry.get("author") or "")), 300) or None
     title = title or "(untitled)"
     if image is not None and not image.alt:
-        image = replace(image, alt=title[:300])
+        image = replace(image, alt=_clip(title, 300))
     return FeedEntry(guid=guid, link=link, title=title, summary_html=summary,
                      author=author, keywords=_keywords(entry), published_at=_time(entry),
                      lead=lead, image=image, related=related)
