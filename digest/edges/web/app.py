@@ -26,6 +26,8 @@ from digest.edges.web.security import BodyLimit, EditorSessions, current_editor
 from digest.services import metrics
 from digest.services.context import Context
 from digest.services.db import schema_problem, schema_revision
+from schedules.daemon import scheduler_leads
+from schedules.worker import RunWorker
 
 log = logging.getLogger(__name__)
 
@@ -181,15 +183,23 @@ def create_app(ctx: Context, *,
         log.warning("no sendgrid_webhook_public_key: /webhooks/sendgrid refuses every "
                     "SendGrid event (403) until it is set")
 
+    # "Send now" runs: left to the scheduler while one leads, else carried out here, on
+    # one thread this app owns and joins when it stops.
+    runs = RunWorker(ctx, defer=lambda: scheduler_leads(ctx))
+
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if on_start is not None:
             await on_start()
+        runs.nudge()  # one asked for before this app (re)started
         try:
             yield
         finally:
-            if on_stop is not None:
-                await on_stop()
+            try:
+                if on_stop is not None:
+                    await on_stop()
+            finally:
+                await run_in_threadpool(runs.close)
 
     routes: list[BaseRoute] = [
         Route("/healthz", health),
@@ -213,4 +223,5 @@ def create_app(ctx: Context, *,
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan,
                     exception_handlers={HTTPException: http_error})
     app.state.web = web
+    app.state.runs = runs
     return app

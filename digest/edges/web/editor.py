@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
 from typing import Any
 from urllib.parse import quote
 
@@ -43,8 +42,8 @@ from digest.services.editing import (
     send_test,
 )
 from digest.services.editors import audit, audit_log, authenticate, end_sessions, start_session
-from digest.services.pipeline import RunRequest, run_list
 from digest.services.recording import audience_size
+from schedules.runner import request_run
 from subscribers.lists import get_list
 
 log = logging.getLogger(__name__)
@@ -324,21 +323,18 @@ async def send_now(request: Request) -> Response:
                 str(form.get("audience", "")) != str(audience):
             return (f"Not sent: confirm sending to {name} ({audience} active "
                     "subscribers) again; the numbers changed.")
+        # A run the scheduler (or, while none leads, this app's worker) claims and
+        # carries out; while it waits or runs, asking again is the same run.
+        _, asked = request_run(ctx, name, editor)
+        if not asked:
+            return (f"A send of {name} is already requested or running; its state is "
+                    "under Send now.")
         audit(ctx.db, editor, "send now", f"to {audience} subscribers", list_id)
-        # What was previewed is what goes out: no collecting first.
-        threading.Thread(target=_send, args=(name,), daemon=False,
-                         name=f"send-{name}").start()
-        return f"Sending to {audience} subscribers of {name} started."
-
-    def _send(list_name: str) -> None:
-        try:
-            result = run_list(ctx, RunRequest(list_name, collect_first=False))
-            log.info("send now of %s: %s", list_name,
-                     result.send.counts if result.send else "nothing new")
-        except Exception:
-            log.exception("send now of %s failed", list_name)
+        return (f"Sending to {audience} subscribers of {name}: requested; its state is "
+                "under Send now.")
 
     notice = await run_in_threadpool(start)
+    request.app.state.runs.nudge()
     return RedirectResponse(f"/editor?notice={quote(notice)}", status_code=303)
 
 
