@@ -53,9 +53,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 from urllib.parse import quote
 
-from digest.core.feeds import READ_ALSO, Image
+from digest.core.feeds import Image
 from digest.core.grouping import Placed, Section, keyword_key, summary_line
-from digest.core.sanitize import IMG_TAG, cut_text, html_to_text, sanitize_html
+from digest.core.sanitize import cut_text, email_fragment, html_to_text
 from digest.errors import DigestError
 
 if TYPE_CHECKING:
@@ -358,8 +358,6 @@ def _fill(words: list[str], width: int, first: str, rest: str) -> str:
 TEXT_WIDTH = 78  # the plain-text part's longest line, URLs aside
 COLUMN = 536     # the email's content column in pixels (600 less 2 × 32 of padding)
 _SENTENCE_END = re.compile(r"[.!?؟。](?:[\"'”’»)]*)(?=\s)")
-_VAGUE = re.compile(r"<a\b([^>]*)>\s*(click here|here|read more|more|link|this)\s*</a>",
-                    re.IGNORECASE)
 
 
 def sentence_cut(text: str, limit: int) -> str:
@@ -385,12 +383,9 @@ def fitted(image: Image, width: int = COLUMN) -> tuple[int, int] | None:
 def email_summary(fragment: str, title: str) -> str:
     """Sanitized feed HTML as the email shows it: no images (the entry's image is shown
     on its own, with its size), no "Read also" block (the entry lists those links on its
-    own), and no link whose whole text is "click here"."""
-    marker = READ_ALSO.search(fragment)
-    if marker is not None:
-        fragment = sanitize_html(fragment[:marker.start()])  # closes what the cut left open
-    fragment = IMG_TAG.sub("", fragment)
-    return _VAGUE.sub(lambda m: f"<a{m[1]}>{html.escape(title)}</a>", fragment).strip()
+    own), and the title as the text of a link whose whole text is "click here". One
+    parse (:func:`digest.core.sanitize.email_fragment`), linear in the fragment."""
+    return email_fragment(fragment, title)
 
 
 class TextLinks:
