@@ -66,10 +66,6 @@ VAGUE_LINK_TEXTS = frozenset({"click here", "here", "read more", "more", "link",
 # headlines and what separates them.
 RELATED_WINDOW_CHARS = 2000
 
-# An <img> tag of sanitized HTML, for digest/core/rendering.py until it calls
-# email_fragment. It stops at the first "<" as well as ">", so each try scans text no
-# other try scans again: linear, where "<img\b[^>]*>" was quadratic on "<img<img<img…".
-IMG_TAG = re.compile(r"<img\b[^<>]*>", re.IGNORECASE)
 # What no HTML text may hold: C0 controls but tab and line ends, two non-characters, and
 # lone halves of surrogate pairs (which no parser accepts).
 _UNFIT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff\ud800-\udfff]")
