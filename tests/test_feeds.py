@@ -101,12 +101,6 @@ def test_dedupe_keys_ignore_tracking_and_case() -> None:
     assert title_key("Recap: Iran  Moves!") == title_key("recap iran moves")
 
 
-def test_duplicate_within_one_feed_is_kept_once() -> None:
-    body = rss([{"title": "Same", "link": "https://n.example/1", "guid": "1"},
-                {"title": "Same", "link": "https://n.example/1?utm_medium=rss", "guid": "2"}])
-    assert len(parse_feed(body, url="https://n.example/f").entries) == 1
-
-
 # --- text constructs: text stays text, HTML becomes text (issue 26, item 13) -----------------
 
 TEXT_TITLES = ["Vector<int> in C++", "if a<b and c>d", "History of the <blink> tag"]

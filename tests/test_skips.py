@@ -171,16 +171,25 @@ def test_collect_feeds_list_and_status_count_skipped_entries_by_reason(
     assert 'skipped "From the archive"' in detail and "too old: dated" in detail
 
 
-@pytest.mark.xfail(strict=True, reason="digest/core/feeds.py drops such an entry without "
-                   "saying so: ParsedFeed needs a count of them (see the report)")
 def test_an_entry_with_neither_title_nor_link_is_counted(
         desk: Desk, feed_server: FeedServer) -> None:
     url = feed_server.add("/empty.xml", body=rss([
-        {"guid": "nothing-to-show", "date": day(1)},
+        {"date": day(1)},  # (a bare guid would be taken for its permalink)
         {"title": "Kept", "link": "https://n.example/kept", "date": day(1)}]))
     desk("feeds", "add", url)
     assert "skipped 1 without title or link." in desk("collect")
     assert "1 without title or link" in desk("feeds", "list")
+
+
+def test_the_same_recap_twice_in_one_feed_is_kept_once_and_counted(
+        desk: Desk, feed_server: FeedServer) -> None:
+    url = feed_server.add("/twice.xml", body=rss([
+        {"title": "Same", "link": "https://n.example/1", "guid": "1", "date": day(1)},
+        {"title": "Same", "link": "https://n.example/1?utm_medium=rss", "guid": "2",
+         "date": day(1)}]))
+    desk("feeds", "add", url)
+    assert "skipped 1 duplicate." in desk("collect")
+    assert "1 duplicate" in desk("feeds", "list")
 
 
 def test_two_feeds_different_weekly_recaps_are_both_stored(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import calendar
-import hashlib
 import html
 import io
 import re
@@ -25,6 +24,7 @@ from digest.core.sanitize import (
 from digest.errors import FeedError
 
 TRACKING_PARAMS = ("utm_", "fbclid", "gclid", "mc_cid", "mc_eid")
+UNTITLED = "(untitled)"  # the title of an entry that has a link and nothing to call it
 _NON_WORD = re.compile(r"[\W_]+", re.UNICODE)
 
 
@@ -53,18 +53,6 @@ class FeedEntry:
     image: Image | None = None
     related: tuple[tuple[str, str], ...] = ()  # "Read also": (title, url)
 
-    def dedupe_keys(self) -> list[str]:
-        """Keys that identify this recap across feeds: guid, canonical link, title."""
-        keys = []
-        if self.guid:
-            keys.append("guid:" + self.guid)
-        if self.link:
-            keys.append("link:" + canonical_link(self.link))
-        title = title_key(self.title)
-        if title:
-            keys.append("title:" + title)
-        return [hashlib.sha256(k.encode()).hexdigest() for k in keys]
-
 
 @dataclass(frozen=True)
 class ParsedFeed:
@@ -73,6 +61,7 @@ class ParsedFeed:
     title: str | None
     entries: list[FeedEntry]
     warning: str | None = None
+    untitled: int = 0  # entries left out: neither a title nor a link, nothing to show
 
 
 def canonical_link(url: str) -> str:
@@ -272,7 +261,7 @@ def normalize_entry(entry: Any, *, base: str, summary_max_chars: int,
         return None
     guid = str(entry.get("id") or "").strip()[:2000] or None
     author = _clip(html_to_text(str(entry.get("author") or "")), 300) or None
-    title = title or "(untitled)"
+    title = title or UNTITLED
     if image is not None and not image.alt:
         image = replace(image, alt=_clip(title, 300))
     return FeedEntry(guid=guid, link=link, title=title, summary_html=summary,
@@ -303,18 +292,15 @@ def parse_feed(body: bytes, *, url: str, headers: Mapping[str, str] | None = Non
         raise FeedError(url, reason)
     guess = not str(parsed.get("version") or "").startswith("atom")  # Atom declares types
     entries = []
-    seen: set[str] = set()
+    untitled = 0
     for raw in parsed.entries:
         entry = normalize_entry(raw, base=url, summary_max_chars=summary_max_chars,
                                 guess=guess)
         if entry is None:
-            continue
-        keys = entry.dedupe_keys()
-        if seen.intersection(keys):
-            continue  # the same recap twice in one feed
-        seen.update(keys)
-        entries.append(entry)
+            untitled += 1  # counted by the collector, which also finds repeats
+        else:
+            entries.append(entry)
     feed = parsed.get("feed") or {}
     title = _plain(feed.get("title"), feed.get("title_detail"), guess=guess) or None
     warning = f"malformed feed, kept {len(entries)} entries: {problem}" if problem else None
-    return ParsedFeed(title=title, entries=entries, warning=warning)
+    return ParsedFeed(title=title, entries=entries, warning=warning, untitled=untitled)

@@ -23,7 +23,14 @@ from sqlalchemy import func, insert, literal, or_, select, text, update
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from digest.core.feeds import FeedEntry, ParsedFeed, canonical_link, parse_feed, title_key
+from digest.core.feeds import (
+    UNTITLED,
+    FeedEntry,
+    ParsedFeed,
+    canonical_link,
+    parse_feed,
+    title_key,
+)
 from digest.errors import FeedError, InvalidInputError, NotFoundError
 from digest.services.db import Database, UTCDateTime, utcnow
 from digest.services.fetch import FetchLimits, FetchRequest, FetchResult, fetch_all
@@ -146,7 +153,6 @@ def list_feeds(db: Database) -> list[FeedSummary]:
 DATE_SLACK_DAYS = 2      # same-titled entries of two feeds dated this many days apart match
 TEXT_KEY_CHARS = 200     # how much of an entry's folded text its same-text key covers
 TEXT_KEY_MIN_CHARS = 40  # a shorter text ("Read more") says nothing about the story
-UNTITLED_TITLE = "(untitled)"  # what digest.core.feeds calls an entry with only a link
 
 
 class KeyKind(StrEnum):
@@ -207,7 +213,7 @@ def dedupe_keys(item: FeedEntry, feed_url: str, dated: datetime) -> list[DedupeK
         keys.append(DedupeKey(KeyKind.GUID, _hashed(KeyKind.GUID, item.guid)))
     if item.link:
         keys.append(DedupeKey(KeyKind.LINK, _hashed(KeyKind.LINK, canonical_link(item.link))))
-    title = title_key(item.title) if item.title != UNTITLED_TITLE else ""
+    title = title_key(item.title) if item.title != UNTITLED else ""
     if not keys:
         published = item.published_at.isoformat() if item.published_at else ""
         keys.append(DedupeKey(KeyKind.CONTENT, _hashed(KeyKind.CONTENT, feed_url, item.title,
@@ -488,6 +494,7 @@ def _apply_result(session: Session, feed: Feed, parsed: ParsedFeed | str, now: d
         _failed(feed, parsed, now)
         return FeedReport(feed.url, feed.name, "error", error=parsed)
     stored = _store_entries(session, feed, parsed.entries, now, oldest)
+    stored.skipped[Skip.UNTITLED] += parsed.untitled
     feed.skipped_untitled = stored.skipped[Skip.UNTITLED]
     feed.skipped_duplicate = stored.skipped[Skip.DUPLICATE]
     feed.skipped_too_old = stored.skipped[Skip.TOO_OLD]
