@@ -81,7 +81,7 @@ def check_parts(text: str) -> str:
     return ",".join(parts)
 
 
-def edit_list(db: Database, name: str, *, title: str | None = None,
+def edit_list(db: Database, name: str, *, title: str | None = None,  # noqa: PLR0913 - keyword-only: one per list setting
               when_nothing_matches: str | None = None, language: str | None = None,
               logo_url: str | None = None, logo_alt: str | None = None,
               logo_size: tuple[int, int] | None = None, entry_parts: str | None = None,

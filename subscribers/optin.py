@@ -61,7 +61,7 @@ class OptInResult:
     email: str
 
 
-def request_subscription(ctx: Context, list_name: str, email: str, *, name: str = "",
+def request_subscription(ctx: Context, list_name: str, email: str, *, name: str = "",  # noqa: PLR0913 - keyword-only: the form's fields, the transport and the clock
                          keywords: Sequence[str] = (), source: str = "form",
                          transport: Transport | None = None,
                          now: datetime | None = None) -> OptInResult:

@@ -197,7 +197,7 @@ def _outcome_update(postgres: bool) -> Update:
         attempts=Delivery.attempts + 1)
 
 
-def _set_status(ctx: Context, conn: Connection, ids: Sequence[int], status: str, *,
+def _set_status(ctx: Context, conn: Connection, ids: Sequence[int], status: str, *,  # noqa: PLR0913 - keyword-only: what a status move may also set
                 now: datetime, error: str | None = None, only_from: str | None = None,
                 count_attempt: bool = False) -> None:
     """Move deliveries to ``status``; ``only_from`` makes it conditional on the current one."""
@@ -247,7 +247,7 @@ def _batch_move(holder: bool) -> ReturningUpdate[int]:
     return query.returning(SendBatch.id)
 
 
-def _move_batch(conn: Connection, batch_id: int, status: str, now: datetime, *,
+def _move_batch(conn: Connection, batch_id: int, status: str, now: datetime, *,  # noqa: PLR0913 - keyword-only: what a batch move may also set
                 only_from: str, holder: str | None = None, lease: datetime | None = None,
                 claimer: str | None = None) -> bool:
     """Move one batch between states; False if it was not in the expected state (taken)."""
@@ -357,7 +357,7 @@ def pending_in_held_batches(ctx: Context, issue_id: int) -> int:
             .where(_pending_between(issue_id, first, last))) or 0 for first, last in ranges)
 
 
-def deliver(ctx: Context, issue_id: int, transport: Transport, *,
+def deliver(ctx: Context, issue_id: int, transport: Transport, *,  # noqa: PLR0913 - keyword-only: the clock, the sleep and the callbacks a test replaces
             resend_uncertain: bool = False, sandbox: bool = False,
             on_progress: ProgressCallback | None = None,
             should_stop: Callable[[], bool] | None = None,
@@ -418,7 +418,7 @@ class _Run:
             yield self.conn
 
 
-def _deliver(ctx: Context, issue: OutgoingIssue, report: SendReport, transport: Transport,
+def _deliver(ctx: Context, issue: OutgoingIssue, report: SendReport, transport: Transport,  # noqa: PLR0913 - deliver's own options, passed on
              me: str, *, resend_uncertain: bool, on_progress: ProgressCallback | None,
              should_stop: Callable[[], bool] | None, now: Callable[[], datetime],
              sleep: Callable[[float], None]) -> SendReport:

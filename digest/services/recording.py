@@ -154,7 +154,7 @@ def _add_deliveries(ctx: Context, session: Session, draft: Draft, issue_id: int,
     return first, last
 
 
-def add_batch_ranges(session: Session, issue_id: int, first: int, last: int, size: int,
+def add_batch_ranges(session: Session, issue_id: int, first: int, last: int, size: int,  # noqa: PLR0913 - one issue's id range, its batch size and the time
                      now: datetime) -> None:
     """Cut the ids ``first``…``last`` of a newly recorded issue into send batches of at most
     ``size`` deliveries (fewer where ids belong to another issue or were skipped)."""

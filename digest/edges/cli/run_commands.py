@@ -358,7 +358,7 @@ def _stop_on_sigterm(stop: threading.Event) -> Iterator[None]:
               help="Processes that send together (this one plus JOBS-1 workers).")
 @METRICS_FILE
 @boundary
-def send_cmd(list_name: str, no_collect: bool, yes: bool, resend_uncertain: bool,
+def send_cmd(list_name: str, no_collect: bool, yes: bool, resend_uncertain: bool,  # noqa: PLR0913 - a click command: one parameter per option
              sandbox: bool, worker: bool, wait_for_issue: float, jobs: int,
              metrics_file_path: Path | None) -> None:
     """Collect, build the next issue of a list and send it to its active subscribers.
@@ -371,7 +371,7 @@ def send_cmd(list_name: str, no_collect: bool, yes: bool, resend_uncertain: bool
               jobs)
 
 
-def _send(list_name: str, no_collect: bool, yes: bool, resend_uncertain: bool,
+def _send(list_name: str, no_collect: bool, yes: bool, resend_uncertain: bool,  # noqa: PLR0913 - the send command's options, passed on
           sandbox: bool, worker: bool, wait_for_issue: float, jobs: int) -> None:
     if not no_collect and not worker:
         tls.prepare()  # while the pipeline loads and the database opens
@@ -588,7 +588,7 @@ def lists_create(name: str, title: str | None, when_nothing_matches: str,
 @click.option("--lead-length", "lead_max_chars", type=int,
               help="Longest lead, in characters; it is cut at the end of a sentence.")
 @boundary
-def lists_edit(name: str, title: str | None, when_nothing_matches: str | None,
+def lists_edit(name: str, title: str | None, when_nothing_matches: str | None,  # noqa: PLR0913 - a click command: one parameter per option
                language: str | None, logo_url: str | None, logo_alt: str | None,
                logo_width: int | None, logo_height: int | None, entry_parts: str | None,
                lead_max_chars: int | None) -> None:

@@ -49,7 +49,7 @@ def schedules_group() -> None:
 @click.option("--misfire-grace", default="6h", show_default=True,
               help="A slot missed by less runs once on start-up; by more, it is skipped.")
 @boundary
-def schedules_add(name: str, list_name: str, expression: str | None, friendly: str | None,
+def schedules_add(name: str, list_name: str, expression: str | None, friendly: str | None,  # noqa: PLR0913 - a click command: one parameter per option
                   timezone: str, send_when_empty: bool, hold_for_approval: bool,
                   approval_wait: str, misfire_grace: str) -> None:
     """Add a schedule for a list."""
