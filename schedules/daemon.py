@@ -236,8 +236,8 @@ class Daemon:
             self.stopping.wait(self.check_every)
 
     def _warm_up(self) -> None:
-        # Whatever a slot would otherwise load at its start (about half a second of
-        # imports and compiling) is loaded now, while nothing is due.
+        # Whatever a slot would otherwise load at its start (imports, compiled templates)
+        # is loaded now, while nothing is due, so a slot starts sending at once.
         try:
             warm_up(self.ctx)
         except Exception as e:  # the slot will load it, and say what is wrong, itself

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from digest.errors import InvalidInputError
 from subscribers.fields import one_line
 
-# email-validator (with idna and dnspython's pieces, 20-30 ms) is imported by the first
+# email-validator (with idna and dnspython's pieces, a slow import) is imported by the first
 # validation, not by every command that only compares or hashes addresses.
 if TYPE_CHECKING:
     from email_validator import ValidatedEmail
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 def _validator() -> tuple[Callable[..., ValidatedEmail], type[Exception],
                           Callable[[str], re.Match[str] | None]]:
     """email-validator's validation, its error, and the plain-address match (made once:
-    importing names from it on every call cost 1 µs of an import's 7 µs a row)."""
+    importing names from it on every call would be a sizeable part of each row's cost)."""
     from email_validator import EmailNotValidError, validate_email
     from email_validator.rfc_constants import ATEXT
 

@@ -75,7 +75,7 @@ class ImportReport:
     rows: int = 0
 
 
-class _Row(NamedTuple):  # a tuple: a frozen dataclass cost 0.6 µs more a row
+class _Row(NamedTuple):  # a tuple: made more cheaply than a frozen dataclass, once a row
     line: int
     email: str
     name: str
@@ -121,8 +121,8 @@ def _records(handle: TextIO) -> Iterator[tuple[int, list[str] | None, str]]:
     pending: list[tuple[int, str]] = []
     for number, line in lines:
         if not pending and '"' not in line:
-            # No quotes: the csv module would only split it at the commas (four times
-            # faster here), unless a line break stands inside, which it refuses.
+            # No quotes: the csv module would only split it at the commas, which
+            # str.split does far sooner, unless a line break stands inside, which it refuses.
             body = line.rstrip("\r\n")
             if "\r" not in body and "\n" not in body:
                 yield number, body.split(",") if body else [], line
@@ -230,9 +230,9 @@ def import_csv(db: Database, list_name: str, path: Path, *, source: str = "impor
             spreadsheet_safe(f.encode("utf-8", "replace").decode()) for f in fields]])
 
     # On PostgreSQL the rows are shared out by address between two connections that
-    # store their chunks side by side (1,000,000 rows: 28-31 -> 21-23 s): each address
-    # always goes to the same one, so they never touch the same rows, and an address's
-    # rows are stored in file order.
+    # store their chunks side by side, so the server works on one while this process
+    # prepares the other: each address always goes to the same one, so they never touch
+    # the same rows, and an address's rows are stored in file order.
     parts = 2 if db.is_postgres else 1
     tallies = [ImportReport() for _ in range(parts)]
     shown = 0  # rows read up to the last chunk stored, as the progress callback has them
@@ -262,7 +262,7 @@ def import_csv(db: Database, list_name: str, path: Path, *, source: str = "impor
                 _fan_out(chunks, parts, store)
             else:
                 # SQLite stores in this process, holding Python's lock through much of
-                # it: a reader thread made 1,000,000 rows 21-23 -> 23-29 s.
+                # it: a reader thread would only contend for that lock, and slow it.
                 for part, chunk, rows in chunks:
                     store(part, chunk, rows)
         if on_progress:
@@ -385,8 +385,8 @@ def _apply(db: Database, list_id: int, rows: dict[str, _Row], report: ImportRepo
     """Store one chunk in one transaction.
 
     Reads go through the connection, not the session: the ORM's row loading and decoding
-    each stored keyword list as JSON were most of a second import's time (1,000,000
-    unchanged rows on PostgreSQL: 21.7 -> 12.6 s).
+    each stored keyword list as JSON would be most of the work of importing rows that are
+    already stored, unchanged.
     """
     now = utcnow()
     keys = list(rows)

@@ -341,7 +341,8 @@ def _wrap(text: str, width: int = 72, indent: str = "", subsequent: str | None =
 
 def _fill(words: list[str], width: int, first: str, rest: str) -> str:
     """Greedy filling, as textwrap.fill does it for single-spaced text without breaking
-    words or hyphens (a word longer than a line gets a line of its own), 10× sooner."""
+    words or hyphens (a word longer than a line gets a line of its own), without
+    textwrap's chunking by regular expression, which costs far more than this loop."""
     lines, line, used, empty = [], first, len(first), True
     for word in words:
         if empty:
@@ -457,7 +458,7 @@ class Renderer:
                  bytecode_cache: jinja2.BytecodeCache | None = None,
                  inline_cache: InlineCache | None = None) -> None:
         # Imported here: the commands that render nothing (most of them) start without
-        # Jinja2, which costs a twentieth of a second to load.
+        # Jinja2, whose import would be a sizeable part of their start.
         import jinja2
         self.env: jinja2.Environment = jinja2.Environment(
             loader=jinja2.FileSystemLoader(str(templates or template_dir())),

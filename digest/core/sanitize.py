@@ -6,11 +6,11 @@ libxml2's HTML parser (lxml), whose work grows with its input and no faster, and
 nests at most 256 elements deep. What it built is written out again with only the
 allow-list's tags and attributes, and only that reaches nh3, the sanitizer, which has the
 last word on tags, attributes and URLs. nh3 (0.3.8, html5ever) is quadratic or worse on
-deep or misnested markup and on references that never end: ``nh3.clean`` took 0.8 s on
-64 KB of nested ``<li><ul>``, 3.2 s on 64 KB of nested ``<b id=N>``, 300 s on 1 MB of
-``<div>``, 10 s on 1 MB of ``&`` here. On the shallow, well-formed markup it gets here,
-with every reference written out, it is linear. Structure (images, links, the "Read
-also" block) is read from the parser's tree, never matched with regular expressions.
+deep or misnested markup (nested ``<li><ul>``, ``<b id=N>`` or ``<div>``) and on
+references that never end (a run of ``&``), so such markup must never reach it. On the
+shallow, well-formed markup it gets here, with every reference written out, it is
+linear. Structure (images, links, the "Read also" block) is read from the parser's tree,
+never matched with regular expressions.
 """
 
 from __future__ import annotations
@@ -51,9 +51,9 @@ VOID_TAGS = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link",
 
 # What the parsers read of one fragment (a title, a summary, an entry's content). A recap's
 # summary keeps 600 characters of text and its lead 2000, both found in the first few
-# kilobytes of any real entry; past this, an entry's HTML is not read at all. At this size
-# the slowest input found for the whole path of one entry (feed parsing, sanitizing, the
-# email's fragment) takes about a tenth of a second: 0.10-0.14 s for 1 MB of "<a>" here
+# kilobytes of any real entry; past this, an entry's HTML is not read at all. The bound
+# keeps the slowest input found for the whole path of one entry (feed parsing, sanitizing,
+# the email's fragment) at the cost of benign HTML of its size
 # (tests/test_hostile_html.py times each family beside benign HTML).
 MAX_FRAGMENT_CHARS = 100_000
 

@@ -166,8 +166,8 @@ def _pending_between(issue_id: int | BindParameter[int], first_id: int | BindPar
 
 
 # The statements a batch runs are built once (on first use), with bound parameters:
-# building one anew costs SQLAlchemy ~130 µs, running a built one ~15 µs, and a batch
-# runs about ten.
+# building a statement anew costs SQLAlchemy far more than running a built one, and a send
+# runs them again for every batch.
 
 @cache
 def _pending_rows_query() -> Select[int, int, int, str, str, str, int | None]:
@@ -403,7 +403,7 @@ class _Run:
     now: Callable[[], datetime]
     make: RecipientMaker
     # One connection for the whole send, a transaction per step: checking one out of the
-    # pool for each step (with its liveness ping) cost a tenth of a sender's time.
+    # pool for each step would ping it each time, and a send is many short steps.
     conn: Connection
     variants: dict[int, RenderedIssue] = field(default_factory=dict)  # segments' renderings
 
@@ -456,9 +456,9 @@ def _deliver(ctx: Context, issue: OutgoingIssue, report: SendReport, transport: 
                     if not batches_held(ctx, issue_id):
                         break
                     # Other senders hold the rest: wait for them, or for their leases to
-                    # end. A batch takes them ~15 ms: look again soon, then less and less
-                    # often (a fixed second made `--jobs 2` slower than one process on
-                    # 100,000).
+                    # end. A batch is quick for them: look again soon, then less and less
+                    # often (a fixed long wait would leave this sender idle well after the
+                    # batches it waits for are done, and `--jobs 2` slower than one).
                     sleep(waiting)
                     waiting = min(waiting * 2, 1.0)
                     settle_abandoned(ctx, issue, transport, now(), me)

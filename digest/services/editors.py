@@ -24,7 +24,7 @@ from digest.errors import InvalidInputError
 from digest.services.db import Database, utcnow
 from digest.services.models import AuditEntry, Editor, EditorSession
 
-# scrypt, as OWASP recommends it: N=2^15, r=8, p=1 (32 MiB, ~50 ms here).
+# scrypt, as OWASP recommends it: N=2^15, r=8, p=1 (32 MiB of memory for each hash).
 _N, _R, _P = 2 ** 15, 8, 1
 _NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,100}$")
 # A hash to compare against when the name is unknown, so timing tells nothing.

@@ -1,6 +1,6 @@
 """The TLS context every fetch of this process verifies servers with, made once.
 
-Loading the certificate authorities takes 20–30 ms, all of it in OpenSSL without
+Loading the certificate authorities is slow, and all of it happens in OpenSSL without
 Python's lock. :func:`prepare` starts that on a thread of its own as a command begins, so
 it happens while the command imports its modules and opens its database; :func:`context`
 waits for it (or makes it, when nobody prepared it). Light to import: only the standard
@@ -26,7 +26,7 @@ _maker: threading.Thread | None = None
 
 def _make() -> None:
     global _made, _failed
-    import ssl  # here, on this thread too: 5-10 ms of the command's start
+    import ssl  # here, on this thread too: its import is also kept off the command's start
     # As httpx makes it when given verify=True: the files SSL_CERT_FILE or SSL_CERT_DIR
     # name, else certifi's bundle.
     where = ("SSL_CERT_FILE", "SSL_CERT_DIR")

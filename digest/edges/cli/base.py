@@ -64,8 +64,8 @@ class State:
 # the same garbage in fewer walks.
 #
 # When the command is over, what it built lives until the process ends, and the
-# interpreter's teardown would walk all of it again in its own collections (the most of
-# the 0.1 s a command spent tearing down). Frozen, it is left out of those walks; the
+# interpreter's teardown would walk all of it again in its own collections (most of what
+# a command spends tearing down). Frozen, it is left out of those walks; the
 # teardown itself runs as usual: exit handlers, buffers flushed, modules cleared, objects
 # freed.
 YOUNGEST_ROUND = 10_000

@@ -115,7 +115,7 @@ class SendGridTransport(Transport):
 
         What the recipients share is serialized once; each recipient's part is written
         from a template with its strings JSON-escaped by the json module's own C escaper:
-        a third of the time of building a dict per recipient and serializing the whole
+        far less work than building a dict per recipient and serializing the whole
         (tests/test_sendgrid.py checks the text against the same body built as dicts).
         """
         if len(recipients) > MAX_RECIPIENTS:
