@@ -47,6 +47,10 @@ lint: $(STAMP)
 # atheris (no wheel for this Python), it says so and passes.
 FUZZ_SECONDS ?= 30
 FUZZ_INPUT_SECONDS ?= 20
+# FUZZ_RUNS (with FUZZ_SEED) makes a run repeatable: the same inputs in the same order on
+# any machine, as CI wants; FUZZ_SECONDS still bounds it.
+FUZZ_RUNS ?= -1
+FUZZ_SEED ?= 0
 FUZZ_TARGETS := feeds sanitize imports
 
 fuzz: $(STAMP)
@@ -56,7 +60,8 @@ fuzz: $(STAMP)
 	  work=.cache/fuzz/$$target; mkdir -p $$work/corpus; \
 	  cp tests/fuzz/seeds/$$target/* $$work/corpus/; \
 	  if DIGEST_FUZZ_WORK=$$work $(BIN)/python -m tests.fuzz.fuzz_$$target \
-	      -max_total_time=$(FUZZ_SECONDS) -timeout=$(FUZZ_INPUT_SECONDS) -rss_limit_mb=2048 \
+	      -max_total_time=$(FUZZ_SECONDS) -runs=$(FUZZ_RUNS) -seed=$(FUZZ_SEED) \
+	      -timeout=$(FUZZ_INPUT_SECONDS) -rss_limit_mb=2048 \
 	      -artifact_prefix=$$work/ $$work/corpus >$$work/log 2>&1; then \
 	    echo "make fuzz: $$target: $$(grep '^Done' $$work/log)"; \
 	  else \

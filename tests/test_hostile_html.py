@@ -152,6 +152,18 @@ def test_a_link_whose_port_is_no_number_is_no_link() -> None:
     assert entry.link is None
 
 
+def test_a_scheme_in_capitals_is_written_in_lower_case() -> None:
+    # Found by the feed fuzzer in CI: "httP://…" is an http link, and was kept as written.
+    [entry] = parse_feed(rss([{"title": "T", "link": "httP://n.example/1", "guid": "1",
+                               "summary": '<p><img src="HTTPS://n.example/i.png" width="300"'
+                                          ' height="200"></p><p>Read also: <a href="HttP://'
+                                          'n.example/2">Two</a></p>'}]),
+                         url="https://n.example/f").entries
+    assert entry.link == "http://n.example/1"
+    assert [url for _, url in entry.related] == ["http://n.example/2"]
+    assert entry.image is not None and entry.image.url == "https://n.example/i.png"
+
+
 def test_a_link_that_names_no_host_is_no_link() -> None:
     [entry] = parse_feed(rss([{"title": "T", "link": "http:xx//n.example/1", "guid": "1"}]),
                          url="https://n.example/f").entries

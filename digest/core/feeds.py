@@ -105,7 +105,8 @@ def _absolute_http(link: str | None, base: str) -> str | None:
         return None
     # "http:x//host/" is no web address (it names no host), nor is port 0.
     web = parts.scheme in {"http", "https"} and parts.netloc and port != 0
-    return absolute if web else None
+    # urlsplit lowers the scheme ("httP:" is http); the link keeps it lowered too.
+    return parts.scheme + absolute[len(parts.scheme):] if web else None
 
 
 def _time(entry: Any) -> datetime | None:
