@@ -16,8 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from digest.services.collect import add_feed, collect
-from digest.services.context import Context
+from digest.services.feeds.collect import add_feed, collect
+from digest.services.storage.context import Context
 from digest.settings import load_settings
 from tests.feedserver import FeedServer, Route, rss
 
@@ -53,7 +53,7 @@ def main(database_url: str | None = None) -> None:
         ctx = Context.open(settings)
         for f in range(FEEDS):
             add_feed(ctx.db, f"{base}/feed{f}.xml")
-        from digest.services.fetch import FetchLimits, FetchRequest, fetch_all
+        from digest.services.feeds.fetch import FetchLimits, FetchRequest, fetch_all
         start = time.perf_counter()
         fetch_all([FetchRequest(f"{base}/feed{f}.xml") for f in range(FEEDS)], FetchLimits())
         fetch_s = time.perf_counter() - start

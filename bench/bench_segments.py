@@ -23,13 +23,13 @@ sys.path.insert(0, str(ROOT))
 
 from sqlalchemy import func, insert, select  # noqa: E402
 
-from digest.services.building import draft_issue  # noqa: E402
-from digest.services.context import Context  # noqa: E402
-from digest.services.models import Delivery, Entry, IssueVariant  # noqa: E402
-from digest.services.recording import record_issue  # noqa: E402
+from digest.services.building.drafts import draft_issue  # noqa: E402
+from digest.services.delivery.recording import record_issue  # noqa: E402
+from digest.services.storage.context import Context  # noqa: E402
+from digest.services.storage.models import Delivery, Entry, IssueVariant  # noqa: E402
+from digest.services.storage.subscriber_models import Subscriber, Subscription  # noqa: E402
 from digest.settings import load_settings  # noqa: E402
 from subscribers.lists import create_list  # noqa: E402
-from subscribers.models import Subscriber, Subscription  # noqa: E402
 from subscribers.subscriptions import segment_of  # noqa: E402
 
 KEYWORDS = ["Iran", "Syria", "Iraq", "Yemen", "Turkey", "Israel", "Lebanon", "Egypt"]

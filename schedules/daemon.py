@@ -24,14 +24,14 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import Connection, select, text, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from digest.services import metrics
-from digest.services.claims import claimer_gone, hold, let_go, worker_identity
-from digest.services.context import Context
-from digest.services.db import utcnow
 from digest.services.pipeline import warm_up
+from digest.services.storage.claims import claimer_gone, hold, let_go, worker_identity
+from digest.services.storage.context import Context
+from digest.services.storage.db import utcnow
+from digest.services.storage.schedule_models import RunStatus, Schedule, SchedulerLease, ScheduleRun
+from digest.services.telemetry import metrics
 from digest.services.transports import Transport
 from schedules.expressions import WallClockTrigger, parse_expression, slot_key, time_zone
-from schedules.models import RunStatus, Schedule, SchedulerLease, ScheduleRun
 from schedules.runner import SlotResult, run_slot
 from schedules.worker import RunWorker
 

@@ -25,20 +25,20 @@ from typing import TYPE_CHECKING
 from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from digest.services import metrics
-from digest.services.claims import claimer_gone, hold, let_go, worker_identity
-from digest.services.context import Context
-from digest.services.db import utcnow
-from digest.services.editing import approval
-from digest.services.logs import fields
+from digest.services.building.editing import approval
 from digest.services.pipeline import RunEvents, RunRequest, RunResult, run_list
+from digest.services.storage.claims import claimer_gone, hold, let_go, worker_identity
+from digest.services.storage.context import Context
+from digest.services.storage.db import utcnow
+from digest.services.storage.schedule_models import RequestedRun, RunStatus, Schedule, ScheduleRun
+from digest.services.storage.subscriber_models import MailingList
+from digest.services.telemetry import metrics
+from digest.services.telemetry.logs import fields
 from schedules.expressions import next_slots, parse_expression, slot_key, time_zone
-from schedules.models import RequestedRun, RunStatus, Schedule, ScheduleRun
 from subscribers.lists import get_list
-from subscribers.models import MailingList
 
 if TYPE_CHECKING:
-    from digest.services.building import Draft
+    from digest.services.building.drafts import Draft
     from digest.services.transports import Transport
 
 log = logging.getLogger(__name__)

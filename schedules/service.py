@@ -9,11 +9,17 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from digest.errors import InvalidInputError, NotFoundError
-from digest.services.db import Database, utcnow
+from digest.services.storage.db import Database, utcnow
+from digest.services.storage.schedule_models import (
+    DEFAULT_GRACE_SECONDS,
+    RequestedRun,
+    RunStatus,
+    Schedule,
+    ScheduleRun,
+)
+from digest.services.storage.subscriber_models import MailingList
 from schedules.expressions import CronSpec, next_slots, parse_expression, time_zone
-from schedules.models import DEFAULT_GRACE_SECONDS, RequestedRun, RunStatus, Schedule, ScheduleRun
 from subscribers.lists import check_slug, get_list
-from subscribers.models import MailingList
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from digest.services.context import Context
+from digest.services.storage.context import Context
 from digest.services.transports import Transport
 from schedules.runner import carry_out_requested
 

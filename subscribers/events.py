@@ -24,10 +24,15 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from digest.errors import DigestError
-from digest.services.db import Database, utcnow
-from digest.services.models import Delivery, WebhookEvent
+from digest.services.storage.db import Database, utcnow
+from digest.services.storage.models import Delivery, WebhookEvent
+from digest.services.storage.subscriber_models import (
+    Subscriber,
+    Subscription,
+    SubscriptionStatus,
+    Suppression,
+)
 from subscribers.addresses import address_hash, address_key
-from subscribers.models import Subscriber, Subscription, SubscriptionStatus, Suppression
 from subscribers.subscriptions import ON_LIST, unsubscribe
 
 log = logging.getLogger(__name__)

@@ -10,15 +10,15 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from digest.errors import InvalidInputError, NotFoundError
-from digest.services.db import Database
-from subscribers.fields import one_line
-from subscribers.models import (
+from digest.services.storage.db import Database
+from digest.services.storage.subscriber_models import (
     ENTRY_PARTS,
     WHEN_NOTHING_MATCHES,
     MailingList,
     Subscription,
     SubscriptionStatus,
 )
+from subscribers.fields import one_line
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,99}$")
 
@@ -158,7 +158,7 @@ def summarize_lists(db: Database) -> list[ListSummary]:
 
 def delete_list(db: Database, name: str) -> None:
     """Delete a list with its subscriptions and issues."""
-    from digest.services.models import Issue, delete_deliveries
+    from digest.services.storage.models import Issue, delete_deliveries
     with db.session() as session:
         mailing_list = get_list(session, name)
         delete_deliveries(session, issue_ids=select(Issue.id)

@@ -16,14 +16,20 @@ from enum import StrEnum
 from sqlalchemy import delete, select, update
 
 from digest.core.messages import address_for_header, compose, format_sender
-from digest.services.context import Context
-from digest.services.db import utcnow
-from digest.services.models import delete_deliveries
+from digest.core.tokens import InvalidToken
+from digest.services.storage.context import Context
+from digest.services.storage.db import utcnow
+from digest.services.storage.models import delete_deliveries
+from digest.services.storage.subscriber_models import (
+    MailingList,
+    Subscriber,
+    Subscription,
+    SubscriptionStatus,
+)
 from digest.services.transports import Transport, make_transport
 from subscribers.addresses import normalize_address
 from subscribers.fields import one_line
 from subscribers.lists import get_list
-from subscribers.models import MailingList, Subscriber, Subscription, SubscriptionStatus
 from subscribers.subscriptions import (
     clean_keywords,
     find_subscription,
@@ -31,7 +37,6 @@ from subscribers.subscriptions import (
     person_for,
     segment_of,
 )
-from subscribers.tokens import InvalidToken
 
 log = logging.getLogger(__name__)
 

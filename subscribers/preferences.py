@@ -14,11 +14,16 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from digest.core.grouping import keyword_key
-from digest.services.db import Database, utcnow
-from digest.services.models import Entry
-from subscribers.models import MailingList, Subscriber, Subscription, SubscriptionStatus
+from digest.core.tokens import InvalidToken
+from digest.services.storage.db import Database, utcnow
+from digest.services.storage.models import Entry
+from digest.services.storage.subscriber_models import (
+    MailingList,
+    Subscriber,
+    Subscription,
+    SubscriptionStatus,
+)
 from subscribers.subscriptions import LEFT, ON_LIST, clean_keywords, segment_of, unsubscribe
-from subscribers.tokens import InvalidToken
 
 # Confirmed subscriptions a reader can pause and resume, and choose topics for.
 CONFIRMED = (SubscriptionStatus.ACTIVE, SubscriptionStatus.PAUSED)

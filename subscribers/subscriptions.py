@@ -18,12 +18,17 @@ from sqlalchemy.orm import Session
 
 from digest.core.grouping import keyword_key
 from digest.errors import InvalidInputError, NotFoundError
-from digest.services.db import Database, among, utcnow
-from digest.services.models import delete_deliveries
+from digest.services.storage.db import Database, among, utcnow
+from digest.services.storage.models import delete_deliveries
+from digest.services.storage.subscriber_models import (
+    Subscriber,
+    Subscription,
+    SubscriptionStatus,
+    Suppression,
+)
 from subscribers.addresses import address_hash, address_key, normalize_address
 from subscribers.fields import one_line
 from subscribers.lists import get_list
-from subscribers.models import Subscriber, Subscription, SubscriptionStatus, Suppression
 
 if TYPE_CHECKING:
     import psycopg
@@ -224,7 +229,7 @@ class PersonView:
 
 def show_subscriber(db: Database, email: str) -> PersonView:
     """A subscriber and their subscriptions, or a clear error."""
-    from subscribers.models import MailingList
+    from digest.services.storage.subscriber_models import MailingList
     with db.session() as session:
         person = find_subscriber(session, email)
         if person is None:

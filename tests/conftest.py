@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import create_engine, text
 
-from digest.services.context import Context
+from digest.services.storage.context import Context
 from digest.services.transports.locmem import LocmemTransport
 from digest.settings import Settings, load_settings
 from tests.feedserver import FeedServer

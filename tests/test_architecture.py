@@ -13,11 +13,10 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from digest.services.context import Context
+    from digest.services.storage.context import Context
 
 ROOT = Path(__file__).resolve().parent.parent
 EDGES = ("digest.edges.cli", "digest.edges.web", "digest.edges.demo")
-LAYERS = ("digest.core", "digest.services", "digest.edges")  # each may import those before it
 
 
 def imports_of(path: Path) -> set[str]:
@@ -60,23 +59,46 @@ def test_the_core_is_pure() -> None:
         assert not bad, f"{path.relative_to(ROOT)} reaches outside the pure core: {bad}"
 
 
-def test_the_layers_point_one_way() -> None:
-    """core ← services ← edges: a layer imports only those before it (and the shared
-    settings and errors); subscribers and schedules sit with the services."""
-    graph = _module_graph()
-    rank = {layer: i for i, layer in enumerate(LAYERS)}
+# The packages from the bottom up, as docs/architecture.md draws them: each imports only
+# itself and those before it. Storage sits below the audience and time; building and
+# delivery above the audience; schedules, which start runs, above the pipeline.
+PACKAGE_ORDER = (
+    "digest.errors", "digest.settings", "digest.core",
+    "digest.services.storage", "digest.services.telemetry", "digest.services.transports",
+    "digest.services.feeds", "subscribers", "digest.services.building",
+    "digest.services.delivery", "digest.services.pipeline", "schedules",
+    "digest.services.operations", "digest.edges",
+)
 
-    def layer_of(module: str) -> int | None:
-        if module.startswith(("subscribers", "schedules")):
-            return rank["digest.services"]
-        return next((rank[layer] for layer in LAYERS if module.startswith(layer)), None)
 
-    for module, imported in graph.items():
-        mine = layer_of(module)
+def package_of(module: str) -> str | None:
+    """The entry of PACKAGE_ORDER a module belongs to (None: the packages' own roots)."""
+    if module == "digest.__main__":
+        return "digest.edges"
+    return next((p for p in sorted(PACKAGE_ORDER, key=len, reverse=True)
+                 if module == p or module.startswith(p + ".")), None)
+
+
+def test_every_package_is_placed() -> None:
+    """No module of ours falls outside the order (a new package must take its place)."""
+    roots = {"digest", "digest.services", "subscribers", "schedules"}
+    unplaced = sorted(m for m in _module_graph() if package_of(m) is None and m not in roots)
+    assert not unplaced, f"not in PACKAGE_ORDER: {unplaced}"
+
+
+def test_every_import_points_down() -> None:
+    """Each package imports only itself and the packages below it, lazily or not: no
+    arrow climbs back up (core ← storage ← … ← schedules ← operations ← edges)."""
+    rank = {package: i for i, package in enumerate(PACKAGE_ORDER)}
+    upward = []
+    for module, imported in _module_graph().items():
+        mine = package_of(module)
         if mine is None:
             continue
-        upward = {m for m in imported if (layer_of(m) or 0) > mine}
-        assert not upward, f"{module} imports a later layer: {upward}"
+        upward += [f"{module} ({mine}) imports {target} ({theirs})"
+                   for target in sorted(imported)
+                   if (theirs := package_of(target)) is not None and rank[theirs] > rank[mine]]
+    assert not upward, "\n".join(upward)
 
 
 def test_web_handlers_are_module_level_functions(ctx: Context) -> None:
@@ -113,7 +135,7 @@ def test_wheel_ships_templates_and_typing_marker(tmp_path: Path) -> None:
     assert "digest/templates/email/issue.html" in names
     assert "digest/templates/email/issue.txt" in names
     assert {"digest/py.typed", "subscribers/py.typed", "schedules/py.typed"} <= names
-    assert any(n.startswith("digest/services/migrations/versions/0001") for n in names)
+    assert any(n.startswith("digest/services/storage/migrations/versions/0001") for n in names)
     assert "digest/samples/arabic.xml" in names
 
 
@@ -274,11 +296,10 @@ def test_the_scheduler_and_send_now_run_only_through_run_list() -> None:
     (collecting, building, recording, delivering), only the transport's type; the web
     app's "Send now" asks schedules for a run instead of running one on a thread of its
     own."""
-    steps = ("digest.services.collect", "digest.services.fetch", "digest.services.building",
-             "digest.services.recording", "digest.services.linkcheck",
-             "digest.services.delivery")
-    allowed = {
-               "digest.services.transports": {"Transport"},
+    steps = ("digest.services.feeds.collect", "digest.services.feeds.fetch",
+             "digest.services.feeds.linkcheck", "digest.services.building.drafts",
+             "digest.services.delivery.recording", "digest.services.delivery.sending")
+    allowed = {"digest.services.transports": {"Transport"},
                "digest.services.pipeline": {"RunEvents", "RunRequest", "RunResult", "run_list",
                                             "warm_up"}}
     for path in sorted((ROOT / "schedules").rglob("*.py")):
@@ -306,7 +327,7 @@ NOT_A_STATE = {
     # The name of the preferences form's checkbox.
     ("digest/edges/web/public.py", "paused"): 1,
     # How a collect went (ok or partial), a field of its log line.
-    ("digest/services/collect.py", "partial"): 1,
+    ("digest/services/feeds/collect.py", "partial"): 1,
 }
 
 
@@ -331,9 +352,9 @@ def test_states_are_spelt_by_their_enums() -> None:
     the packages: a state is its enum's member, so a misspelt one fails at import instead
     of matching no row. Migrations keep the values of their day; SQL text that must hold a
     state binds the member or formats it in."""
-    from digest.services.models import BatchStatus, DeliveryStatus, IssueStatus
-    from schedules.models import RunStatus
-    from subscribers.models import SubscriptionStatus
+    from digest.services.storage.models import BatchStatus, DeliveryStatus, IssueStatus
+    from digest.services.storage.schedule_models import RunStatus
+    from digest.services.storage.subscriber_models import SubscriptionStatus
     members: dict[str, list[str]] = {}
     for enum in (DeliveryStatus, BatchStatus, IssueStatus, SubscriptionStatus, RunStatus):
         for member in enum:

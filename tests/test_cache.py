@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from digest.core.rendering import Renderer
-from digest.services.cache import FileCache, cache_folder, inline_cache, template_cache
+from digest.services.storage.cache import FileCache, cache_folder, inline_cache, template_cache
 from tests.test_rendering import render_case
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,7 +24,7 @@ import json, sys
 from pathlib import Path
 sys.path.insert(0, {root!r})
 from digest.core.rendering import Renderer
-from digest.services.cache import cache_folder, inline_cache, template_cache
+from digest.services.storage.cache import cache_folder, inline_cache, template_cache
 from tests.test_rendering import render_case
 folder = cache_folder({folder!r})
 renderer = Renderer(bytecode_cache=template_cache(folder), inline_cache=inline_cache(folder))

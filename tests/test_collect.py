@@ -11,10 +11,10 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from digest.services.collect import add_feed, collect, list_feeds
-from digest.services.context import Context
-from digest.services.fetch import USER_AGENT
-from digest.services.models import Entry
+from digest.services.feeds.collect import add_feed, collect, list_feeds
+from digest.services.feeds.fetch import USER_AGENT
+from digest.services.storage.context import Context
+from digest.services.storage.models import Entry
 from tests.feedserver import FeedServer, Route, rss
 
 # A day ago: collect keeps only entries of the last max_entry_age_days.

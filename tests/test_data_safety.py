@@ -20,20 +20,20 @@ from starlette.testclient import TestClient
 
 from digest.edges.cli import cli
 from digest.edges.web.app import create_app
-from digest.services.backup import backup
-from digest.services.collect import add_feed
-from digest.services.context import Context
-from digest.services.db import downgrade, make_engine, open_database, upgrade
-from digest.services.models import Delivery
+from digest.services.delivery.reports import describe_issue
+from digest.services.feeds.collect import add_feed
+from digest.services.operations.backup import backup
 from digest.services.pipeline import RunRequest, run_list
-from digest.services.reports import describe_issue
+from digest.services.storage.context import Context
+from digest.services.storage.db import downgrade, make_engine, open_database, upgrade
+from digest.services.storage.models import Delivery
+from digest.services.storage.subscriber_models import Subscriber, Subscription
 from digest.services.transports import Transport
 from digest.services.transports.locmem import LocmemTransport
 from digest.services.transports.outbox import OutboxTransport
 from digest.services.transports.sendgrid import SendGridTransport
 from subscribers.imports import export_csv, import_csv
 from subscribers.lists import create_list
-from subscribers.models import Subscriber, Subscription
 from subscribers.optin import request_subscription
 from subscribers.subscriptions import (
     add_subscriber,

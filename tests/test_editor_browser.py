@@ -16,9 +16,9 @@ from typing import Any
 import httpx
 import pytest
 
-from digest.services.collect import add_feed, collect
-from digest.services.context import Context
-from digest.services.editors import add_editor
+from digest.services.building.editors import add_editor
+from digest.services.feeds.collect import add_feed, collect
+from digest.services.storage.context import Context
 from schedules.service import add_schedule
 from subscribers.lists import create_list
 from subscribers.subscriptions import add_subscriber

@@ -22,9 +22,9 @@ import pytest
 from rich.console import Console
 
 from digest.edges.demo import run_demo, sample_png
-from digest.services.collect import add_feed, collect
-from digest.services.context import Context
+from digest.services.feeds.collect import add_feed, collect
 from digest.services.pipeline import RunRequest, run_list
+from digest.services.storage.context import Context
 from subscribers.lists import create_list, edit_list
 from subscribers.subscriptions import add_subscriber
 from tests.conftest import ARTIFACTS, LiveServer, free_port, make_settings
@@ -442,7 +442,7 @@ def test_the_editors_issue_page_marks_broken_and_redirecting_links(
     from starlette.testclient import TestClient
 
     from digest.edges.web.app import create_app
-    from digest.services.editors import add_editor
+    from digest.services.building.editors import add_editor
     feed_server.add("/ok", Route(body=b"fine", content_type="text/html"))
     feed_server.add("/gone", Route(status=410))
     feed_server.add("/moved", Route(redirect_to="/ok"))

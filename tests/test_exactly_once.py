@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, insert, select, text
 
-from digest.services.collect import add_feed, collect
-from digest.services.context import Context
-from digest.services.models import Delivery, Issue
+from digest.services.feeds.collect import add_feed, collect
+from digest.services.storage.context import Context
+from digest.services.storage.models import Delivery, Issue
+from digest.services.storage.subscriber_models import Subscriber, Subscription
 from subscribers.lists import create_list
-from subscribers.models import Subscriber, Subscription
 from subscribers.subscriptions import remove_subscriber
 from tests.conftest import make_settings
 from tests.feedserver import FeedServer, rss

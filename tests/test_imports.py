@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from digest.edges.cli import cli
-from digest.services.context import Context
+from digest.services.storage.context import Context
 from subscribers.imports import export_csv, import_csv
 from subscribers.lists import create_list
 from subscribers.subscriptions import (
@@ -134,7 +134,7 @@ def test_imported_people_carry_the_time_of_the_import(any_ctx: Context, tmp_path
 
     from sqlalchemy import select
 
-    from subscribers.models import Subscriber, Subscription
+    from digest.services.storage.subscriber_models import Subscriber, Subscription
     create_list(any_ctx.db, "weekly")
     path = tmp_path / "people.csv"
     path.write_text("email,keywords\nA@Example.org,Iran;Syria\n", encoding="utf-8")

@@ -9,8 +9,8 @@ from pathlib import Path
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from digest.services.db import HEAD_REVISION, Base, open_database
-from digest.services.tables import load_all_models
+from digest.services.storage.db import HEAD_REVISION, Base, open_database
+from digest.services.storage.tables import load_all_models
 
 
 def test_migrations_match_the_models(database_url: str) -> None:
@@ -28,7 +28,7 @@ def test_migrations_match_the_models(database_url: str) -> None:
 def test_head_revision_is_the_newest_migration() -> None:
     from alembic.script import ScriptDirectory
 
-    from digest.services.db import alembic_config, make_engine
+    from digest.services.storage.db import alembic_config, make_engine
     config = alembic_config(make_engine("sqlite://"))
     # A new migration must raise HEAD_REVISION, or databases would never get it.
     assert ScriptDirectory.from_config(config).get_heads() == [HEAD_REVISION]
@@ -37,7 +37,7 @@ def test_head_revision_is_the_newest_migration() -> None:
 def test_opening_a_database_at_head_does_not_load_alembic(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/at-head.db"
     open_database(url).dispose()  # creates the schema
-    code = ("import sys\nfrom digest.services.db import open_database, schema_revision\n"
+    code = ("import sys\nfrom digest.services.storage.db import open_database, schema_revision\n"
             f"db = open_database({url!r})\n"
             "print(schema_revision(db.engine), 'alembic' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -48,7 +48,7 @@ def test_opening_a_database_at_head_does_not_load_alembic(tmp_path: Path) -> Non
 def test_an_old_schema_is_upgraded_on_open(tmp_path: Path) -> None:
     from sqlalchemy import inspect
 
-    from digest.services.db import make_engine, schema_revision, upgrade
+    from digest.services.storage.db import make_engine, schema_revision, upgrade
     url = f"sqlite:///{tmp_path}/old.db"
     engine = make_engine(url)
     upgrade(engine, "0004")
@@ -67,8 +67,8 @@ def test_among_finds_exactly_the_values_given(database_url: str) -> None:
     # PostgreSQL) must match awkward strings exactly, and ints.
     from sqlalchemy import select
 
-    from digest.services.db import among
-    from subscribers.models import Subscriber
+    from digest.services.storage.db import among
+    from digest.services.storage.subscriber_models import Subscriber
     db = open_database(database_url)
     keys = ['a"b@x.org', "c\\d@x.org", "x,y@x.org", "{z}@x.org", "plain@x.org", "é@x.org"]
     try:

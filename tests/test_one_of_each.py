@@ -14,10 +14,10 @@ from pathlib import Path
 from starlette.testclient import TestClient
 
 from digest.edges.web.app import create_app
-from digest.services.claims import at_work, claimer_gone, worker_identity
-from digest.services.collect import add_feed, collect
-from digest.services.context import Context
-from digest.services.editors import add_editor
+from digest.services.building.editors import add_editor
+from digest.services.feeds.collect import add_feed, collect
+from digest.services.storage.claims import at_work, claimer_gone, worker_identity
+from digest.services.storage.context import Context
 from schedules.daemon import LeaderLock
 from subscribers.lists import create_list
 from subscribers.subscriptions import add_subscriber

@@ -21,11 +21,11 @@ import httpx
 import pytest
 from sqlalchemy import select, text
 
-from digest.services.collect import add_feed, collect
-from digest.services.context import Context
-from digest.services.db import HEAD_REVISION, utcnow
-from digest.services.logs import Redact, json_handler, scrub
-from digest.services.models import Delivery, Issue
+from digest.services.feeds.collect import add_feed, collect
+from digest.services.storage.context import Context
+from digest.services.storage.db import HEAD_REVISION, utcnow
+from digest.services.storage.models import Delivery, Issue
+from digest.services.telemetry.logs import Redact, json_handler, scrub
 from schedules.runner import run_slot
 from schedules.service import add_schedule
 from tests.conftest import free_port, make_settings
@@ -329,7 +329,7 @@ def sign_in(base: str, name: str, password: str, client_ip: str) -> int:
 
 def test_two_instances_share_one_allowance_and_see_the_real_client(
         tmp_path: Path, sqlite_url: str, servers: list[Serve]) -> None:
-    from digest.services.editors import add_editor, audit_log
+    from digest.services.building.editors import add_editor, audit_log
     ctx = Context.open(make_settings(tmp_path, sqlite_url))
     add_editor(ctx.db, "amal", "a long enough password")
     env = serve_env(ctx, DIGEST_FORWARDED_ALLOW_IPS="127.0.0.1",
@@ -422,7 +422,7 @@ def test_two_instances_and_two_workers_send_a_scheduled_issue_once_and_survive_t
         standin: SendGridStandIn, servers: list[Serve]) -> None:
     """deploy/compose.yaml's shape on this machine: PostgreSQL, two `digest serve` (each
     with a scheduler), two `digest send --worker`."""
-    from schedules.models import ScheduleRun
+    from digest.services.storage.schedule_models import ScheduleRun
     from tests.test_scheduler_daemon import next_slot, wait_until
     ctx, active = list_with_news(tmp_path, feed_server, postgres_url, 6000)
     standin.delay = 0.1

@@ -21,12 +21,12 @@ from sqlalchemy import select
 
 from digest.edges.demo import sample_png
 from digest.errors import ConfigError
-from digest.services import outbound
-from digest.services.collect import add_feed, collect
-from digest.services.context import Context
-from digest.services.fetch import image_sizes
-from digest.services.linkcheck import check_links, links_in
-from digest.services.models import Entry
+from digest.services.feeds import outbound
+from digest.services.feeds.collect import add_feed, collect
+from digest.services.feeds.fetch import image_sizes
+from digest.services.feeds.linkcheck import check_links, links_in
+from digest.services.storage.context import Context
+from digest.services.storage.models import Entry
 from digest.settings import load_settings
 from tests.feedserver import FeedServer, rss
 from tests.test_collect import item
@@ -128,7 +128,7 @@ def test_feed_images_aimed_at_private_addresses_are_never_requested(
     items = [item(n, summary=f'<p>Lead.</p><img src="{url}" alt="x">')
              for n, url in enumerate(urls, 1)]
     add_feed(ctx.db, feed_server.add("/feed.xml", body=rss(items)), "Hostile")
-    with caplog.at_level(logging.WARNING, logger="digest.services.fetch"):
+    with caplog.at_level(logging.WARNING, logger="digest.services.feeds.fetch"):
         report = collect(ctx.db, ctx.settings)
     # The feed itself was added by hand: fetched as given, although it is on loopback.
     assert report.feeds[0].status == "ok" and report.new == len(urls)
@@ -168,7 +168,7 @@ def test_an_image_redirected_to_a_private_address_is_refused(
         caplog: pytest.LogCaptureFixture) -> None:
     elsewhere.add("/picture.png", body=sample_png(10, 10, "x"), content_type="image/png")
     moved = target.add("/moved.png", redirect_to=elsewhere.url("/picture.png"))
-    with caplog.at_level(logging.WARNING, logger="digest.services.fetch"):
+    with caplog.at_level(logging.WARNING, logger="digest.services.feeds.fetch"):
         assert image_sizes([moved], allow_private=["127.0.0.1/32"]) == {}
     assert elsewhere.seen == []
     assert (f"image {moved} (redirected to {elsewhere.url('/picture.png')}): size unknown, "
@@ -270,7 +270,7 @@ def test_https_is_verified_against_the_name_while_connecting_to_its_address(
     server = FeedServer(tls=(cert, key))
     try:
         server.add("/p.png", body=sample_png(32, 16, "p"), content_type="image/png")
-        script = ("import sys; from digest.services.fetch import image_sizes; "
+        script = ("import sys; from digest.services.feeds.fetch import image_sizes; "
                   "print(image_sizes(sys.argv[1:], allow_private=['127.0.0.1/32']))")
         by_name, by_address = f"https://localhost:{server.port}/p.png", server.url("/p.png")
         run = subprocess.run([sys.executable, "-c", script, by_name, by_address], cwd=ROOT,

@@ -24,10 +24,10 @@ import lxml.html
 import pytest
 
 from digest.core.rendering import RenderedIssue
-from digest.services.building import draft_issue
-from digest.services.collect import add_feed, collect
-from digest.services.context import Context
+from digest.services.building.drafts import draft_issue
+from digest.services.feeds.collect import add_feed, collect
 from digest.services.pipeline import RunRequest, run_list
+from digest.services.storage.context import Context
 from digest.services.transports.sendgrid import SendGridTransport
 from subscribers.lists import create_list, edit_list
 from subscribers.subscriptions import add_subscriber

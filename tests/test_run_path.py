@@ -15,10 +15,10 @@ import pytest
 from sqlalchemy import func, select
 from starlette.testclient import TestClient
 
-from digest.services.context import Context
-from digest.services.editors import add_editor
-from digest.services.models import Issue
-from schedules.models import RequestedRun
+from digest.services.building.editors import add_editor
+from digest.services.storage.context import Context
+from digest.services.storage.models import Issue
+from digest.services.storage.schedule_models import RequestedRun
 from schedules.runner import request_run
 from schedules.service import requested_runs
 from schedules.worker import THREAD_NAME, RunWorker
@@ -85,7 +85,7 @@ def procs() -> Iterator[list[Scheduler]]:
 def desk(tmp_path: Path, database_url: str, feed_server: FeedServer) -> Context:
     ctx = Context.open(make_settings(tmp_path, database_url))
     newsroom(ctx, feed_server)
-    from digest.services.collect import collect
+    from digest.services.feeds.collect import collect
     collect(ctx.db, ctx.settings)
     add_editor(ctx.db, "layla", PASSWORD)
     return ctx

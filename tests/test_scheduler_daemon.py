@@ -15,14 +15,14 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, text
 
-from digest.services.collect import add_feed, collect
-from digest.services.context import Context
-from digest.services.models import ACCEPTED
-from digest.services.reports import counts
+from digest.services.delivery.reports import counts
+from digest.services.feeds.collect import add_feed, collect
+from digest.services.storage.context import Context
+from digest.services.storage.models import ACCEPTED
+from digest.services.storage.schedule_models import RequestedRun, ScheduleRun
 from digest.services.transports.base import Outcome, OutgoingIssue, OutgoingRecipient
 from digest.services.transports.locmem import LocmemTransport
 from schedules.daemon import Daemon
-from schedules.models import RequestedRun, ScheduleRun
 from schedules.service import add_schedule
 from subscribers.lists import create_list
 from subscribers.subscriptions import add_subscriber

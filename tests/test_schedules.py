@@ -12,12 +12,12 @@ from sqlalchemy import select
 
 from digest.edges.cli import cli
 from digest.errors import DeliveryError
-from digest.services.collect import add_feed
-from digest.services.context import Context
-from digest.services.editing import approve, save_edit
+from digest.services.building.editing import approve, save_edit
+from digest.services.feeds.collect import add_feed
+from digest.services.storage.context import Context
+from digest.services.storage.schedule_models import Schedule, ScheduleRun
 from digest.services.transports.locmem import LocmemTransport
 from schedules.expressions import slot_key, time_zone
-from schedules.models import Schedule, ScheduleRun
 from schedules.runner import due_slot, manual_slot, run_slot
 from schedules.service import add_schedule, history, list_schedules, set_paused
 from subscribers.lists import create_list

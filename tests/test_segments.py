@@ -9,14 +9,14 @@ import pytest
 from sqlalchemy import select, update
 
 from digest.core.grouping import KeywordConfig, group
-from digest.services.building import draft_issue, plan_segments
-from digest.services.collect import add_feed, collect
-from digest.services.context import Context
-from digest.services.models import Delivery, IssueVariant
+from digest.services.building.drafts import draft_issue, plan_segments
+from digest.services.feeds.collect import add_feed, collect
 from digest.services.pipeline import RunRequest, run_list
+from digest.services.storage.context import Context
+from digest.services.storage.models import Delivery, IssueVariant
+from digest.services.storage.subscriber_models import MailingList
 from digest.services.transports.locmem import LocmemTransport
 from subscribers.lists import create_list
-from subscribers.models import MailingList
 from subscribers.subscriptions import add_subscriber
 from tests.feedserver import FeedServer, rss
 from tests.test_send import recap

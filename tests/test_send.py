@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from digest.services.building import draft_issue
-from digest.services.collect import add_feed
-from digest.services.context import Context
-from digest.services.models import Delivery, Issue, SendBatch
+from digest.services.building.drafts import draft_issue
+from digest.services.delivery.reports import counts
+from digest.services.feeds.collect import add_feed
 from digest.services.pipeline import RunRequest, run_list
-from digest.services.reports import counts
+from digest.services.storage.context import Context
+from digest.services.storage.models import Delivery, Issue, SendBatch
 from digest.services.transports.base import Outcome, OutgoingIssue, OutgoingRecipient
 from digest.services.transports.outbox import OutboxTransport
 from subscribers.lists import create_list
@@ -107,7 +107,7 @@ def test_sending_again_sends_nothing_twice(newsroom: Context, feed_server: FeedS
 
 
 def test_preview_changes_nothing(newsroom: Context) -> None:
-    from digest.services.collect import collect
+    from digest.services.feeds.collect import collect
     collect(newsroom.db, newsroom.settings)
     draft = draft_issue(newsroom, "weekly")
     assert draft is not None and draft.number == 1
@@ -220,8 +220,8 @@ def _issue_ids(ctx: Context) -> list[int]:
 
 def test_two_sends_racing_for_one_issue_send_it_once(newsroom: Context,
                                                       locmem: type) -> None:
-    from digest.services.collect import collect
-    from digest.services.recording import IssueTaken, record_issue
+    from digest.services.delivery.recording import IssueTaken, record_issue
+    from digest.services.feeds.collect import collect
     collect(newsroom.db, newsroom.settings)
     mine = draft_issue(newsroom, "weekly")
     theirs = draft_issue(newsroom, "weekly")
@@ -237,8 +237,8 @@ def test_two_sends_racing_for_one_issue_send_it_once(newsroom: Context,
 
 def test_a_sandbox_run_never_touches_an_unfinished_issue(newsroom: Context) -> None:
     from digest.errors import DigestError
-    from digest.services.collect import collect
-    from digest.services.recording import record_issue
+    from digest.services.delivery.recording import record_issue
+    from digest.services.feeds.collect import collect
     collect(newsroom.db, newsroom.settings)
     draft = draft_issue(newsroom, "weekly")
     assert draft is not None

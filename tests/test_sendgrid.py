@@ -16,10 +16,10 @@ from sqlalchemy import func, select
 from digest.core.rendering import Recipient, RenderedIssue
 from digest.edges.cli import cli
 from digest.errors import DeliveryError
-from digest.services.collect import add_feed
-from digest.services.context import Context
-from digest.services.models import Delivery, SendBatch
+from digest.services.feeds.collect import add_feed
 from digest.services.pipeline import RunRequest, run_list
+from digest.services.storage.context import Context
+from digest.services.storage.models import Delivery, SendBatch
 from digest.services.transports.base import OutgoingIssue, OutgoingRecipient
 from digest.services.transports.sendgrid import SendGridTransport
 from subscribers.lists import create_list

@@ -12,9 +12,9 @@ from pathlib import Path
 import httpx
 from sqlalchemy import select
 
-from digest.services.context import Context
+from digest.services.storage.context import Context
+from digest.services.storage.subscriber_models import Subscription
 from subscribers.lists import create_list
-from subscribers.models import Subscription
 from subscribers.subscriptions import add_subscriber
 from tests.conftest import free_port, make_settings
 

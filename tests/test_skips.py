@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, text
 
-from digest.services.collect import add_feed, collect, list_feeds
-from digest.services.context import Context
-from digest.services.models import Entry, EntryKey, Skip
+from digest.services.feeds.collect import add_feed, collect, list_feeds
+from digest.services.storage.context import Context
+from digest.services.storage.models import Entry, EntryKey, Skip
 from tests.feedserver import FeedServer, rss
 
 NOW = datetime.now(UTC).replace(microsecond=0)

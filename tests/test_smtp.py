@@ -15,9 +15,9 @@ from aiosmtpd.smtp import SMTP as SMTPServer
 from aiosmtpd.smtp import Envelope, Session
 
 from digest.errors import DeliveryError
-from digest.services.collect import add_feed
-from digest.services.context import Context
+from digest.services.feeds.collect import add_feed
 from digest.services.pipeline import RunRequest, run_list
+from digest.services.storage.context import Context
 from digest.services.transports.smtp import SMTPTransport
 from subscribers.lists import create_list
 from subscribers.subscriptions import add_subscriber

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from itsdangerous import URLSafeSerializer
 
-from subscribers.tokens import InvalidToken, Tokens
+from digest.core.tokens import InvalidToken, Tokens
 
 
 @pytest.mark.parametrize("purpose", ["unsubscribe", "preferences"])

@@ -18,14 +18,14 @@ from sqlalchemy import select
 from starlette.testclient import TestClient
 
 from digest.edges.web.app import create_app
-from digest.services.collect import add_feed
-from digest.services.context import Context
-from digest.services.db import utcnow
-from digest.services.models import Delivery
+from digest.services.feeds.collect import add_feed
 from digest.services.pipeline import RunRequest, run_list
+from digest.services.storage.context import Context
+from digest.services.storage.db import utcnow
+from digest.services.storage.models import Delivery
+from digest.services.storage.subscriber_models import Subscription
 from digest.services.transports.locmem import LocmemTransport
 from subscribers.lists import create_list
-from subscribers.models import Subscription
 from subscribers.optin import expire_pending
 from subscribers.subscriptions import add_subscriber
 from tests.feedserver import FeedServer, Route, rss
@@ -63,7 +63,7 @@ def send(ctx: Context) -> dict[str, EmailMessage]:
 
 def status_of(ctx: Context, email: str, list_id: int = 1) -> str:
     with ctx.db.session() as s:
-        from subscribers.models import Subscriber
+        from digest.services.storage.subscriber_models import Subscriber
         return s.scalar(select(Subscription.status).join(
             Subscriber, Subscriber.id == Subscription.subscriber_id)
             .where(Subscriber.email == email, Subscription.list_id == list_id)) or "none"

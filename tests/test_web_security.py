@@ -30,13 +30,13 @@ from starlette.testclient import TestClient
 
 from digest.edges.cli import cli
 from digest.edges.web.app import create_app
-from digest.services.building import draft_issue
-from digest.services.collect import add_feed, collect
-from digest.services.context import Context
-from digest.services.editors import add_editor, audit_log
-from digest.services.models import EditorSession, WebhookEvent
+from digest.services.building.drafts import draft_issue
+from digest.services.building.editors import add_editor, audit_log
+from digest.services.feeds.collect import add_feed, collect
+from digest.services.storage.context import Context
+from digest.services.storage.models import EditorSession, WebhookEvent
+from digest.services.storage.subscriber_models import Subscriber, Subscription, Suppression
 from subscribers.lists import create_list
-from subscribers.models import Subscriber, Subscription, Suppression
 from subscribers.subscriptions import add_subscriber
 from tests.conftest import LiveServer, free_port, make_settings
 from tests.feedserver import FeedServer, Route, rss

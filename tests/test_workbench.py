@@ -9,10 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from digest.services.building import draft_issue
-from digest.services.collect import add_feed, collect
-from digest.services.context import Context
-from digest.services.editing import StaleEdit, edit_diff, edit_version, save_edit, undo_last
+from digest.services.building.drafts import draft_issue
+from digest.services.building.editing import (
+    StaleEdit,
+    edit_diff,
+    edit_version,
+    save_edit,
+    undo_last,
+)
+from digest.services.feeds.collect import add_feed, collect
+from digest.services.storage.context import Context
 from subscribers.lists import create_list
 from subscribers.subscriptions import add_subscriber
 from tests.conftest import make_settings
@@ -126,7 +132,7 @@ def test_the_change_endpoint_refuses_bad_bodies_and_missing_tokens(desk: Context
     from starlette.testclient import TestClient
 
     from digest.edges.web.app import create_app
-    from digest.services.editors import add_editor
+    from digest.services.building.editors import add_editor
     add_editor(desk.db, "amal", "a long enough password")
     client = TestClient(create_app(desk), base_url="https://digest.example")
     csrf = re.search(r'name="csrf" value="([^"]+)"', client.get("/login").text)

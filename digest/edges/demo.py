@@ -20,12 +20,12 @@ from pathlib import Path
 
 from rich.console import Console
 
-from digest.services.building import draft_issue, write_preview_files
-from digest.services.collect import add_feed, collect
-from digest.services.context import Context
-from digest.services.db import utcnow
-from digest.services.models import DeliveryStatus
+from digest.services.building.drafts import draft_issue, write_preview_files
+from digest.services.feeds.collect import add_feed, collect
 from digest.services.pipeline import RunEvents, RunRequest, run_list
+from digest.services.storage.context import Context
+from digest.services.storage.db import utcnow
+from digest.services.storage.models import DeliveryStatus
 from digest.settings import load_settings
 from subscribers.lists import create_list, edit_list
 from subscribers.subscriptions import add_subscriber, remove_subscriber

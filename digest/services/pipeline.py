@@ -12,21 +12,21 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 
 from digest.errors import DigestError
-from digest.services.building import Draft, draft_issue
-from digest.services.collect import CollectReport, collect
-from digest.services.context import Context
-from digest.services.db import utcnow
-from digest.services.delivery import SendReport, deliver
-from digest.services.fetch import FetchResult
-from digest.services.logs import fields
-from digest.services.models import IssueStatus
-from digest.services.recording import (
+from digest.services.building.drafts import Draft, draft_issue
+from digest.services.delivery.recording import (
     IssueTaken,
     audience_size,
     discard_sandbox_issues,
     record_issue,
     unfinished_issue,
 )
+from digest.services.delivery.sending import SendReport, deliver
+from digest.services.feeds.collect import CollectReport, collect
+from digest.services.feeds.fetch import FetchResult
+from digest.services.storage.context import Context
+from digest.services.storage.db import utcnow
+from digest.services.storage.models import IssueStatus
+from digest.services.telemetry.logs import fields
 from digest.services.transports import Transport, make_transport, transport_class
 from subscribers.lists import get_list
 from subscribers.optin import expire_pending
@@ -117,7 +117,7 @@ def warm_up(ctx: Context) -> None:
     while it waits for a slot, so a scheduled send pays none of a command's start-up."""
     import feedparser  # noqa: F401  (parse_feed imports it at the first feed that changed)
 
-    from digest.services import fetch, tls  # noqa: F401  (fetch: httpx)
+    from digest.services.feeds import fetch, tls  # noqa: F401  (fetch: httpx)
     tls.prepare()
     transport_class(ctx.settings.transport)
     ctx.renderer.warm_up()

@@ -18,7 +18,7 @@ import atheris
 
 with atheris.instrument_imports():
     from digest.errors import DigestError
-    from digest.services.context import Context
+    from digest.services.storage.context import Context
     from digest.settings import load_settings
     from subscribers.imports import import_csv
     from subscribers.lists import create_list

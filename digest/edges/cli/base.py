@@ -26,7 +26,7 @@ from digest.settings import LoadedSettings, load_settings
 # uses (SQLAlchemy, httpx, feedparser, premailer, sendgrid…), so every command starts fast.
 # tests/test_cli.py checks that importing this module loads none of them.
 if TYPE_CHECKING:
-    from digest.services.context import Context
+    from digest.services.storage.context import Context
 
 F = TypeVar("F", bound=Callable[..., Any])
 err = Console(stderr=True, highlight=False)
@@ -47,7 +47,7 @@ class State:
     @property
     def ctx(self) -> Context:
         if self._ctx is None:
-            from digest.services.context import Context
+            from digest.services.storage.context import Context
             self._ctx = Context.open(self.loaded.settings)
         return self._ctx
 
@@ -174,7 +174,7 @@ def cli(click_ctx: click.Context, config_path: str | None, overrides: tuple[str,
         # Away from a terminal (a log file, cron's mail, a pipe) a message stays one line,
         # so a feed URL or an address in it is whole for grep and copying.
         console.soft_wrap = console.soft_wrap or not console.is_terminal
-    from digest.services.logs import configure
+    from digest.services.telemetry.logs import configure
     configure(level="DEBUG" if verbose else loaded.settings.log_level,
               log_format=loaded.settings.log_format, console=err)
     click_ctx.obj = State(loaded, config_path, overrides)

@@ -27,14 +27,14 @@ from digest.edges.cli.base import (
     state,
 )
 from digest.errors import InvalidInputError
-from digest.services import tls
+from digest.services.feeds import tls
 from digest.settings import describe
 
 if TYPE_CHECKING:
-    from digest.services.building import Draft
-    from digest.services.collect import CollectReport
-    from digest.services.context import Context
-    from digest.services.delivery import SendReport
+    from digest.services.building.drafts import Draft
+    from digest.services.delivery.sending import SendReport
+    from digest.services.feeds.collect import CollectReport
+    from digest.services.storage.context import Context
 
 
 # --- settings and database ----------------------------------------------------------
@@ -68,7 +68,7 @@ def db() -> None:
 @boundary
 def db_upgrade() -> None:
     """Apply pending migrations (done automatically on first use too)."""
-    from digest.services.db import make_engine, upgrade
+    from digest.services.storage.db import make_engine, upgrade
     engine = make_engine(state().loaded.settings.database_url)
     try:
         upgrade(engine)
@@ -86,8 +86,8 @@ def db_backup(path: Path, overwrite: bool) -> None:
 
     On PostgreSQL, prints the pg_dump command to use instead and exits with status 1.
     """
-    from digest.services.backup import backup
-    from digest.services.db import make_engine
+    from digest.services.operations.backup import backup
+    from digest.services.storage.db import make_engine
     engine = make_engine(state().loaded.settings.database_url)
     try:
         size = backup(engine, path, overwrite=overwrite)
@@ -101,8 +101,8 @@ def db_backup(path: Path, overwrite: bool) -> None:
 @boundary
 def db_check() -> None:
     """Check the database's integrity and schema; exit 1 on any problem."""
-    from digest.services.backup import check
-    from digest.services.db import make_engine
+    from digest.services.operations.backup import check
+    from digest.services.storage.db import make_engine
     engine = make_engine(state().loaded.settings.database_url)
     try:
         report = check(engine)
@@ -130,7 +130,7 @@ def feeds() -> None:
 @boundary
 def feeds_add(url: str, name: str | None) -> None:
     """Add a feed by URL."""
-    from digest.services.collect import add_feed
+    from digest.services.feeds.collect import add_feed
     feed = add_feed(state().ctx.db, url, name)
     out.print(f"Added feed {feed.name} ({feed.url}).")
 
@@ -139,8 +139,8 @@ def feeds_add(url: str, name: str | None) -> None:
 @boundary
 def feeds_list() -> None:
     """List feeds with their last fetch, status, entry count and what it skipped."""
-    from digest.services.collect import list_feeds
-    from digest.services.models import describe_skips
+    from digest.services.feeds.collect import list_feeds
+    from digest.services.storage.models import describe_skips
     rows = list_feeds(state().ctx.db)
     if not rows:
         out.print("No feeds yet. Add one with `digest feeds add URL`.")
@@ -164,7 +164,7 @@ def feeds_list() -> None:
 @boundary
 def feeds_remove(feed: str) -> None:
     """Remove a feed (by id, URL or name); its collected entries stay."""
-    from digest.services.collect import remove_feed
+    from digest.services.feeds.collect import remove_feed
     removed = remove_feed(state().ctx.db, feed)
     out.print(f"Removed feed {removed.name} ({removed.url}).")
 
@@ -172,7 +172,7 @@ def feeds_remove(feed: str) -> None:
 def print_collect(report: CollectReport) -> None:
     """Summarize a collection, naming every failed feed and why, and counting the entries
     skipped by reason (`--verbose` names each)."""
-    from digest.services.models import describe_skips
+    from digest.services.storage.models import describe_skips
     ok = sum(1 for f in report.feeds if f.status == "ok")
     unchanged = sum(1 for f in report.feeds if f.status == "not_modified")
     skipped = describe_skips(report.skipped)
@@ -188,7 +188,7 @@ def print_collect(report: CollectReport) -> None:
 
 
 def _collect_with_progress(ctx: Context) -> CollectReport:
-    from digest.services.collect import collect
+    from digest.services.feeds.collect import collect
     with progress_bar("Fetching feeds", enabled=_interactive()) as update:
         total = [0]
         done = [0]
@@ -223,7 +223,7 @@ def metrics_file(path: Path | None) -> Iterator[None]:
     try:
         yield
     finally:
-        from digest.services.metrics import write_textfile
+        from digest.services.telemetry.metrics import write_textfile
         try:
             write_textfile(path)
         except OSError as e:
@@ -264,7 +264,7 @@ def collect_cmd(metrics_file_path: Path | None) -> None:
 def preview_cmd(list_name: str, out_path: Path, text_path: Path | None,
                 check_links: bool) -> None:
     """Write the next issue as it would be sent, without sending or changing anything."""
-    from digest.services.building import draft_issue
+    from digest.services.building.drafts import draft_issue
     ctx = state().ctx
     draft = draft_issue(ctx, list_name)
     if draft is None:
@@ -278,7 +278,7 @@ def preview_cmd(list_name: str, out_path: Path, text_path: Path | None,
 def _links_ok(ctx: Context, draft: Draft) -> bool:
     """Check the draft's links (our own pages aside); print what is wrong; True if none
     is broken."""
-    from digest.services.linkcheck import check_links, issue_links
+    from digest.services.feeds.linkcheck import check_links, issue_links
     urls = issue_links(draft.rendered.html, ctx.settings.base_url)
     with err.status(f"Checking {len(urls)} links…"):
         results = check_links(urls, allow_private=ctx.settings.fetch_allow_private)
@@ -297,7 +297,7 @@ def _links_ok(ctx: Context, draft: Draft) -> bool:
 
 def write_preview(ctx: Context, draft: Draft, out_path: Path, text_path: Path | None) -> None:
     """Write a draft's HTML (and text) with a sample recipient's values filled in."""
-    from digest.services.building import write_preview_files
+    from digest.services.building.drafts import write_preview_files
     write_preview_files(ctx, draft, out_path, text_path)
     out.print(f"Issue {draft.number} of {draft.list_name}: {draft.rendered.subject!r}, "
               f"{sum(len(s.entries) for s in draft.sections)} entries in "
@@ -309,7 +309,7 @@ def write_preview(ctx: Context, draft: Draft, out_path: Path, text_path: Path | 
 
 def print_send(report: SendReport) -> None:
     """The final summary of a send, naming failures."""
-    from digest.services.models import DeliveryStatus
+    from digest.services.storage.models import DeliveryStatus
     c = report.counts
     pending = c[DeliveryStatus.PENDING]
     err.print(f"Issue {report.number} of {report.list_name} ({report.subject!r}): "
@@ -375,8 +375,8 @@ def _send(list_name: str, no_collect: bool, yes: bool, resend_uncertain: bool,  
           sandbox: bool, worker: bool, wait_for_issue: float, jobs: int) -> None:
     if not no_collect and not worker:
         tls.prepare()  # while the pipeline loads and the database opens
+    from digest.services.delivery.workers import SendHelpers
     from digest.services.pipeline import RunEvents, RunRequest, run_list
-    from digest.services.workers import SendHelpers
     ctx = state().ctx
     interactive = _interactive()
 
@@ -456,9 +456,9 @@ def status_cmd(as_json: bool) -> None:
     Exits with status 1 when something needs a person (uncertain deliveries, a feed
     failing for 3 days or more, an issue held for approval, a stopped send).
     """
-    from digest.services.models import DeliveryStatus, describe_skips
-    from digest.services.status import gather
-    from subscribers.models import SubscriptionStatus
+    from digest.services.operations.status import gather
+    from digest.services.storage.models import DeliveryStatus, describe_skips
+    from digest.services.storage.subscriber_models import SubscriptionStatus
     status = gather(state().ctx)
     if as_json:
         import json
@@ -522,8 +522,8 @@ def issues_group() -> None:
 @boundary
 def issues_list(list_name: str | None) -> None:
     """List issues with their delivery counts."""
-    from digest.services.models import DeliveryStatus
-    from digest.services.reports import issue_rows
+    from digest.services.delivery.reports import issue_rows
+    from digest.services.storage.models import DeliveryStatus
     table = Table("id", "list", "no.", "subject", "status", "created (UTC)",
                   DeliveryStatus.ACCEPTED, DeliveryStatus.FAILED, DeliveryStatus.UNCERTAIN)
     for row in issue_rows(state().ctx, list_name):
@@ -537,7 +537,7 @@ def issues_list(list_name: str | None) -> None:
 @boundary
 def issues_show(issue_id: int) -> None:
     """Show one issue: sections, delivery counts and failures."""
-    from digest.services.reports import describe_issue
+    from digest.services.delivery.reports import describe_issue
     for line in describe_issue(state().ctx, issue_id):
         out.print(line, markup=False)
 
@@ -597,7 +597,7 @@ def lists_edit(name: str, title: str | None, when_nothing_matches: str | None,  
     from subscribers.lists import edit_list
     size = (logo_width, logo_height) if logo_width and logo_height else None
     if logo_url and size is None:
-        from digest.services.fetch import image_sizes
+        from digest.services.feeds.fetch import image_sizes
         settings = state().loaded.settings
         size = image_sizes([logo_url], timeout=settings.fetch_timeout,
                            allow_private=settings.fetch_allow_private).get(logo_url)
@@ -620,8 +620,8 @@ def lists_edit(name: str, title: str | None, when_nothing_matches: str | None,  
 @boundary
 def lists_list() -> None:
     """List the lists with subscriber counts by status."""
+    from digest.services.storage.subscriber_models import SubscriptionStatus
     from subscribers.lists import summarize_lists
-    from subscribers.models import SubscriptionStatus
     table = Table("name", "title", *SubscriptionStatus)
     for summary in summarize_lists(state().ctx.db):
         table.add_row(summary.name, summary.title,
@@ -634,7 +634,7 @@ def lists_list() -> None:
 @boundary
 def lists_show(name: str) -> None:
     """Show a list: subscribers by status and its latest issues."""
-    from digest.services.reports import issue_rows
+    from digest.services.delivery.reports import issue_rows
     from subscribers.lists import get_list, summarize_lists
     with state().ctx.db.session() as session:
         get_list(session, name)  # a clear error when there is no such list
@@ -813,7 +813,7 @@ def subscribers_export(list_name: str, out_path: Path | None, status: str) -> No
     if out_path is None:
         export_csv(state().ctx.db, list_name, sys.stdout, status=wanted)
         return
-    from digest.services.files import open_private
+    from digest.services.storage.files import open_private
     with open_private(out_path, "w", encoding="utf-8", newline="") as handle:  # addresses
         count = export_csv(state().ctx.db, list_name, handle, status=wanted)
     err.print(f"Wrote {count} subscribers to {out_path}.")

@@ -125,8 +125,8 @@ def schedules_remove(name: str) -> None:
 @boundary
 def schedules_run(name: str) -> None:
     """Fire a schedule now: its due slot if nobody ran it, else its next slot."""
-    from digest.services.db import utcnow
-    from schedules.models import RunStatus
+    from digest.services.storage.db import utcnow
+    from digest.services.storage.schedule_models import RunStatus
     from schedules.runner import manual_slot, run_slot
     from schedules.service import find_schedule
     ctx = state().ctx
@@ -230,7 +230,7 @@ def editors_group() -> None:
 @boundary
 def editors_add(name: str, password_stdin: bool) -> None:
     """Create an editor (or set a new password); the password is asked for, never echoed."""
-    from digest.services.editors import add_editor
+    from digest.services.building.editors import add_editor
     if password_stdin:
         password = sys.stdin.readline().rstrip("\n")
     else:
@@ -246,7 +246,7 @@ def editors_add(name: str, password_stdin: bool) -> None:
 @boundary
 def editors_list() -> None:
     """Editors and their last sign-in."""
-    from digest.services.editors import list_editors
+    from digest.services.building.editors import list_editors
     table = Table("name", "last sign-in (UTC)")
     for name, last in list_editors(state().ctx.db):
         table.add_row(name, f"{last:%Y-%m-%d %H:%M}" if last else "never")
@@ -258,7 +258,7 @@ def editors_list() -> None:
 @boundary
 def editors_remove(name: str) -> None:
     """Delete an editor account; every session of theirs ends at once."""
-    from digest.services.editors import remove_editor
+    from digest.services.building.editors import remove_editor
     if not remove_editor(state().ctx.db, name):
         raise InvalidInputError(f"no editor named {name!r}")
     out.print(f"Removed editor {name}; every session of theirs has ended.")
@@ -269,7 +269,7 @@ def editors_remove(name: str) -> None:
 @boundary
 def editors_sign_out(name: str) -> None:
     """End every session of an editor (a lost laptop, a shared computer)."""
-    from digest.services.editors import end_sessions, list_editors
+    from digest.services.building.editors import end_sessions, list_editors
     db = state().ctx.db
     if name not in {n for n, _ in list_editors(db)}:
         raise InvalidInputError(f"no editor named {name!r}")

@@ -23,9 +23,9 @@ from digest.core.rendering import template_dir
 from digest.edges.web import editor, public
 from digest.edges.web.base import WebApp, no_scheduler, web_of
 from digest.edges.web.security import BodyLimit, EditorSessions, current_editor
-from digest.services import metrics
-from digest.services.context import Context
-from digest.services.db import schema_problem, schema_revision
+from digest.services.storage.context import Context
+from digest.services.storage.db import schema_problem, schema_revision
+from digest.services.telemetry import metrics
 from schedules.daemon import scheduler_leads
 from schedules.worker import RunWorker
 

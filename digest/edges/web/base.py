@@ -12,7 +12,7 @@ from starlette.templating import Jinja2Templates
 
 from digest.core.rendering import template_dir
 from digest.edges.web.security import RateLimiter, current_editor
-from digest.services.context import Context
+from digest.services.storage.context import Context
 from subscribers.events import load_key
 
 

@@ -27,9 +27,7 @@ from digest.edges.web.security import (
     sign_in,
 )
 from digest.errors import DigestError
-from digest.services import metrics
-from digest.services.dashboard import dashboard
-from digest.services.editing import (
+from digest.services.building.editing import (
     StaleEdit,
     apply_change,
     approve,
@@ -41,8 +39,16 @@ from digest.services.editing import (
     segments,
     send_test,
 )
-from digest.services.editors import audit, audit_log, authenticate, end_sessions, start_session
-from digest.services.recording import audience_size
+from digest.services.building.editors import (
+    audit,
+    audit_log,
+    authenticate,
+    end_sessions,
+    start_session,
+)
+from digest.services.delivery.recording import audience_size
+from digest.services.operations.dashboard import dashboard
+from digest.services.telemetry import metrics
 from schedules.runner import request_run
 from subscribers.lists import get_list
 
@@ -194,7 +200,7 @@ def _issue_values(web: WebApp, name: str, segment: str, check: bool) -> dict[str
     shown = preview(ctx, name, segment)
     checked = None
     if shown is not None and check:
-        from digest.services.linkcheck import check_links, issue_links
+        from digest.services.feeds.linkcheck import check_links, issue_links
         checked = {r.url: r for r in check_links(
             issue_links(shown.html, ctx.settings.base_url),
             allow_private=ctx.settings.fetch_allow_private)}

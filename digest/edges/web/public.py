@@ -21,15 +21,16 @@ from starlette.routing import Route
 
 from digest.core.grouping import canonical_keys, keyword_key
 from digest.core.rendering import Recipient, RenderedIssue
+from digest.core.tokens import InvalidToken
 from digest.edges.web.base import WebApp, web_of
 from digest.edges.web.security import client_address, csrf_ok, csrf_token
 from digest.errors import DeliveryError, DigestError, InvalidInputError, NotFoundError
-from digest.services.building import keyword_config
-from digest.services.models import Entry, Issue, IssueEntry, IssueStatus
+from digest.services.building.drafts import keyword_config
+from digest.services.storage.models import Entry, Issue, IssueEntry, IssueStatus
+from digest.services.storage.subscriber_models import MailingList, SubscriptionStatus
 from subscribers.addresses import normalize_address
 from subscribers.events import WebhookRefused, apply_events, verify
 from subscribers.lists import get_list
-from subscribers.models import MailingList, SubscriptionStatus
 from subscribers.optin import confirm_subscription, request_subscription
 from subscribers.preferences import (
     keyword_choices,
@@ -38,7 +39,6 @@ from subscribers.preferences import (
     preferences,
     save_preferences,
 )
-from subscribers.tokens import InvalidToken
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Sessions, CSRF tokens, sign-in checks, rate limits and body limits of the web app.
 
 The session cookie (Starlette's, signed) holds only a CSRF token and, once an editor has
-signed in, the random id of a server-side session (digest.services.editors): who is
+signed in, the random id of a server-side session (digest.services.building.editors): who is
 signed in is looked up in the database on every request, never taken from the cookie.
 """
 
@@ -23,9 +23,9 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
 
 from digest.errors import DigestError
-from digest.services.db import Database, utcnow
-from digest.services.editors import session_editor
-from digest.services.models import RateHit
+from digest.services.building.editors import session_editor
+from digest.services.storage.db import Database, utcnow
+from digest.services.storage.models import RateHit
 
 log = logging.getLogger(__name__)
 

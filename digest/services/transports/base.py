@@ -14,7 +14,7 @@ from typing import ClassVar, NamedTuple, Self
 from digest.core.messages import address_for_header, compose
 from digest.core.rendering import Recipient, RenderedIssue
 from digest.errors import DigestError
-from digest.services.models import FAILED
+from digest.services.storage.models import FAILED
 from digest.settings import Settings
 
 

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from email.message import EmailMessage
 from typing import ClassVar, Self
 
-from digest.services.models import ACCEPTED
+from digest.services.storage.models import ACCEPTED
 from digest.services.transports.base import (
     Outcome,
     OutgoingIssue,

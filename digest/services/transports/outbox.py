@@ -9,9 +9,9 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Self
 
-from digest.services.db import utcnow
-from digest.services.files import open_private, private_folder
-from digest.services.models import ACCEPTED, FAILED
+from digest.services.storage.db import utcnow
+from digest.services.storage.files import open_private, private_folder
+from digest.services.storage.models import ACCEPTED, FAILED
 from digest.services.transports.base import (
     Outcome,
     OutgoingIssue,

@@ -34,9 +34,9 @@ from python_http_client import exceptions as sg_errors
 from sendgrid import SendGridAPIClient
 
 from digest.errors import ConfigError, DeliveryError
-from digest.services import metrics
-from digest.services.logs import fields
-from digest.services.models import ACCEPTED, FAILED, UNCERTAIN
+from digest.services.storage.models import ACCEPTED, FAILED, UNCERTAIN
+from digest.services.telemetry import metrics
+from digest.services.telemetry.logs import fields
 from digest.services.transports.base import (
     ONE_CLICK,
     HandOver,

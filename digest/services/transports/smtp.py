@@ -17,9 +17,9 @@ from email.message import EmailMessage
 from typing import Self
 
 from digest.errors import DeliveryError
-from digest.services import metrics
-from digest.services.logs import fields
-from digest.services.models import ACCEPTED, FAILED, UNCERTAIN
+from digest.services.storage.models import ACCEPTED, FAILED, UNCERTAIN
+from digest.services.telemetry import metrics
+from digest.services.telemetry.logs import fields
 from digest.services.transports.base import (
     Outcome,
     OutgoingIssue,
