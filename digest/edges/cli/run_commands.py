@@ -172,9 +172,9 @@ def feeds_remove(feed: str) -> None:
 def print_collect(report: CollectReport) -> None:
     """Summarize a collection, naming every failed feed and why, and counting the entries
     skipped by reason (`--verbose` names each)."""
-    from digest.services.storage.models import describe_skips
-    ok = sum(1 for f in report.feeds if f.status == "ok")
-    unchanged = sum(1 for f in report.feeds if f.status == "not_modified")
+    from digest.services.storage.models import FeedStatus, describe_skips
+    ok = sum(1 for f in report.feeds if f.status == FeedStatus.OK)
+    unchanged = sum(1 for f in report.feeds if f.status == FeedStatus.NOT_MODIFIED)
     skipped = describe_skips(report.skipped)
     err.print(f"Collected {len(report.feeds)} feeds: {report.new} new entries "
               f"({ok} read, {unchanged} unchanged, {len(report.failed)} failed)"

@@ -34,7 +34,14 @@ from digest.core.feeds import (
 from digest.errors import FeedError, InvalidInputError, NotFoundError
 from digest.services.feeds.fetch import FetchLimits, FetchRequest, FetchResult, fetch_all
 from digest.services.storage.db import Database, UTCDateTime, utcnow
-from digest.services.storage.models import Entry, EntryKey, Feed, Skip, describe_skips
+from digest.services.storage.models import (
+    Entry,
+    EntryKey,
+    Feed,
+    FeedStatus,
+    Skip,
+    describe_skips,
+)
 from digest.services.telemetry.logs import fields
 from digest.settings import Settings
 
@@ -51,7 +58,7 @@ class FeedReport:
 
     url: str
     name: str
-    status: str  # ok, not_modified, error
+    status: FeedStatus
     new: int = 0
     updated: int = 0
     skipped: Mapping[Skip, int] = field(default_factory=dict)
@@ -73,7 +80,7 @@ class CollectReport:
     @property
     def failed(self) -> list[FeedReport]:
         """Feeds that could not be read (or some of whose entries could not be stored)."""
-        return [f for f in self.feeds if f.status == "error"]
+        return [f for f in self.feeds if f.status == FeedStatus.ERROR]
 
     @property
     def skipped(self) -> Counter[Skip]:
@@ -455,7 +462,7 @@ class _Parser:
         self.parallel = feeds >= PARALLEL_PARSE_FROM and self.workers > 1
 
     def submit(self, result: FetchResult) -> None:
-        if not self.parallel or result.status != "ok":
+        if not self.parallel or result.status != FeedStatus.OK:
             return
         if self.pool is None:  # started on the first body: a run of 304s needs none
             self.pool = ProcessPoolExecutor(self.workers, mp_context=get_context("spawn"))
@@ -481,7 +488,7 @@ class _Parser:
 
 
 def _failed(feed: Feed, error: str, now: datetime) -> None:
-    feed.last_status, feed.last_error = "error", error
+    feed.last_status, feed.last_error = FeedStatus.ERROR, error
     feed.failures = (feed.failures or 0) + 1
     feed.failing_since = feed.failing_since or now
 
@@ -492,7 +499,7 @@ def _apply_result(session: Session, feed: Feed, parsed: ParsedFeed | str, now: d
     feed.last_fetched_at = now
     if isinstance(parsed, str):
         _failed(feed, parsed, now)
-        return FeedReport(feed.url, feed.name, "error", error=parsed)
+        return FeedReport(feed.url, feed.name, FeedStatus.ERROR, error=parsed)
     stored = _store_entries(session, feed, parsed.entries, now, oldest)
     stored.skipped[Skip.UNTITLED] += parsed.untitled
     feed.skipped_untitled = stored.skipped[Skip.UNTITLED]
@@ -504,11 +511,11 @@ def _apply_result(session: Session, feed: Feed, parsed: ParsedFeed | str, now: d
         error = (f"could not store {count} {'entry' if count == 1 else 'entries'}: "
                  + "; ".join(stored.errors[:3]) + (" …" if count > 3 else ""))
         _failed(feed, error, now)
-        return FeedReport(feed.url, feed.name, "error", new=stored.new,
+        return FeedReport(feed.url, feed.name, FeedStatus.ERROR, new=stored.new,
                           updated=stored.updated, skipped=skipped, error=error)
-    feed.last_status, feed.last_error, feed.last_ok_at = "ok", parsed.warning, now
+    feed.last_status, feed.last_error, feed.last_ok_at = FeedStatus.OK, parsed.warning, now
     feed.failures, feed.failing_since = 0, None
-    return FeedReport(feed.url, feed.name, "ok", new=stored.new, updated=stored.updated,
+    return FeedReport(feed.url, feed.name, FeedStatus.OK, new=stored.new, updated=stored.updated,
                       skipped=skipped, warning=parsed.warning)
 
 
@@ -523,16 +530,16 @@ def _record_unread(db: Database, results: list[FetchResult], now: datetime) -> N
     if not results:
         return
     with db.session() as session:
-        unchanged = [r.url for r in results if r.status == "not_modified"]
+        unchanged = [r.url for r in results if r.status == FeedStatus.NOT_MODIFIED]
         for start in range(0, len(unchanged), 500):
             session.execute(update(Feed).where(Feed.url.in_(unchanged[start:start + 500]))
-                            .values(last_fetched_at=now, last_status="not_modified",
+                            .values(last_fetched_at=now, last_status=FeedStatus.NOT_MODIFIED,
                                     last_error=None, last_ok_at=now, failures=0,
                                     failing_since=None))
         for r in results:
-            if r.status == "error":
+            if r.status == FeedStatus.ERROR:
                 session.execute(update(Feed).where(Feed.url == r.url).values(
-                    last_fetched_at=now, last_status="error", last_error=r.error,
+                    last_fetched_at=now, last_status=FeedStatus.ERROR, last_error=r.error,
                     failures=Feed.failures + 1,
                     failing_since=func.coalesce(Feed.failing_since,
                                                 literal(now, UTCDateTime()))))
@@ -589,16 +596,16 @@ def _store_results(db: Database, results: list[FetchResult], parser: _Parser,
     with db.session() as session:
         names.update(session.execute(select(Feed.url, Feed.name)).all())
     report = CollectReport()
-    _record_unread(db, [r for r in results if r.status != "ok"], now)
+    _record_unread(db, [r for r in results if r.status != FeedStatus.OK], now)
     for result in results:
-        if result.status != "ok":
+        if result.status != FeedStatus.OK:
             name = names.get(result.url, result.url)
-            if result.status == "error":
+            if result.status == FeedStatus.ERROR:
                 log.warning("feed %s failed: %s", result.url, result.error,
                             extra=fields(feed=result.url, error=result.error))
             report.feeds.append(FeedReport(result.url, name, result.status,
                                            error=result.error))
-    fetched = [r for r in results if r.status == "ok"]
+    fetched = [r for r in results if r.status == FeedStatus.OK]
     # One savepoint per feed, so a database error on one feed keeps the others' work; a
     # commit every few feeds, since a commit costs a disk flush.
     unanalyzed = 0
@@ -627,15 +634,16 @@ def _store_one(session: Session, result: FetchResult, parsed: ParsedFeed | str,
         with session.begin_nested():
             feed = session.scalars(select(Feed).where(Feed.url == result.url)).first()
             if feed is None:
-                return FeedReport(result.url, result.url, "error", error="removed meanwhile")
+                return FeedReport(result.url, result.url, FeedStatus.ERROR,
+                                  error="removed meanwhile")
             feed_report = _apply_result(session, feed, parsed, now, oldest)
-            if feed_report.status == "ok":
+            if feed_report.status == FeedStatus.OK:
                 _keep_validators(feed, result)
     except Exception as e:
         log.exception("storing %s failed", result.url)
-        return FeedReport(result.url, result.url, "error",
+        return FeedReport(result.url, result.url, FeedStatus.ERROR,
                           error=f"could not store entries: {e}")
-    if feed_report.status == "error":
+    if feed_report.status == FeedStatus.ERROR:
         log.warning("feed %s failed: %s", feed_report.url, feed_report.error,
                     extra=fields(feed=feed_report.url, error=feed_report.error))
     elif feed_report.warning:

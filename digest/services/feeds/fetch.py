@@ -14,6 +14,7 @@ import httpx
 
 from digest import __version__
 from digest.services.feeds import outbound
+from digest.services.storage.models import FeedStatus
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -35,7 +36,7 @@ class FetchResult:
     """What fetching one feed gave: a body, "not modified", or an error reason."""
 
     url: str
-    status: str  # ok, not_modified, error
+    status: FeedStatus
     body: bytes = b""
     final_url: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
@@ -97,10 +98,10 @@ async def _fetch_one(clients: _Clients, request: FetchRequest,
     async def run() -> FetchResult:
         async with clients.get(request.url, headers) as response:
             if response.status_code == 304:
-                return FetchResult(request.url, "not_modified", etag=request.etag,
+                return FetchResult(request.url, FeedStatus.NOT_MODIFIED, etag=request.etag,
                                    last_modified=request.last_modified)
             if response.status_code >= 400:
-                return FetchResult(request.url, "error",
+                return FetchResult(request.url, FeedStatus.ERROR,
                                    error=f"HTTP {response.status_code} "
                                          f"{response.reason_phrase}".strip())
             declared = response.headers.get("content-length")
@@ -114,7 +115,7 @@ async def _fetch_one(clients: _Clients, request: FetchRequest,
                     raise _TooLarge
                 chunks.append(chunk)
             return FetchResult(
-                request.url, "ok", body=b"".join(chunks), final_url=str(response.url),
+                request.url, FeedStatus.OK, body=b"".join(chunks), final_url=str(response.url),
                 headers=dict(response.headers), etag=response.headers.get("etag"),
                 last_modified=response.headers.get("last-modified"))
 
@@ -122,20 +123,20 @@ async def _fetch_one(clients: _Clients, request: FetchRequest,
         # httpx's timeouts bound each read; a server dripping bytes needs an overall bound.
         return await asyncio.wait_for(run(), timeout=limits.timeout)
     except (TimeoutError, httpx.TimeoutException):
-        return FetchResult(request.url, "error",
+        return FetchResult(request.url, FeedStatus.ERROR,
                            error=f"timed out after {limits.timeout:g} s")
     except _TooLarge:
-        return FetchResult(request.url, "error",
+        return FetchResult(request.url, FeedStatus.ERROR,
                            error=f"larger than {limits.max_bytes} bytes")
     except httpx.TooManyRedirects:
-        return FetchResult(request.url, "error",
+        return FetchResult(request.url, FeedStatus.ERROR,
                            error=f"more than {limits.max_redirects} redirects (a loop?)")
     except outbound.Refused as e:
-        return FetchResult(request.url, "error", error=f"redirect to {e.url} {e.reason}")
+        return FetchResult(request.url, FeedStatus.ERROR, error=f"redirect to {e.url} {e.reason}")
     except httpx.InvalidURL as e:
-        return FetchResult(request.url, "error", error=f"invalid URL: {e}")
+        return FetchResult(request.url, FeedStatus.ERROR, error=f"invalid URL: {e}")
     except httpx.HTTPError as e:
-        return FetchResult(request.url, "error",
+        return FetchResult(request.url, FeedStatus.ERROR,
                            error=f"{type(e).__name__}: {e}" if str(e) else type(e).__name__)
 
 

@@ -21,6 +21,7 @@ from digest.services.storage.models import (
     DeliveryStatus,
     Entry,
     Feed,
+    FeedStatus,
     Issue,
     IssueStatus,
     SendBatch,
@@ -50,7 +51,7 @@ class FeedHealth:
     name: str
     url: str
     last_fetched_at: datetime | None
-    last_status: str | None  # ok, not_modified, error
+    last_status: str | None  # a FeedStatus
     last_success: datetime | None
     last_error: str | None  # the last fetch's error, only while it fails
     warning: str | None  # what the parser said of the last body it read
@@ -60,6 +61,11 @@ class FeedHealth:
     entries_this_week: int
     # Entries its last read did not store, by reason.
     skipped: dict[Skip, int] = field(default_factory=dict)
+
+    @property
+    def failing(self) -> bool:
+        """Whether its last fetch failed."""
+        return self.last_status == FeedStatus.ERROR
 
 
 def feed_health(session: Session, now: datetime) -> list[FeedHealth]:
@@ -71,7 +77,7 @@ def feed_health(session: Session, now: datetime) -> list[FeedHealth]:
         .group_by(Entry.feed_id))}
     rows = []
     for feed in session.scalars(select(Feed).order_by(Feed.id)):
-        failing = feed.last_status == "error"
+        failing = feed.last_status == FeedStatus.ERROR
         total, week = counts.get(feed.id, (0, 0))
         rows.append(FeedHealth(feed.id, feed.name, feed.url, feed.last_fetched_at,
                                feed.last_status, feed.last_ok_at,

@@ -28,6 +28,14 @@ from digest.services.storage.db import Base, UTCDateTime, utcnow
 from digest.services.storage.subscriber_models import MailingList
 
 
+class FeedStatus(StrEnum):
+    """How a feed's last fetch went (stored in ``feeds.last_status``)."""
+
+    OK = "ok"
+    NOT_MODIFIED = "not_modified"  # the server answered 304: nothing new since the last
+    ERROR = "error"
+
+
 class Feed(Base):
     """A feed the desk publishes recaps in, with the state of its last fetch."""
 
@@ -38,7 +46,7 @@ class Feed(Base):
     etag: Mapped[str | None] = mapped_column(String(500))
     last_modified: Mapped[str | None] = mapped_column(String(100))
     last_fetched_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    last_status: Mapped[str | None] = mapped_column(String(20))  # ok, not_modified, error
+    last_status: Mapped[str | None] = mapped_column(String(20))  # a FeedStatus
     last_error: Mapped[str | None] = mapped_column(Text)
     last_ok_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # Fetches failed in a row, and when the first of them was (None while it works).
