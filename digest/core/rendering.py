@@ -372,13 +372,20 @@ def sentence_cut(text: str, limit: int) -> str:
     return cut_text(text, limit)
 
 
-def fitted(image: Image, width: int = COLUMN) -> tuple[int, int] | None:
+class Size(NamedTuple):
+    """An image's size as the email shows it, in CSS pixels."""
+
+    width: int
+    height: int
+
+
+def fitted(image: Image, width: int = COLUMN) -> Size | None:
     """An image's width and height scaled to fit ``width``; None when its size is
     unknown (an email needs both, so such an image is left out)."""
     if not image.width or not image.height:
         return None
     shown = min(width, image.width)
-    return shown, max(1, round(image.height * shown / image.width))
+    return Size(shown, max(1, round(image.height * shown / image.width)))
 
 
 def email_summary(fragment: str, title: str) -> str:
