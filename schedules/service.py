@@ -160,6 +160,11 @@ class RequestedRunView:
     message: str
 
     @property
+    def went_wrong(self) -> bool:
+        """Whether it ended without sending to everyone (the dashboard marks it)."""
+        return self.status in (RunStatus.FAILED, RunStatus.PARTIAL, RunStatus.INTERRUPTED)
+
+    @property
     def state(self) -> str:
         """What it is doing, in words: requested, running, or how it ended and why."""
         if self.status == RunStatus.REQUESTED:

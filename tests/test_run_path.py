@@ -103,7 +103,9 @@ def test_send_now_is_a_run_the_dashboard_shows_and_the_web_app_carries_out(
         [run] = requested_runs(desk.db)
         assert (run.list_name, run.status, run.requested_by, run.issue_id) == (
             "weekly", "sent", "layla", 1)
-        assert "requested by layla" in client.get("/editor").text
+        page = client.get("/editor").text
+        assert "requested by layla" in page
+        assert '<td class="ok">sent: issue 1 of weekly' in page  # not marked as gone wrong
     # The app's lifespan ended: its worker was shut down and joined.
     assert workers_alive() == []
     desk.close()
