@@ -12,6 +12,7 @@ from urllib.parse import quote, unquote
 
 import lxml.html
 import pytest
+from sqlalchemy import select
 from starlette.testclient import TestClient
 
 from digest.core.grouping import keyword_key
@@ -21,6 +22,7 @@ from digest.services.feeds.collect import add_feed
 from digest.services.pipeline import RunRequest, run_list
 from digest.services.storage.context import Context
 from digest.services.storage.db import utcnow
+from digest.services.storage.subscriber_models import Subscriber, Subscription
 from digest.services.transports.locmem import LocmemTransport
 from subscribers.lists import create_list
 from subscribers.subscriptions import add_subscriber
@@ -200,5 +202,18 @@ def test_the_preferences_page_offers_the_sections_each_once(desk: Context) -> No
     # The reader's stored "إيران" and " türkiye" are ticked under the names on offer.
     assert sorted(b.get("value") for b in boxes if b.get("checked") is not None) == \
         ["Iran", "Turkey"]
+    # Saved again, the choices are stored by those names, and still reach the reader.
+    csrf = page.xpath("//input[@name='csrf']")[0].get("value")
+    saved = client.post(link[1], data={"csrf": csrf, "keywords": ["Iran", "Turkey"],
+                                       "action": "save"})
+    assert saved.status_code == 200 and "Saved" in saved.text
+    with desk.db.session() as session:
+        stored = session.scalars(select(Subscription.keywords).join(
+            Subscriber, Subscriber.id == Subscription.subscriber_id)
+            .where(Subscriber.email == "persian@example.org")).one()
+    assert stored == ["Iran", "Turkey"]
+    again = lxml.html.fromstring(client.get(link[1]).text)
+    assert [b.get("value") for b in again.xpath("//input[@name='keywords'][@checked]")] \
+        == ["Iran", "Turkey"]
     subscribe = lxml.html.fromstring(client.get("/subscribe?list=weekly").text)
     assert [b.get("value") for b in subscribe.xpath("//input[@name='keywords']")] == offered

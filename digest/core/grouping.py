@@ -150,11 +150,14 @@ class KeywordNames:
 
     def add(self, raw: str) -> str:
         """Count a spelling an entry uses; return its key."""
-        key = self.key(raw)
         spelling = _spelling(raw)
-        if key and keyword_key(spelling) == key:  # an alias's spelling names its target
-            self.seen.setdefault(key, Counter())[spelling] += 1
-        return key
+        own = spelling.casefold()  # keyword_key(raw), from the spelling already made
+        target = self.aliases.get(own)
+        if target:  # an alias's spelling never names its target
+            return keyword_key(target)
+        if own:
+            self.seen.setdefault(own, Counter())[spelling] += 1
+        return own
 
     def name(self, key: str) -> str:
         """The name of a key (its own form when nothing names it)."""
