@@ -169,11 +169,8 @@ class KeywordNames:
     def of(self, raw: str) -> Keyword:
         """A raw keyword resolved: its key, and the key's name (from this spelling alone
         when no other names it)."""
-        key = self.key(raw)
-        if key in self.configured or key in self.seen:
-            return Keyword(key, self.name(key))
-        spelling = _spelling(raw)
-        if keyword_key(spelling) != key:
+        key, spelling = self.key(raw), _spelling(raw)
+        if key in self.configured or key in self.seen or spelling.casefold() != key:
             return Keyword(key, self.name(key))
         return Keyword(key, _preferred(Counter([spelling]), key))
 
