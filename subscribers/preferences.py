@@ -13,10 +13,10 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from digest.core.grouping import keyword_key
+from digest.core.grouping import UNTAGGED_KEY, KeywordConfig, KeywordNames
 from digest.core.tokens import InvalidToken
 from digest.services.storage.db import Database, utcnow
-from digest.services.storage.models import Entry
+from digest.services.storage.models import Issue, IssueStatus
 from digest.services.storage.subscriber_models import (
     MailingList,
     Subscriber,
@@ -64,7 +64,7 @@ class PreferencesView:
     email: str
     list_title: str
     status: str
-    keywords: list[str]
+    keywords: list[str]  # the reader's choices, each under its one name (aliases applied)
     choices: list[str]
     other_lists: list[str]
 
@@ -84,25 +84,43 @@ class PreferencesView:
         return self.status in LEFT
 
 
-def keyword_choices(db: Database, configured: Sequence[str], *, days: int = 90,
-                    now: datetime | None = None) -> list[str]:
-    """Keywords a reader can choose: the configured ones, then those recently in use."""
+def keyword_choices(db: Database, config: KeywordConfig, *, list_id: int | None = None,
+                    days: int = 90, now: datetime | None = None) -> list[str]:
+    """Keywords a reader can choose, each once under its one name: the configured
+    sections (the keyword order), then, alphabetically, the keyword sections of the
+    issues sent in the last ``days`` (of one list, or of all).
+
+    A tag that never became a section is not offered, nor an alias beside its target:
+    the sections are named again under today's configuration, so an issue sent before
+    an alias was added still offers its target.
+    """
+    return _choices(db, config, list_id=list_id, days=days, now=now)[1]
+
+
+def _choices(db: Database, config: KeywordConfig, *, list_id: int | None, days: int,
+             now: datetime | None) -> tuple[KeywordNames, list[str]]:
     since = (now or utcnow()) - timedelta(days=days)
-    seen: dict[str, str] = {}
-    for name in configured:
-        seen.setdefault(keyword_key(name), " ".join(name.split()))
+    query = select(Issue.sections).where(Issue.status == IssueStatus.SENT,
+                                         Issue.sent_at >= since)
+    if list_id is not None:
+        query = query.where(Issue.list_id == list_id)
     with db.session() as session:
-        recent = sorted({k for tags in session.scalars(
-            select(Entry.keywords).where(Entry.dated_at >= since)) for k in tags or []})
-    for name in recent:
-        if keyword_key(name):
-            seen.setdefault(keyword_key(name), " ".join(name.split()))
-    return list(seen.values())
+        titles = [section.get("title", "") for sections in session.scalars(query)
+                  for section in sections or []
+                  if section.get("key", UNTAGGED_KEY) != UNTAGGED_KEY]
+    names = KeywordNames(config, titles)
+    offered: dict[str, str] = {}
+    recent = sorted(names.unique(titles), key=lambda k: (k.name.casefold(), k.name))
+    for keyword in (*names.unique(config.order), *recent):
+        offered.setdefault(keyword.key, keyword.name)
+    return names, list(offered.values())
 
 
 def preferences(db: Database, subscription_id: int,
-                configured: Sequence[str] | None = None) -> PreferencesView:
-    """A subscription's preferences; with ``configured``, also the keywords on offer."""
+                config: KeywordConfig | None = None) -> PreferencesView:
+    """A subscription's preferences; with ``config``, also the keywords on offer
+    (:func:`keyword_choices`) and the reader's own under the names they are offered by
+    (a stored "إيران" is ticked as "Iran" when an alias says so)."""
     with db.session() as session:
         sub = _subscription(session, subscription_id)
         person = session.get(Subscriber, sub.subscriber_id)
@@ -114,12 +132,14 @@ def preferences(db: Database, subscription_id: int,
                    Subscription.status.in_(CONFIRMED)))]
         email, title, status, keywords = (person.email, mailing_list.title, sub.status,
                                           list(sub.keywords))
+        list_id = mailing_list.id
     choices: list[str] = []
-    if configured is not None:
-        choices = keyword_choices(db, configured)
-        offered = {keyword_key(c) for c in choices}
-        # A reader's own keywords stay on offer even if nothing used them lately.
-        choices += [k for k in keywords if keyword_key(k) not in offered]
+    if config is not None:
+        names, choices = _choices(db, config, list_id=list_id, days=90, now=None)
+        chosen = [k.name for k in names.unique(keywords)]
+        # A reader's own keywords stay on offer even if no section had them lately.
+        choices += [k for k in chosen if k not in choices]
+        keywords = chosen
     return PreferencesView(email, title, status, keywords, choices, others)
 
 

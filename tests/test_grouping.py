@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from digest.core.grouping import Item, KeywordConfig, canonical_keys, group, summary_line
+from digest.core.grouping import (
+    Item,
+    Keyword,
+    KeywordConfig,
+    KeywordNames,
+    canonical_keys,
+    group,
+    summary_line,
+)
 
 T0 = datetime(2026, 11, 23, 8, tzinfo=UTC)
 
@@ -24,9 +32,10 @@ def test_each_entry_lands_in_exactly_one_section_by_configured_order() -> None:
              entry(4, "Ukraine", "Syria"), entry(5)]
     sections = group(items, KeywordConfig(order=("Syria", "Iran")))
     assert layout(sections) == [("Syria", [1, 2, 4]), ("Iran", [3]), ("More recaps", [5])]
-    placed = {p.item.id: p.also_in for s in sections for p in s.entries}
-    assert placed[1] == ("Iran",)
-    assert placed[4] == ("Ukraine",)
+    carried = {p.item.id: [k.name for k in p.keywords] for s in sections for p in s.entries}
+    assert carried[1] == ["Iran", "Syria"]
+    assert carried[4] == ["Ukraine", "Syria"]
+    assert carried[5] == []
     assert sum(len(s.entries) for s in sections) == len(items)
 
 
@@ -37,12 +46,38 @@ def test_without_configured_order_the_largest_keyword_wins() -> None:
     assert layout(sections) == [("Russia", [1, 2, 3]), ("Economy", [4])]
 
 
-def test_keywords_are_trimmed_case_folded_and_displayed_as_first_seen() -> None:
-    items = [entry(1, " syria "), entry(2, "SYRIA"), entry(3, "Syria")]
-    [section] = group(items, KeywordConfig())
-    assert section.title == "syria" and len(section.entries) == 3
-    [section] = group(items, KeywordConfig(order=("Syria",)))
-    assert section.title == "Syria"  # the configured form wins
+def test_keywords_are_trimmed_case_folded_and_named_once() -> None:
+    items = [entry(1, " iran "), entry(2, "IRAN"), entry(3, "Iran"), entry(4, "iran")]
+    for order in ((), ("Syria",)):
+        # Whichever entry comes first: the mixed-case spelling, however rare.
+        for ordered in (items, items[::-1]):
+            [section] = group(ordered, KeywordConfig(order=order))
+            assert section.title == "Iran" and len(section.entries) == 4
+            assert {k.name for p in section.entries for k in p.keywords} == {"Iran"}
+    [section] = group(items, KeywordConfig(order=("IRAN",)))
+    assert section.title == "IRAN"  # the configured form wins
+
+
+def test_a_keyword_is_named_by_the_configuration_else_its_best_spelling() -> None:
+    def title(config: KeywordConfig, *tags: str) -> str:
+        [section] = group([entry(i, t) for i, t in enumerate(tags)], config)
+        return section.title
+
+    plain = KeywordConfig()
+    assert title(plain, "iran", "iran") == "Iran"                # lower case, capitalized
+    assert title(plain, "middle east") == "Middle East"
+    assert title(plain, "nato", "NATO") == "NATO"                # capitals before lower
+    assert title(plain, "al-Qaeda", "AL-QAEDA", "AL-QAEDA") == "al-Qaeda"  # mixed first
+    assert title(plain, "Kurds", "KURDs", "KURDs") == "KURDs"    # then the most used
+    assert title(plain, "ırak") == "ırak"  # "Irak" would match something else
+    assert title(plain, "سوريا") == "سوريا"
+    aliased = KeywordConfig(order=("türkiye",), aliases={"Türkiye": "Turkey"},
+                            rules={"israel": ("Golan",)})
+    assert title(aliased, "TÜRKIYE", "türkiye") == "Turkey"     # the alias's target
+    assert title(aliased, "israel", "ISRAEL") == "israel"        # the rule's own word
+    assert [k for k in KeywordNames(aliased, ["Türkiye", "turkey"]).unique(
+        ["Türkiye", "  TURKEY ", "Iran", ""])] == [Keyword("turkey", "Turkey"),
+                                                   Keyword("iran", "Iran")]
 
 
 def test_aliases_merge_keywords() -> None:

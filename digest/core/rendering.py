@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 from urllib.parse import quote
 
 from digest.core.feeds import Image
-from digest.core.grouping import Placed, Section, keyword_key, summary_line
+from digest.core.grouping import UNTAGGED_KEY, Placed, Section, keyword_key, summary_line
 from digest.core.sanitize import cut_text, email_fragment, html_to_text
 from digest.errors import DigestError
 
@@ -144,6 +144,22 @@ class IssueContent:
     def keyword_link(self, keyword: str) -> str:
         """The archive page of the recaps under a keyword."""
         return self.keyword_url + quote(keyword_key(keyword), safe="")
+
+    @cached_property
+    def _listing(self) -> tuple[dict[int, str], frozenset[str]]:
+        """The section each entry is listed under, and the keyword sections this email
+        shows (a section whose only entry is the top story shows nothing)."""
+        homes = {p.item.id: s.key for s in self.sections for p in s.entries}
+        shown = frozenset(s.key for s in self.sections
+                          if s.key != UNTAGGED_KEY and self.shown(s))
+        return homes, shown
+
+    def also_in(self, placed: Placed) -> tuple[str, ...]:
+        """The names of the other sections of this email that an entry's keywords have:
+        never one the email lacks (after the editor's moves, in a reader's segment)."""
+        homes, shown = self._listing
+        home = homes.get(placed.item.id)
+        return tuple(k.name for k in placed.keywords if k.key != home and k.key in shown)
 
     @property
     def entry_count(self) -> int:

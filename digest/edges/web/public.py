@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from typing import Any
+from urllib.parse import quote
 
 from sqlalchemy import select
 from starlette.background import BackgroundTask
@@ -19,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from digest.core.grouping import canonical_keys, keyword_key
+from digest.core.grouping import KeywordNames
 from digest.core.rendering import Recipient, RenderedIssue
 from digest.core.tokens import InvalidToken
 from digest.edges.web.base import WebApp, web_of
@@ -119,7 +120,7 @@ async def preferences_page(request: Request) -> Response:
                              else "You will get the sections you chose.")
     try:
         view = await run_in_threadpool(preferences, ctx.db, subscription_id,
-                                       ctx.settings.keyword_order)
+                                       keyword_config(ctx))
     except InvalidToken as e:
         return _bad_link(request, e)
     return web.page(request, "web/preferences.html", {
@@ -132,7 +133,7 @@ async def subscribe_page(request: Request) -> Response:
     web = web_of(request)
     ctx = web.ctx
     lists = await run_in_threadpool(_public_lists, web)
-    choices = await run_in_threadpool(keyword_choices, ctx.db, ctx.settings.keyword_order)
+    choices = await run_in_threadpool(keyword_choices, ctx.db, keyword_config(ctx))
     values = {"lists": lists, "choices": choices, "error": "", "email": "", "name": "",
               "chosen": request.query_params.get("list", "")}
     if request.method in ("GET", "HEAD"):
@@ -219,10 +220,18 @@ async def archive_issue(request: Request) -> Response:
 
 
 async def archive_keyword(request: Request) -> Response:
-    """The recaps of a list's sent issues under one keyword."""
+    """The recaps of a list's sent issues under one keyword, at one address per keyword:
+    any other spelling of it (or an alias) is redirected to its key's page."""
     web = web_of(request)
-    found = await run_in_threadpool(_keyword_recaps, web, request.path_params["list"],
-                                    request.path_params["keyword"])
+    name, keyword = request.path_params["list"], request.path_params["keyword"]
+    names = KeywordNames(keyword_config(web.ctx))
+    key = names.key(keyword)
+    if not key:
+        return web.not_found(request)
+    if key != keyword and names.key(key) == key:  # never a loop, whatever Unicode does
+        return RedirectResponse(f"/archive/{quote(name, safe='')}/k/{quote(key, safe='')}",
+                                status_code=301)
+    found = await run_in_threadpool(_keyword_recaps, web, name, key)
     if found is None:
         return web.not_found(request)
     return web.page(request, "web/archive_keyword.html", found)
@@ -313,11 +322,13 @@ def _archive_issues(web: WebApp, name: str) -> tuple[str, list[Issue]] | None:
         return mailing_list.title, issues
 
 
-def _keyword_recaps(web: WebApp, name: str, keyword: str) -> dict[str, Any] | None:
-    """The recaps of a list's sent issues under a keyword (its aliases included), newest
-    first, for /archive/LIST/k/KEYWORD."""
+def _keyword_recaps(web: WebApp, name: str, wanted: str) -> dict[str, Any] | None:
+    """The recaps of a list's sent issues under a keyword's key (its aliases included),
+    newest first, for /archive/LIST/k/KEY, and the keyword's one name: an entry is
+    there if it carries the keyword or was placed in its section (an editor rule, an
+    editor's move)."""
     config = keyword_config(web.ctx)
-    [wanted] = canonical_keys([keyword], config) or {keyword_key(keyword)}
+    names = KeywordNames(config)
     with web.ctx.db.session() as session:
         try:
             mailing_list = get_list(session, name)
@@ -329,18 +340,20 @@ def _keyword_recaps(web: WebApp, name: str, keyword: str) -> dict[str, Any] | No
             .join(Issue, Issue.id == IssueEntry.issue_id)
             .where(Issue.list_id == mailing_list.id, Issue.status == IssueStatus.SENT)
             .order_by(Entry.dated_at.desc(), Entry.id)).all()
-        recaps, shown, seen = [], keyword, set()
+        recaps, seen = [], set()
         for entry, section, number in rows:
-            keys = canonical_keys(entry.keywords or [], config)
-            if entry.id in seen or (section != wanted and wanted not in keys):
+            # The section is stored by its title; the untagged one is no keyword's.
+            placed_here = section != config.untagged_title and names.key(section) == wanted
+            if entry.id in seen or not (placed_here or any(
+                    names.key(tag) == wanted for tag in entry.keywords or [])):
                 continue
             seen.add(entry.id)
-            shown = next((k for k in entry.keywords or []
-                          if canonical_keys([k], config) == {wanted}), shown)
+            for tag in entry.keywords or []:
+                names.add(tag)
             recaps.append({"title": entry.title, "link": entry.link, "date": entry.dated_at,
                            "lead": entry.lead, "number": number})
-        return {"list_name": name, "list_title": mailing_list.title, "keyword": shown,
-                "recaps": recaps}
+        return {"list_name": name, "list_title": mailing_list.title,
+                "keyword": names.name(wanted), "recaps": recaps}
 
 
 def _archived_html(web: WebApp, name: str, number: int) -> str | None:
