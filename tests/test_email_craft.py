@@ -25,6 +25,8 @@ from digest.edges.demo import run_demo, sample_png
 from digest.services.feeds.collect import add_feed, collect
 from digest.services.pipeline import RunRequest, run_list
 from digest.services.storage.context import Context
+from digest.services.transports.locmem import LocmemTransport
+from digest.settings import Settings
 from subscribers.lists import create_list, edit_list
 from subscribers.subscriptions import add_subscriber
 from tests.conftest import ARTIFACTS, LiveServer, free_port, make_settings
@@ -469,4 +471,39 @@ def test_the_editors_issue_page_marks_broken_and_redirecting_links(
                      r'class="muted">\(HTTP 410', checked)
     assert re.search(r'class="link-redirect"><strong>Redirects:</strong> <a href="'
                      + re.escape(f"{feed_server.base}/moved"), checked)
+    ctx.close()
+
+
+# --- the footer ----------------------------------------------------------------------------
+
+DEFAULTS = Settings()
+
+
+@pytest.mark.parametrize(("from_name", "postal_address", "footer"), [
+    # The default address names the sender already: shown once, not "name / name · …".
+    (DEFAULTS.from_name, DEFAULTS.postal_address, DEFAULTS.postal_address),
+    ("The Golden Desk", "1 Golden Street · Example City",
+     "The Golden Desk · 1 Golden Street · Example City"),
+    # The same name written otherwise (case, spaces) is still the same name.
+    ("the golden  desk", "The Golden Desk, 1 Golden Street", "The Golden Desk, 1 Golden Street"),
+])
+def test_the_footer_names_the_sender_once(tmp_path: Path, feed_server: FeedServer,  # noqa: PLR0913 - fixtures, then the case
+                                          locmem: type[LocmemTransport], from_name: str,
+                                          postal_address: str, footer: str) -> None:
+    from lxml import html as lxml_html
+
+    from subscribers.optin import request_subscription
+    ctx = desk(tmp_path, feed_server, [recap(1)], from_name=from_name,
+               postal_address=postal_address)
+    message = parse(sent(ctx)[0])
+    [cell] = lxml_html.fromstring(html_of(message)).find_class("footer")
+    shown = [line.strip() for line in cell.text_content().splitlines() if line.strip()]
+    assert shown[-1] == footer, shown
+    assert text_of(message).rstrip().splitlines()[-1] == footer
+    # The confirmation email's footer says it the same way.
+    request_subscription(ctx, "weekly", "new@example.org", transport=locmem())
+    [confirm] = locmem.outbox
+    small = lxml_html.fromstring(html_of(confirm)).find_class("small")[-1]
+    assert small.text_content().strip() == footer
+    assert text_of(confirm).rstrip().splitlines()[-1] == footer
     ctx.close()

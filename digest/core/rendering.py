@@ -105,6 +105,15 @@ class Sender:
     email: str
     postal_address: str
 
+    @property
+    def lines(self) -> tuple[str, ...]:
+        """The footer's lines: the name, then the postal address, each once. An address
+        that already names the sender (as the default does) is shown alone."""
+        name, address = " ".join(self.name.split()), " ".join(self.postal_address.split())
+        if not name or name.casefold() in address.casefold():
+            return (address,) if address else ()
+        return (name, address) if address else (name,)
+
 
 @dataclass(frozen=True)
 class IssueContent:
