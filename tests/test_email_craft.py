@@ -507,3 +507,43 @@ def test_the_footer_names_the_sender_once(tmp_path: Path, feed_server: FeedServe
     assert small.text_content().strip() == footer
     assert text_of(confirm).rstrip().splitlines()[-1] == footer
     ctx.close()
+
+
+# --- on a phone ----------------------------------------------------------------------------
+
+# For each link of the contents: whether the line its count "(N)" ends on is the line
+# its title ends on (the tops of the two ranges' last boxes).
+SAME_LINE = """a => {
+  const text = a.firstChild, at = text.data.lastIndexOf("(");
+  const range = (from, to) => { const r = document.createRange(); r.setStart(text, from);
+    r.setEnd(text, to); const boxes = r.getClientRects(); return boxes[boxes.length - 1]; };
+  const title = range(at - 2, at - 1), count = range(at, text.data.length);
+  return {text: text.data, title: title.top, count: count.top};
+}"""
+
+
+@pytest.mark.parametrize("case", ["demo", "fifty"])
+def test_keyword_links_and_the_contents_fit_a_finger_on_a_phone(
+        issues: dict[str, EmailMessage], case: str, browser: object,
+        tmp_path: Path) -> None:
+    page_file = tmp_path / "mail.html"
+    page_file.write_text(html_of(issues[case]), encoding="utf-8")
+    for width in (375, 600):
+        page = browser.new_page(viewport={"width": width, "height": 900})  # type: ignore[attr-defined]
+        page.goto(page_file.as_uri())
+        links = page.locator(".keywords a")
+        assert links.count() > 3, case
+        for font, height in links.evaluate_all(
+                "all => all.map(a => [parseFloat(getComputedStyle(a).fontSize), "
+                "a.getBoundingClientRect().height])"):
+            assert font >= 14, (case, width, font)
+            if width == 375:  # a tap target on a phone, its padding included
+                assert height >= 44, (case, height)
+        contents = page.locator(".contents")
+        lines = contents.evaluate("e => e.getBoundingClientRect().height / "
+                                  "parseFloat(getComputedStyle(e).lineHeight)")
+        if width == 375:
+            assert lines >= 2, "the contents should wrap at 375 px, or this checks nothing"
+        for row in contents.locator("a").evaluate_all(f"all => all.map({SAME_LINE})"):
+            assert row["title"] == row["count"], (case, width, row)
+        page.close()
