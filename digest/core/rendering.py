@@ -22,7 +22,7 @@ Why no feed text can become a slot, whatever it holds:
 3. After inlining, the HTML is split at that tag once more (premailer's output is a
    function of its input, which the tag covers) and marked with the hash of the inlined
    rendering. The strings kept with an issue thus prove their own slots: a
-   :class:`RenderedIssue` made again from them (a resumed send, the archive) reads the
+   :class:`RenderedIssue` made again from them (a resumed send) reads the
    tag off the last marker of its HTML (or of its text), and takes it only if it is the
    hash of the rendering split at it (:func:`_find_slots`), which nothing else can be,
    as above. The templates print nothing from a feed after their last slot (the footer
