@@ -465,6 +465,8 @@ def test_the_archive_index_shows_each_issue_with_its_sections_and_lead(
     older = page_of(client.get("/archive/weekly?before=2").text)
     assert older.xpath("//article//h2/a/@href") == ["/archive/weekly/1"]
     assert client.get("/archive/weekly?before=x").status_code == 404
+    keyword = page_of(client.get("/archive/weekly/k/iran").text)
+    assert feed_link(keyword) == "/archive/weekly/feed.atom"
     # The site's archive index advertises every list's feed.
     front = page_of(client.get("/archive").text)
     assert {str(h) for h in front.xpath('//head/link[@rel="alternate"]/@href')} == {
