@@ -51,7 +51,8 @@ class Settings:
     reply_to: str = setting("", "Reply-To address; empty for none.")
     postal_address: str = setting(
         "Recap Digest · 1 Example Street · Example City",
-        "Sender's postal address line, shown in every email's footer (CAN-SPAM).")
+        "Sender's postal address line, shown in every email's footer (CAN-SPAM), after "
+        "from_name unless it names the sender already.")
     secret_key: str = setting(
         "",
         "Key that signs unsubscribe and confirmation tokens. Empty: a random key is made "

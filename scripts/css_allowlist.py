@@ -39,8 +39,8 @@ INLINE = ["mso-hide", "background", "border", "border-bottom", "color", "display
           "font-size", "height", "letter-spacing", "line-height", "margin", "max-height",
           "max-width", "opacity", "overflow", "padding", "text-align", "text-decoration",
           "text-transform", "width", "list-style", "padding-left"]
-ENHANCEMENT = ["background", "border-bottom-color", "color", "font-size", "height",
-               "line-height", "padding-left", "padding-right", "width"]
+ENHANCEMENT = ["background", "border-bottom-color", "color", "display", "font-size",
+               "height", "line-height", "padding", "padding-left", "padding-right", "width"]
 AT_RULES = {"@media": "css-at-media",
             "@media (prefers-color-scheme)": "css-at-media-prefers-color-scheme"}
 # Outlook for Windows ignores these; what the template does instead.

@@ -16,6 +16,7 @@ from enum import StrEnum
 from sqlalchemy import delete, select, update
 
 from digest.core.messages import address_for_header, compose, format_sender
+from digest.core.rendering import Sender
 from digest.core.tokens import InvalidToken
 from digest.services.storage.context import Context
 from digest.services.storage.db import utcnow
@@ -113,8 +114,8 @@ def confirmation_message(ctx: Context, mailing_list: MailingList, person: Subscr
     # break, which no header can carry: this email goes to whoever asked just now.
     name = one_line(person.name)
     values = {"list_title": mailing_list.title, "link": link, "name": name,
-              "hours": s.confirm_expiry_hours, "sender": s.from_name,
-              "postal_address": s.postal_address}
+              "hours": s.confirm_expiry_hours,
+              "sender": Sender(s.from_name, s.from_email, s.postal_address)}
     env = ctx.renderer.env
     html = ctx.renderer.inline(env.get_template("email/confirm.html").render(values))
     text = env.get_template("email/confirm.txt").render(values)

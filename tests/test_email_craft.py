@@ -25,6 +25,8 @@ from digest.edges.demo import run_demo, sample_png
 from digest.services.feeds.collect import add_feed, collect
 from digest.services.pipeline import RunRequest, run_list
 from digest.services.storage.context import Context
+from digest.services.transports.locmem import LocmemTransport
+from digest.settings import Settings
 from subscribers.lists import create_list, edit_list
 from subscribers.subscriptions import add_subscriber
 from tests.conftest import ARTIFACTS, LiveServer, free_port, make_settings
@@ -470,3 +472,78 @@ def test_the_editors_issue_page_marks_broken_and_redirecting_links(
     assert re.search(r'class="link-redirect"><strong>Redirects:</strong> <a href="'
                      + re.escape(f"{feed_server.base}/moved"), checked)
     ctx.close()
+
+
+# --- the footer ----------------------------------------------------------------------------
+
+DEFAULTS = Settings()
+
+
+@pytest.mark.parametrize(("from_name", "postal_address", "footer"), [
+    # The default address names the sender already: shown once, not "name / name · …".
+    (DEFAULTS.from_name, DEFAULTS.postal_address, DEFAULTS.postal_address),
+    ("The Golden Desk", "1 Golden Street · Example City",
+     "The Golden Desk · 1 Golden Street · Example City"),
+    # The same name written otherwise (case, spaces) is still the same name.
+    ("the golden  desk", "The Golden Desk, 1 Golden Street", "The Golden Desk, 1 Golden Street"),
+])
+def test_the_footer_names_the_sender_once(tmp_path: Path, feed_server: FeedServer,  # noqa: PLR0913 - fixtures, then the case
+                                          locmem: type[LocmemTransport], from_name: str,
+                                          postal_address: str, footer: str) -> None:
+    from lxml import html as lxml_html
+
+    from subscribers.optin import request_subscription
+    ctx = desk(tmp_path, feed_server, [recap(1)], from_name=from_name,
+               postal_address=postal_address)
+    message = parse(sent(ctx)[0])
+    [cell] = lxml_html.fromstring(html_of(message)).find_class("footer")
+    shown = [line.strip() for line in cell.text_content().splitlines() if line.strip()]
+    assert shown[-1] == footer, shown
+    assert text_of(message).rstrip().splitlines()[-1] == footer
+    # The confirmation email's footer says it the same way.
+    request_subscription(ctx, "weekly", "new@example.org", transport=locmem())
+    [confirm] = locmem.outbox
+    small = lxml_html.fromstring(html_of(confirm)).find_class("small")[-1]
+    assert small.text_content().strip() == footer
+    assert text_of(confirm).rstrip().splitlines()[-1] == footer
+    ctx.close()
+
+
+# --- on a phone ----------------------------------------------------------------------------
+
+# For each link of the contents: whether the line its count "(N)" ends on is the line
+# its title ends on (the tops of the two ranges' last boxes).
+SAME_LINE = """a => {
+  const text = a.firstChild, at = text.data.lastIndexOf("(");
+  const range = (from, to) => { const r = document.createRange(); r.setStart(text, from);
+    r.setEnd(text, to); const boxes = r.getClientRects(); return boxes[boxes.length - 1]; };
+  const title = range(at - 2, at - 1), count = range(at, text.data.length);
+  return {text: text.data, title: title.top, count: count.top};
+}"""
+
+
+@pytest.mark.parametrize("case", ["demo", "fifty"])
+def test_keyword_links_and_the_contents_fit_a_finger_on_a_phone(
+        issues: dict[str, EmailMessage], case: str, browser: object,
+        tmp_path: Path) -> None:
+    page_file = tmp_path / "mail.html"
+    page_file.write_text(html_of(issues[case]), encoding="utf-8")
+    for width in (375, 600):
+        page = browser.new_page(viewport={"width": width, "height": 900})  # type: ignore[attr-defined]
+        page.goto(page_file.as_uri())
+        links = page.locator(".keywords a")
+        assert links.count() > 3, case
+        for font, height in links.evaluate_all(
+                "all => all.map(a => [parseFloat(getComputedStyle(a).fontSize), "
+                "a.getBoundingClientRect().height])"):
+            assert font >= 14, (case, width, font)
+            if width == 375:  # a tap target on a phone, its padding included
+                assert height >= 44, (case, height)
+        contents = page.locator(".contents")
+        lines = contents.evaluate("e => e.getBoundingClientRect().height / "
+                                  "parseFloat(getComputedStyle(e).lineHeight)")
+        if width == 375:
+            assert lines >= 2, "the contents should wrap at 375 px, or this checks nothing"
+        for row in contents.locator("a").evaluate_all(f"all => all.map({SAME_LINE})"):
+            assert row["title"] == row["count"], (case, width, row)
+        page.close()

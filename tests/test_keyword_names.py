@@ -101,7 +101,7 @@ def check_html(html: str, subject: str) -> tuple[list[str], set[str]]:
             assert set(named) <= set(keyword_titles), (named, keyword_titles)
             used.update(named)
     contents = doc.xpath("//td[contains(@class, 'contents')]/a")
-    assert [re.sub(r" \(\d+\)$", "", a.text_content()) for a in contents] in ([], titles)
+    assert [re.sub(r"\s\(\d+\)$", "", a.text_content()) for a in contents] in ([], titles)
     preheader = doc.xpath("//div[contains(@class, 'preheader')]")[0].text_content()
     intro = doc.xpath("//td[contains(@class, 'intro')]")[0].text_content()
     named_in_summary = re.findall(r"\d+ on ([^,]+?)(?=,| and |$)", preheader.split("\u2007")[0])

@@ -267,8 +267,8 @@ def test_feed_placeholders_reach_no_recipient_value_through_sendgrid(
 
 def test_a_kept_issue_finds_only_its_own_slots(
         attack: tuple[Context, list[Entry], list[Reader]]) -> None:
-    """The strings an issue keeps, read back as a resumed send or the archive reads
-    them: the same slots, none of the feed's."""
+    """The strings an issue keeps, read back as a resumed send reads them: the same
+    slots, none of the feed's."""
     ctx, entries, _ = attack
     draft = draft_issue(ctx, "weekly")
     assert draft is not None

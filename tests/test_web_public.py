@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from datetime import timedelta
 from email.message import EmailMessage
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
@@ -18,11 +19,12 @@ from sqlalchemy import select
 from starlette.testclient import TestClient
 
 from digest.edges.web.app import create_app
-from digest.services.feeds.collect import add_feed
+from digest.services.building.editing import save_edit
+from digest.services.feeds.collect import add_feed, collect
 from digest.services.pipeline import RunRequest, run_list
 from digest.services.storage.context import Context
 from digest.services.storage.db import utcnow
-from digest.services.storage.models import Delivery
+from digest.services.storage.models import Delivery, Entry, Issue
 from digest.services.storage.subscriber_models import Subscription
 from digest.services.transports.locmem import LocmemTransport
 from subscribers.lists import create_list
@@ -385,3 +387,145 @@ def test_keywords_from_forms_are_trimmed_deduplicated_and_bounded(desk: Context)
         sub = s.get(Subscription, 1)
         assert sub is not None
         assert sub.keywords[:2] == ["Iran", "x" * 100] and len(sub.keywords) == 50
+
+
+# --- the archive ---------------------------------------------------------------------------
+
+def page_of(text: str) -> Any:
+    from lxml import html
+    return html.fromstring(text)
+
+
+def entry_id(ctx: Context, title: str) -> int:
+    with ctx.db.session() as s:
+        found = s.scalar(select(Entry.id).where(Entry.title == title))
+    assert found is not None
+    return found
+
+
+def feed_link(page: Any) -> str:
+    [link] = page.xpath('//head/link[@rel="alternate"][@type="application/atom+xml"]')
+    return str(link.get("href"))
+
+
+def test_the_archive_copy_is_a_web_page_not_the_email(desk: Context) -> None:
+    first, second = "Recap 1: Iran Moves in Syria", "Recap 2: Iran Moves in Syria"
+    collect(desk.db, desk.settings)
+    # What the editor did is what the archive shows: a new title, the top story.
+    save_edit(desk, "weekly", "editor", intro="The week in two recaps.",
+              overrides={entry_id(desk, second): {"title": "Syria, retitled"}},
+              pinned=entry_id(desk, second))
+    sent = send(desk)
+    email_html = str(sent["alice@example.org"].get_body(("html",)).get_content())  # type: ignore[union-attr]
+    assert "Hi Alice" in email_html and "Syria, retitled" in email_html
+    answer = client_for(desk).get("/archive/weekly/1")
+    assert answer.status_code == 200
+    page = page_of(answer.text)
+    text = " ".join(page.text_content().split())
+    # A web page of the site, not the email: no greeting, no reason, no personal links.
+    assert page.xpath('//link[@href="/static/site.css"]')
+    for emails_own in ("Hi ", "because you subscribed", "Unsubscribe", "View in browser",
+                       "Choose your topics"):
+        assert emails_own not in text, emails_own
+    hrefs = page.xpath("//a/@href")
+    assert not [h for h in hrefs if "/u/" in h or "/p/" in h], hrefs
+    assert "__DIGEST_" not in answer.text
+    # It offers subscribing instead, and its feed.
+    assert "/subscribe?list=weekly" in hrefs
+    assert feed_link(page) == "/archive/weekly/feed.atom"
+    # The issue as sent: the intro, the top story first, each section with its recaps.
+    assert page.xpath("string(//h1)") == sent["alice@example.org"]["Subject"]
+    assert "The week in two recaps." in text
+    headings = [" ".join(h.text_content().split()) for h in page.xpath("//h2 | //h3")]
+    assert headings == ["Top story", "Syria, retitled", "Iran", first], headings
+    assert "/archive/weekly/k/iran" in hrefs and "https://news.example/r/1" in hrefs
+    assert "Summary 1." in text
+    assert client_for(desk).get("/archive/weekly/2").status_code == 404
+
+
+def test_the_archive_index_shows_each_issue_with_its_sections_and_lead(
+        desk: Context, feed_server: FeedServer) -> None:
+    send(desk)
+    publish(feed_server, 1, 2, 3, 4)
+    send(desk)
+    client = client_for(desk)
+    page = page_of(client.get("/archive/weekly").text)
+    issues = page.xpath('//article[contains(@class, "issue")]')
+    assert [a.xpath("string(.//h2/a/@href)") for a in issues] == [
+        "/archive/weekly/2", "/archive/weekly/1"]
+    newest = " ".join(issues[0].text_content().split())
+    # Its lead story, its lead, and its sections with their counts.
+    assert "Recap 3: Iran Moves in Syria Summary 3." in newest, newest
+    assert "No. 2" in newest and "2 recaps" in newest
+    assert issues[0].xpath('string(.//p[@class="sections"])') == "Iran\xa0(2)"
+    assert issues[0].xpath('.//a[@href="/archive/weekly/k/iran"]')
+    assert feed_link(page) == "/archive/weekly/feed.atom"
+    assert "/subscribe?list=weekly" in page.xpath("//a/@href")
+    # A page at a time: those before an issue, and nonsense refused.
+    older = page_of(client.get("/archive/weekly?before=2").text)
+    assert older.xpath("//article//h2/a/@href") == ["/archive/weekly/1"]
+    assert client.get("/archive/weekly?before=x").status_code == 404
+    keyword = page_of(client.get("/archive/weekly/k/iran").text)
+    assert feed_link(keyword) == "/archive/weekly/feed.atom"
+    # The site's archive index advertises every list's feed.
+    front = page_of(client.get("/archive").text)
+    assert {str(h) for h in front.xpath('//head/link[@rel="alternate"]/@href')} == {
+        "/archive/weekly/feed.atom", "/archive/daily/feed.atom"}
+
+
+HOSTILE = 'Alarm </title><script>alert(1)</script> & "quotes" ]]> \x01\x0b end'
+
+
+def test_the_archive_feed_is_atom_that_feed_readers_read(desk: Context,
+                                                        feed_server: FeedServer) -> None:
+    import feedparser
+    from lxml import etree
+    send(desk)
+    publish(feed_server, 1, 2, 3)
+    send(desk)
+    # Feed text is hostile, and an older row may hold what no XML may.
+    with desk.db.session() as s:
+        s.get(Entry, entry_id(desk, "Recap 3: Iran Moves in Syria")).title = HOSTILE  # type: ignore[union-attr]
+    answer = client_for(desk).get("/archive/weekly/feed.atom")
+    assert answer.status_code == 200
+    assert answer.headers["content-type"] == "application/atom+xml; charset=utf-8"
+    etree.fromstring(answer.content)  # well-formed: a strict parser takes it
+    feed = feedparser.parse(answer.content)
+    assert not feed.bozo, feed.bozo_exception
+    assert feed.version == "atom10"
+    assert feed.feed.title == "The Weekly Recap"
+    assert feed.feed.link == "https://digest.example/archive/weekly"
+    assert [e.link for e in feed.entries] == ["https://digest.example/archive/weekly/2",
+                                             "https://digest.example/archive/weekly/1"]
+    newest = feed.entries[0]
+    assert newest.title.startswith("The Weekly Recap") and newest.published_parsed
+    assert newest.summary == "In this issue: Iran (1)"
+    content = page_of(newest.content[0].value)
+    # The hostile title arrives as text (what XML cannot hold taken out), never markup.
+    assert 'Alarm </title><script>alert(1)</script> & "quotes" ]]>   end' in \
+        content.text_content()
+    assert not content.xpath("//script")
+    assert "https://news.example/r/3" in content.xpath("//a/@href")
+    assert "https://digest.example/subscribe?list=weekly" in content.xpath("//a/@href")
+    # The same text on the issue's page is escaped there too.
+    issue_page = client_for(desk).get("/archive/weekly/2").text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in issue_page
+    assert "<script>alert" not in issue_page
+
+
+def test_issues_stored_before_the_archive_read_them_still_show(desk: Context) -> None:
+    send(desk)
+    # An issue row as older versions may have kept it: sections without keys, or none.
+    with desk.db.session() as s:
+        issue = s.scalar(select(Issue).where(Issue.number == 1))
+        assert issue is not None
+        issue.sections = [{"title": "Syria", "count": 1}]
+    page = page_of(client_for(desk).get("/archive/weekly/1").text)
+    assert [h.text_content() for h in page.xpath("//h2")] == ["Syria", "Iran"]
+    assert {"/archive/weekly/k/syria", "/archive/weekly/k/iran"} <= set(page.xpath("//a/@href"))
+    with desk.db.session() as s:
+        issue = s.scalar(select(Issue).where(Issue.number == 1))
+        assert issue is not None
+        issue.sections = []
+    page = page_of(client_for(desk).get("/archive/weekly/1").text)
+    assert sorted(h.text_content() for h in page.xpath("//h2")) == ["Iran", "Syria"]

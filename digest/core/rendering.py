@@ -22,7 +22,7 @@ Why no feed text can become a slot, whatever it holds:
 3. After inlining, the HTML is split at that tag once more (premailer's output is a
    function of its input, which the tag covers) and marked with the hash of the inlined
    rendering. The strings kept with an issue thus prove their own slots: a
-   :class:`RenderedIssue` made again from them (a resumed send, the archive) reads the
+   :class:`RenderedIssue` made again from them (a resumed send) reads the
    tag off the last marker of its HTML (or of its text), and takes it only if it is the
    hash of the rendering split at it (:func:`_find_slots`), which nothing else can be,
    as above. The templates print nothing from a feed after their last slot (the footer
@@ -104,6 +104,15 @@ class Sender:
     name: str
     email: str
     postal_address: str
+
+    @property
+    def lines(self) -> tuple[str, ...]:
+        """The footer's lines: the name, then the postal address, each once. An address
+        that already names the sender (as the default does) is shown alone."""
+        name, address = " ".join(self.name.split()), " ".join(self.postal_address.split())
+        if not name or name.casefold() in address.casefold():
+            return (address,) if address else ()
+        return (name, address) if address else (name,)
 
 
 @dataclass(frozen=True)

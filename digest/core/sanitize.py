@@ -89,7 +89,13 @@ def bounded(fragment: str) -> str:
     characters, without the characters no HTML or XML text may hold (lxml refuses to
     write them back): control characters go (vertical tab and form feed become spaces)
     and lone surrogates become U+FFFD."""
-    return _UNFIT.sub(_fit, fragment[:MAX_FRAGMENT_CHARS])
+    return xml_safe(fragment[:MAX_FRAGMENT_CHARS])
+
+
+def xml_safe(text: str) -> str:
+    """``text`` without the characters no XML 1.0 document may hold (as :func:`bounded`
+    treats them, without the cut): what a feed of ours writes passes every parser."""
+    return _UNFIT.sub(_fit, text)
 
 
 def _fit(match: re.Match[str]) -> str:

@@ -21,7 +21,7 @@ from starlette.staticfiles import StaticFiles
 
 from digest.core.rendering import template_dir
 from digest.edges.web import editor, public
-from digest.edges.web.base import WebApp, no_scheduler, web_of
+from digest.edges.web.base import PAGE_CSP, WebApp, no_scheduler, web_of
 from digest.edges.web.security import BodyLimit, EditorSessions, current_editor
 from digest.services.storage.context import Context
 from digest.services.storage.db import schema_problem, schema_revision
@@ -36,8 +36,6 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "same-origin",
     "X-Frame-Options": "SAMEORIGIN",
 }
-PAGE_CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
-            "script-src 'self'; frame-src 'self'; frame-ancestors 'self'; form-action 'self'")
 
 
 class SecurityHeaders:

@@ -10,10 +10,19 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.templating import Jinja2Templates
 
-from digest.core.rendering import template_dir
+from digest.core.rendering import long_date, template_dir
 from digest.edges.web.security import RateLimiter, current_editor
 from digest.services.storage.context import Context
 from subscribers.events import load_key
+
+
+def page_csp(images: str = "'self' data:") -> str:
+    """The Content-Security-Policy of a page, whose images may come from ``images``."""
+    return (f"default-src 'self'; img-src {images}; style-src 'self' 'unsafe-inline'; "
+            "script-src 'self'; frame-src 'self'; frame-ancestors 'self'; form-action 'self'")
+
+
+PAGE_CSP = page_csp()
 
 
 def no_scheduler() -> str:
@@ -34,6 +43,7 @@ class WebApp:
         env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(template_dir())),
                                  autoescape=True, undefined=jinja2.StrictUndefined,
                                  trim_blocks=True, lstrip_blocks=True)
+        env.filters["longdate"] = long_date
         self.templates = Jinja2Templates(env=env)
         s = ctx.settings
         self.subscribe_limit = RateLimiter(ctx.db, "subscribe", s.subscribe_per_ip_per_hour,

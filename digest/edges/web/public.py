@@ -20,13 +20,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from digest.core.atom import ATOM_MEDIA_TYPE, AtomEntry, AtomFeed, atom_feed
 from digest.core.grouping import KeywordNames
-from digest.core.rendering import Recipient, RenderedIssue
 from digest.core.tokens import InvalidToken
-from digest.edges.web.base import WebApp, web_of
+from digest.edges.web.base import WebApp, page_csp, web_of
 from digest.edges.web.security import client_address, csrf_ok, csrf_token
 from digest.errors import DeliveryError, DigestError, InvalidInputError, NotFoundError
 from digest.services.building.drafts import keyword_config
+from digest.services.delivery.archive import ArchivePage, archive_page, archived_issue
 from digest.services.storage.models import Entry, Issue, IssueEntry, IssueStatus
 from digest.services.storage.subscriber_models import MailingList, SubscriptionStatus
 from subscribers.addresses import normalize_address
@@ -196,27 +197,41 @@ async def archive_index(request: Request) -> Response:
 
 
 async def archive_list(request: Request) -> Response:
-    """A list's sent issues, newest first."""
+    """A list's sent issues, newest first, each with its lead story and sections; a page
+    of them at a time (``?before=N``: those numbered below N)."""
     web = web_of(request)
-    name = request.path_params["list"]
-    found = await run_in_threadpool(_archive_issues, web, name)
-    if found is None:
+    before = request.query_params.get("before")
+    if before is not None and not before.isdecimal():
         return web.not_found(request)
-    title, issues = found
-    return web.page(request, "web/archive_list.html",
-                    {"list_name": name, "list_title": title, "issues": issues})
+    page = await run_in_threadpool(archive_page, web.ctx, request.path_params["list"],
+                                   before=int(before) if before else None)
+    if page is None:
+        return web.not_found(request)
+    return web.page(request, "web/archive_list.html", {"page": page, "paged": bool(before)})
 
 
 async def archive_issue(request: Request) -> Response:
-    """A sent issue, as the archive shows it."""
+    """A sent issue as a web page: its sections and recaps, and a way to subscribe."""
     web = web_of(request)
-    html = await run_in_threadpool(_archived_html, web, request.path_params["list"],
-                                   request.path_params["number"])
-    if html is None:
+    found = await run_in_threadpool(archived_issue, web.ctx, request.path_params["list"],
+                                    request.path_params["number"])
+    if found is None:
         return web.not_found(request)
-    return Response(html, media_type="text/html; charset=utf-8", headers={
-        "Content-Security-Policy": "default-src 'none'; img-src * data:; "
-                                   "style-src 'unsafe-inline'; frame-ancestors 'self'"})
+    page, earlier, later = found
+    response = web.page(request, "web/archive_issue.html", {
+        "page": page, "issue": page.issues[0], "earlier": earlier, "later": later})
+    # The recaps' pictures are where their feeds put them, as in the email.
+    response.headers["Content-Security-Policy"] = page_csp("'self' data: https: http:")
+    return response
+
+
+async def archive_feed(request: Request) -> Response:
+    """A list's latest sent issues as an Atom feed."""
+    web = web_of(request)
+    page = await run_in_threadpool(archive_page, web.ctx, request.path_params["list"])
+    if page is None:
+        return web.not_found(request)
+    return Response(_atom_of(web, page), media_type=f"{ATOM_MEDIA_TYPE}; charset=utf-8")
 
 
 async def archive_keyword(request: Request) -> Response:
@@ -278,6 +293,7 @@ ROUTES = (
     Route("/archive", archive_index, methods=["GET"]),
     Route("/archive/{list}", archive_list, methods=["GET"]),
     Route("/archive/{list}/{number:int}", archive_issue, methods=["GET"]),
+    Route("/archive/{list}/feed.atom", archive_feed, methods=["GET"]),
     Route("/archive/{list}/k/{keyword}", archive_keyword, methods=["GET"]),
     Route("/webhooks/sendgrid", sendgrid_webhook, methods=["POST"]),
 )
@@ -307,19 +323,6 @@ def _public_lists(web: WebApp) -> list[tuple[str, str]]:
     with web.ctx.db.session() as session:
         return [(m.name, m.title) for m in
                 session.scalars(select(MailingList).order_by(MailingList.name))]
-
-
-def _archive_issues(web: WebApp, name: str) -> tuple[str, list[Issue]] | None:
-    with web.ctx.db.session() as session:
-        try:
-            mailing_list = get_list(session, name)
-        except NotFoundError:
-            return None
-        issues = list(session.scalars(
-            select(Issue).where(Issue.list_id == mailing_list.id, Issue.status == IssueStatus.SENT)
-            .order_by(Issue.number.desc())))
-        session.expunge_all()
-        return mailing_list.title, issues
 
 
 def _keyword_recaps(web: WebApp, name: str, wanted: str) -> dict[str, Any] | None:
@@ -356,20 +359,19 @@ def _keyword_recaps(web: WebApp, name: str, wanted: str) -> dict[str, Any] | Non
                 "keyword": names.name(wanted), "recaps": recaps}
 
 
-def _archived_html(web: WebApp, name: str, number: int) -> str | None:
-    """A sent issue as the archive shows it: the full issue, with no personal links."""
+def _atom_of(web: WebApp, page: ArchivePage) -> bytes:
+    """The Atom feed of a page of a list's issues, each entry's content the issue's
+    sections and recaps (rendered by the same macros as its page, links absolute)."""
     ctx = web.ctx
-    with ctx.db.session() as session:
-        try:
-            mailing_list = get_list(session, name)
-        except NotFoundError:
-            return None
-        issue = session.scalars(select(Issue).where(
-            Issue.list_id == mailing_list.id, Issue.number == number,
-            Issue.status == IssueStatus.SENT)).first()
-        if issue is None:
-            return None
-        rendered = RenderedIssue(issue.subject, issue.html, issue.text, "")
-    subscribe = ctx.url(f"subscribe?list={name}")
-    html, _ = rendered.personalize(Recipient(subscribe, subscribe, "reader"))
-    return html
+    home = ctx.url(f"archive/{page.list_name}")
+    template = web.templates.get_template("web/archive_feed_entry.html")
+    entries = [AtomEntry(
+        url=f"{home}/{issue.number}", title=issue.subject, published=issue.sent_at,
+        summary=f"In this issue: {issue.contents}" if issue.sections else "",
+        content_html=template.render(page=page, issue=issue, home=home,
+                                     subscribe=ctx.url(f"subscribe?list={page.list_name}")))
+        for issue in page.issues]
+    newest = page.issues[0].sent_at if page.issues else page.created_at
+    return atom_feed(AtomFeed(title=page.list_title, url=home,
+                              feed_url=f"{home}/feed.atom", author=ctx.settings.from_name,
+                              updated=newest, entries=entries))

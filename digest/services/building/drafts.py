@@ -165,12 +165,16 @@ def new_items(session: Session, list_id: int, *, since: datetime) -> list[Item]:
         select(Entry, Feed.name).outerjoin(Feed, Feed.id == Entry.feed_id)
         .where(Entry.dated_at >= since, Entry.id.not_in(held_entry_ids(list_id)))
         .order_by(Entry.dated_at.desc(), Entry.id)).all()
-    return [Item(e.id, e.title, e.link, e.summary_html, tuple(e.keywords), e.dated_at,
-                 source or "", e.author, e.lead or "",
-                 Image(e.image_url, e.image_alt or "", e.image_width, e.image_height)
-                 if e.image_url else None,
-                 tuple((t, u) for t, u in e.related or ()))
-            for e, source in rows]
+    return [item_of(e, source) for e, source in rows]
+
+
+def item_of(e: Entry, source: str | None) -> Item:
+    """A stored entry as grouping and rendering take it (``source``: its feed's name)."""
+    return Item(e.id, e.title, e.link, e.summary_html, tuple(e.keywords), e.dated_at,
+                source or "", e.author, e.lead or "",
+                Image(e.image_url, e.image_alt or "", e.image_width, e.image_height)
+                if e.image_url else None,
+                tuple((t, u) for t, u in e.related or ()))
 
 
 SENT_OR_SENDING = (IssueStatus.SENDING, IssueStatus.SENT)
