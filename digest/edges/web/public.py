@@ -332,7 +332,8 @@ def _keyword_recaps(web: WebApp, name: str, keyword: str) -> dict[str, Any] | No
         recaps, shown, seen = [], keyword, set()
         for entry, section, number in rows:
             keys = canonical_keys(entry.keywords or [], config)
-            if entry.id in seen or (section != wanted and wanted not in keys):
+            # Sections are stored by title: an entry a rule put there has no such tag.
+            if entry.id in seen or (keyword_key(section) != wanted and wanted not in keys):
                 continue
             seen.add(entry.id)
             shown = next((k for k in entry.keywords or []
