@@ -385,3 +385,19 @@ def test_keywords_from_forms_are_trimmed_deduplicated_and_bounded(desk: Context)
         sub = s.get(Subscription, 1)
         assert sub is not None
         assert sub.keywords[:2] == ["Iran", "x" * 100] and len(sub.keywords) == 50
+
+
+def test_a_keyword_page_lists_the_recaps_a_rule_put_under_it(
+        any_ctx: Context, feed_server: FeedServer, locmem: type[LocmemTransport]) -> None:
+    ctx = Context(any_ctx.settings.replace(transport="locmem",
+                                           keyword_rules={"Israel": ["Golan"]}), any_ctx.db)
+    golan = dict(recap(1, tags=[]), title="Recap: A Quiet Week on the Golan")
+    tagged = dict(recap(2, tags=["Israel"]), title="Recap: The Coalition Survives")
+    add_feed(ctx.db, feed_server.add("/feed.xml", body=rss([golan, tagged])), "Desk")
+    create_list(ctx.db, "weekly", "The Weekly Recap")
+    add_subscriber(ctx.db, "weekly", "alice@example.org")
+    [message] = send(ctx).values()
+    assert "A Quiet Week on the Golan" in str(message.get_body(("html",)).get_content())  # type: ignore[union-attr]
+    page = client_for(ctx).get("/archive/weekly/k/israel")
+    assert page.status_code == 200
+    assert "A Quiet Week on the Golan" in page.text and "The Coalition Survives" in page.text
