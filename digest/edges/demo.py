@@ -148,7 +148,6 @@ class SampleServer:
         self.httpd.server_close()
 
 
-FOLDER = Path("digest-demo")  # where `digest demo` works unless told otherwise
 DATABASE = "demo.db"
 MANIFEST = ".digest-demo.json"  # what the demo wrote, so that a rerun removes only that
 # Every place the demo writes to; a file there that it did not write stops it.
@@ -283,8 +282,6 @@ def digest_command(argv0: str, *, cwd: Path, which: str | None, executable: str)
         return "digest"  # not started as a command (a test runner): the usual name
     here = Path(os.path.abspath(cwd / script))
     if which is not None and Path(which).resolve() == here.resolve():
-        return "digest"
-    if script.parent == Path(".") and which is None:
         return "digest"
     return shlex.quote(shown_path(here, cwd))
 
