@@ -19,6 +19,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 # command would compile the package from source first (~0.1 s each).
 BYTECODE = $(BIN)/python -m compileall -q digest subscribers schedules >/dev/null
 
+# The demo works in digest-demo/ (its own folder; it replaces only what it wrote there).
 demo: $(STAMP)
 	@$(BYTECODE)
 	$(BIN)/digest demo
@@ -75,4 +76,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/run_all.py
 
 clean:
-	rm -rf $(VENV) .cache outbox demo.db preview.html preview.txt .pytest_cache .mypy_cache
+	rm -rf $(VENV) .cache digest-demo .pytest_cache .mypy_cache

@@ -411,3 +411,43 @@ def markdown_table() -> str:
             help_text += f" One of: {', '.join(info.choices)}."
         lines.append(f"| `{info.name}` | {info.type_name} | `{default}` | {env} | {help_text} |")
     return "\n".join(lines) + "\n"
+
+
+def _toml_string(text: str) -> str:
+    # JSON's string escapes are TOML's basic-string escapes; TOML also wants DEL escaped.
+    import json
+    return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007f")
+
+
+def _toml_key(name: str) -> str:
+    bare = name and all(c.isascii() and (c.isalnum() or c in "-_") for c in name)
+    return name if bare else _toml_string(name)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return _toml_string(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"no TOML form for {type(value).__name__}")
+
+
+def settings_toml(values: Mapping[str, Any], *, comment: str = "") -> str:
+    """Write settings as the text of a ``digest.toml`` that :func:`load_settings` reads
+    back as the same values; tables (``keyword_aliases``…) come after the plain keys."""
+    infos = {info.name for info in declared()}
+    unknown = sorted(set(values) - infos)
+    if unknown:
+        raise ConfigError("unknown setting", key=unknown[0])
+    lines = [f"# {line}".rstrip() for line in comment.splitlines()]
+    plain = {k: v for k, v in values.items() if not isinstance(v, Mapping)}
+    tables = {k: v for k, v in values.items() if isinstance(v, Mapping)}
+    lines += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in plain.items()]
+    for name, table in tables.items():
+        lines += ["", f"[{_toml_key(name)}]"]
+        lines += [f"{_toml_key(str(k))} = {_toml_value(v)}" for k, v in table.items()]
+    return "\n".join(lines) + "\n"

@@ -137,6 +137,8 @@ def test_wheel_ships_templates_and_typing_marker(tmp_path: Path) -> None:
     assert {"digest/py.typed", "subscribers/py.typed", "schedules/py.typed"} <= names
     assert any(n.startswith("digest/services/storage/migrations/versions/0001") for n in names)
     assert "digest/samples/arabic.xml" in names
+    # The demo's pictures, which `digest serve` serves and the demo copies beside its preview.
+    assert "digest/templates/web/static/demo/masthead.png" in names
 
 
 def _module_graph() -> dict[str, set[str]]:

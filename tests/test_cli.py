@@ -40,12 +40,14 @@ def test_the_whole_job_from_the_command_line(runner: CliRunner, tmp_path: Path,
     assert "already subscribed" in out
     assert "Reader@example.org" in ok(runner, "subscribers", "list", "--list", "weekly")
 
+    out = ok(runner, "preview", "--list", "weekly", "--no-collect", "--out", "p.html")
+    assert "Nothing new" in out and "--no-collect" in out and not (tmp_path / "p.html").exists()
+    # Preview collects first, as send does, naming the feed that failed.
     out = ok(runner, "preview", "--list", "weekly", "--out", "p.html", "--text", "p.txt")
-    assert "Nothing new" in out  # preview does not collect
-    out = ok(runner, "collect")
     assert "1 new" in out and "HTTP 503" in out and broken in out
-    ok(runner, "preview", "--list", "weekly", "--out", "p.html", "--text", "p.txt")
     assert "Recap: Iran Moves in Syria" in (tmp_path / "p.html").read_text(encoding="utf-8")
+    out = ok(runner, "collect")
+    assert "0 new" in out and broken in out
 
     out = ok(runner, "send", "--list", "weekly")
     assert "1 accepted, 0 failed" in out

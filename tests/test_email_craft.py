@@ -21,7 +21,7 @@ from typing import ClassVar
 import pytest
 from rich.console import Console
 
-from digest.edges.demo import run_demo, sample_png
+from digest.edges.demo import PICTURES, run_demo, sample_png
 from digest.services.feeds.collect import add_feed, collect
 from digest.services.pipeline import RunRequest, run_list
 from digest.services.storage.context import Context
@@ -327,11 +327,11 @@ def axe_violations(page: object) -> list[str]:
 def test_axe_finds_nothing_in_the_email_light_or_dark(issues: dict[str, EmailMessage],
                                                        case: str, browser: object,
                                                        tmp_path: Path) -> None:
-    # The demo's pictures came from its sample server, gone now: the same pictures inline,
-    # so that the screenshots show the email as a reader sees it.
-    html = re.sub(r'src="http://127\.0\.0\.1:\d+/img/([a-z-]+)-(\d+)x(\d+)\.png"',
+    # The demo's pictures are served by `digest serve`, not running here: the same pictures
+    # inline, so that the screenshots show the email as a reader sees it.
+    html = re.sub(r'src="http://127\.0\.0\.1:8000/static/demo/([a-z-]+\.png)"',
                   lambda m: 'src="data:image/png;base64,' + base64.b64encode(
-                      sample_png(int(m[2]), int(m[3]), m[1])).decode() + '"',
+                      (PICTURES / m[1]).read_bytes()).decode() + '"',
                   html_of(issues[case]))
     page_file = tmp_path / "mail.html"
     page_file.write_text(html, encoding="utf-8")

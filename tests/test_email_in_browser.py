@@ -16,7 +16,7 @@ def test_demo_email_reads_well_on_desktop_and_phone(runner: CliRunner, tmp_path:
                                                     browser: object) -> None:
     result = runner.invoke(cli, ["demo"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    path = sorted((tmp_path / "outbox").rglob("*.eml"))[0]
+    path = sorted((tmp_path / "digest-demo" / "outbox").rglob("*.eml"))[0]
     msg = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
     html = msg.get_body(preferencelist=("html",)).get_content()  # type: ignore[union-attr]
     unsubscribe = str(msg["List-Unsubscribe"])[1:-1]

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from digest.edges.cli import cli
 from digest.errors import ConfigError
-from digest.settings import declared, load_settings
+from digest.settings import declared, load_settings, settings_toml
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -111,3 +111,19 @@ def test_every_setting_is_documented() -> None:
     assert documented - names == set(), "docs/settings.md lists settings that do not exist"
     for info in declared():
         assert info.help, info.name
+
+
+def test_settings_written_as_toml_read_back_the_same(tmp_path: Path) -> None:
+    values = {
+        "from_name": 'The "Recap" Desk \\ back\tslash\nline\x7f\x01',
+        "lookback_days": 14, "fetch_timeout": 2.5, "keyword_order": ["Syria", "إيران"],
+        "keyword_aliases": {"Türkiye": "Turkey", "a b": "c", "x.y": "z", "": "empty"},
+        "keyword_rules": {"Israel": ["Golan", "Knesset"], "Iran": []},
+    }
+    (tmp_path / "digest.toml").write_text(settings_toml(values, comment="one\ntwo"),
+                                          encoding="utf-8")
+    loaded = load_settings(env={}, cwd=tmp_path).settings
+    for key, value in values.items():
+        assert getattr(loaded, key) == value, key
+    with pytest.raises(ConfigError, match="lookback_dayz"):
+        settings_toml({"lookback_dayz": 1})

@@ -529,3 +529,19 @@ def test_issues_stored_before_the_archive_read_them_still_show(desk: Context) ->
         issue.sections = []
     page = page_of(client_for(desk).get("/archive/weekly/1").text)
     assert sorted(h.text_content() for h in page.xpath("//h2")) == ["Iran", "Syria"]
+
+
+def test_a_keyword_page_lists_the_recaps_a_rule_put_under_it(
+        any_ctx: Context, feed_server: FeedServer, locmem: type[LocmemTransport]) -> None:
+    ctx = Context(any_ctx.settings.replace(transport="locmem",
+                                           keyword_rules={"Israel": ["Golan"]}), any_ctx.db)
+    golan = dict(recap(1, tags=[]), title="Recap: A Quiet Week on the Golan")
+    tagged = dict(recap(2, tags=["Israel"]), title="Recap: The Coalition Survives")
+    add_feed(ctx.db, feed_server.add("/feed.xml", body=rss([golan, tagged])), "Desk")
+    create_list(ctx.db, "weekly", "The Weekly Recap")
+    add_subscriber(ctx.db, "weekly", "alice@example.org")
+    [message] = send(ctx).values()
+    assert "A Quiet Week on the Golan" in str(message.get_body(("html",)).get_content())  # type: ignore[union-attr]
+    page = client_for(ctx).get("/archive/weekly/k/israel")
+    assert page.status_code == 200
+    assert "A Quiet Week on the Golan" in page.text and "The Coalition Survives" in page.text

@@ -187,6 +187,14 @@ def print_collect(report: CollectReport) -> None:
             err.print(f"  [yellow]warning[/yellow] {escape(f.url)}: {escape(f.warning)}")
 
 
+def collect_first(ctx: Context) -> CollectReport:
+    """Collect every feed and say how it went: what `collect` does, and what `send` and
+    `preview` do first unless told `--no-collect`."""
+    report = _collect_with_progress(ctx)
+    print_collect(report)
+    return report
+
+
 def _collect_with_progress(ctx: Context) -> CollectReport:
     from digest.services.feeds.collect import collect
     with progress_bar("Fetching feeds", enabled=_interactive()) as update:
@@ -246,8 +254,7 @@ def collect_cmd(metrics_file_path: Path | None) -> None:
     """Fetch every feed and store new entries."""
     tls.prepare()  # while the database opens and the fetching code loads
     with metrics_file(metrics_file_path):
-        report = _collect_with_progress(state().ctx)
-        print_collect(report)
+        collect_first(state().ctx)
 
 
 # --- issues --------------------------------------------------------------------------
@@ -260,15 +267,25 @@ def collect_cmd(metrics_file_path: Path | None) -> None:
               help="Also write the plain-text part here.")
 @click.option("--check-links", is_flag=True,
               help="Also check every link of the issue; exit 1 when one is broken.")
+@click.option("--no-collect", is_flag=True, help="Do not fetch feeds first.")
 @boundary
 def preview_cmd(list_name: str, out_path: Path, text_path: Path | None,
-                check_links: bool) -> None:
-    """Write the next issue as it would be sent, without sending or changing anything."""
+                check_links: bool, no_collect: bool) -> None:
+    """Collect, then write the next issue as it would be sent; nothing is sent and no
+    issue is recorded."""
+    if not no_collect:
+        tls.prepare()  # while the building code loads and the database opens
     from digest.services.building.drafts import draft_issue
+    from subscribers.lists import get_list
     ctx = state().ctx
+    with ctx.db.session() as session:
+        get_list(session, list_name)  # no such list: say so before fetching anything
+    if not no_collect:
+        collect_first(ctx)
     draft = draft_issue(ctx, list_name)
     if draft is None:
-        out.print(f"Nothing new for list {list_name!r}: no issue to preview.")
+        out.print(f"Nothing new for list {list_name!r}: no issue to preview"
+                  + (" (feeds not fetched: --no-collect)." if no_collect else "."))
         return
     write_preview(ctx, draft, out_path, text_path)
     if check_links and not _links_ok(ctx, draft):
@@ -399,10 +416,8 @@ def _send(list_name: str, no_collect: bool, yes: bool, resend_uncertain: bool,  
             start_helpers()  # they start up while the issue and its deliveries are recorded
         return go
 
-    collected: CollectReport | None = None
     if not no_collect and not worker:
-        collected = _collect_with_progress(ctx)
-        print_collect(collected)
+        collect_first(ctx)
     with progress_bar(f"Sending {list_name}", enabled=interactive) as update, \
             _stop_on_sigterm(stop):
 
@@ -823,13 +838,28 @@ def subscribers_export(list_name: str, out_path: Path | None, status: str) -> No
 
 @click.command("demo")
 @click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path),
-              default=Path("."), show_default=True, help="Where to write demo.db, outbox/, "
-              "preview.html.")
+              default=Path("digest-demo"), show_default=True,
+              help="The demo's own folder, for demo.db, digest.toml, outbox/, images/ and "
+                   "preview.html; run again, it replaces only what it wrote there.")
 @boundary
 def demo_cmd(directory: Path) -> None:
-    """Run the whole job offline on bundled sample feeds, into a fresh SQLite file."""
-    from digest.edges.demo import run_demo
-    run_demo(directory, console=err, interactive=_interactive(), progress=progress_bar)
+    """Run the whole job offline on bundled sample feeds, in a folder of its own.
+
+    It leaves a working desk: the database, its settings (digest.toml), the preview and
+    the emails; then it prints the commands that go on from there. It shows warnings
+    only; -v shows every log line too.
+    """
+    import logging
+    import shutil
+
+    from digest.edges.demo import digest_command, run_demo
+    if not click.get_current_context().find_root().params.get("verbose"):
+        # The demo tells its own story; the log lines of each step would only interrupt.
+        logging.getLogger().setLevel(logging.WARNING)
+    command = digest_command(sys.argv[0], cwd=Path.cwd(), which=shutil.which("digest"),
+                             executable=sys.executable)
+    run_demo(directory, console=err, interactive=_interactive(), progress=progress_bar,
+             command=command)
 
 
 # Registered with the top-level group by digest.edges.cli.
