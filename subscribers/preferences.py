@@ -97,6 +97,13 @@ def keyword_choices(db: Database, config: KeywordConfig, *, list_id: int | None 
     return _choices(db, config, list_id=list_id, days=days, now=now)[1]
 
 
+def keyword_names(db: Database, config: KeywordConfig, *, list_id: int | None = None,
+                  days: int = 90) -> KeywordNames:
+    """The one name of each keyword, as the choices above name it (for pages that show
+    readers' stored keys, such as the editor's segment menu)."""
+    return _choices(db, config, list_id=list_id, days=days, now=None)[0]
+
+
 def _choices(db: Database, config: KeywordConfig, *, list_id: int | None, days: int,
              now: datetime | None) -> tuple[KeywordNames, list[str]]:
     since = (now or utcnow()) - timedelta(days=days)

@@ -217,3 +217,13 @@ def test_the_preferences_page_offers_the_sections_each_once(desk: Context) -> No
         == ["Iran", "Turkey"]
     subscribe = lxml.html.fromstring(client.get("/subscribe?list=weekly").text)
     assert [b.get("value") for b in subscribe.xpath("//input[@name='keywords']")] == offered
+
+
+def test_the_editors_segment_menu_names_readers_choices_once(desk: Context) -> None:
+    """The workbench's "Preview as readers of" menu shows each segment's keywords under
+    their one names, however the readers typed them."""
+    from digest.services.building.editing import segments
+    sent(desk)
+    labels = {s.label: s.readers for s in segments(desk, "weekly") if s.key}
+    assert labels == {"Iran, Turkey": 1, "Iran": 1}
+    assert not words(" ".join(labels)) & set(NEVER_SHOWN)

@@ -27,6 +27,7 @@ from digest.services.building.drafts import (
     Draft,
     EditView,
     draft_issue,
+    keyword_config,
     next_number,
     render_variant,
     sample_recipient,
@@ -39,6 +40,7 @@ from digest.services.storage.subscriber_models import Subscription, Subscription
 from digest.services.transports import Transport, make_transport
 from subscribers.addresses import normalize_address
 from subscribers.lists import get_list
+from subscribers.preferences import keyword_names
 
 
 @dataclass(frozen=True)
@@ -86,15 +88,28 @@ def preview(ctx: Context, list_name: str, segment: str = "", *,
     return Preview(draft, sections, rendered, html, text, links, ";".join(sorted(keys)))
 
 
-def segments(ctx: Context, list_name: str) -> list[tuple[str, int]]:
+@dataclass(frozen=True)
+class Segment:
+    """Readers who chose the same keywords, as the editor's preview menu offers them."""
+
+    key: str  # their subscriptions' segment ("" = the whole issue)
+    label: str  # the keywords under their one names, ", "-joined
+    readers: int
+
+
+def segments(ctx: Context, list_name: str) -> list[Segment]:
     """The keyword segments of a list's active readers, largest first ("" = everything)."""
     with ctx.db.session() as session:
         list_id = get_list(session, list_name).id
-        return [(segment, n) for segment, n in session.execute(
+        rows = session.execute(
             select(Subscription.segment, func.count())
             .where(Subscription.list_id == list_id,
                    Subscription.status == SubscriptionStatus.ACTIVE)
-            .group_by(Subscription.segment).order_by(func.count().desc()).limit(50))]
+            .group_by(Subscription.segment).order_by(func.count().desc()).limit(50)).all()
+    names = keyword_names(ctx.db, keyword_config(ctx), list_id=list_id)
+    return [Segment(segment, ", ".join(sorted((k.name for k in names.unique(segment.split(";"))),
+                                              key=str.casefold)), n)
+            for segment, n in rows]
 
 
 def _edit_row(ctx: Context, list_name: str) -> tuple[int, int]:
