@@ -11,12 +11,12 @@ from sqlalchemy.orm import Session
 
 from digest.errors import InvalidInputError, NotFoundError
 from digest.services.storage.db import Database
+from digest.services.storage.states import SubscriptionStatus
 from digest.services.storage.subscriber_models import (
     ENTRY_PARTS,
     WHEN_NOTHING_MATCHES,
     MailingList,
     Subscription,
-    SubscriptionStatus,
 )
 from subscribers.fields import one_line
 

@@ -354,7 +354,7 @@ def test_states_are_spelt_by_their_enums() -> None:
     state binds the member or formats it in."""
     from digest.services.storage.models import BatchStatus, DeliveryStatus, IssueStatus
     from digest.services.storage.schedule_models import RunStatus
-    from digest.services.storage.subscriber_models import SubscriptionStatus
+    from digest.services.storage.states import SubscriptionStatus
     members: dict[str, list[str]] = {}
     for enum in (DeliveryStatus, BatchStatus, IssueStatus, SubscriptionStatus, RunStatus):
         for member in enum:

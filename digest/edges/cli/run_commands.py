@@ -458,7 +458,7 @@ def status_cmd(as_json: bool) -> None:
     """
     from digest.services.operations.status import gather
     from digest.services.storage.models import DeliveryStatus, describe_skips
-    from digest.services.storage.subscriber_models import SubscriptionStatus
+    from digest.services.storage.states import SubscriptionStatus
     status = gather(state().ctx)
     if as_json:
         import json
@@ -620,7 +620,7 @@ def lists_edit(name: str, title: str | None, when_nothing_matches: str | None,  
 @boundary
 def lists_list() -> None:
     """List the lists with subscriber counts by status."""
-    from digest.services.storage.subscriber_models import SubscriptionStatus
+    from digest.services.storage.states import SubscriptionStatus
     from subscribers.lists import summarize_lists
     table = Table("name", "title", *SubscriptionStatus)
     for summary in summarize_lists(state().ctx.db):

@@ -27,7 +27,8 @@ from digest.edges.web.security import client_address, csrf_ok, csrf_token
 from digest.errors import DeliveryError, DigestError, InvalidInputError, NotFoundError
 from digest.services.building.drafts import keyword_config
 from digest.services.storage.models import Entry, Issue, IssueEntry, IssueStatus
-from digest.services.storage.subscriber_models import MailingList, SubscriptionStatus
+from digest.services.storage.states import SubscriptionStatus
+from digest.services.storage.subscriber_models import MailingList
 from subscribers.addresses import normalize_address
 from subscribers.events import WebhookRefused, apply_events, verify
 from subscribers.lists import get_list

@@ -40,7 +40,8 @@ from digest.services.storage.models import (
     SendBatch,
     delete_deliveries,
 )
-from digest.services.storage.subscriber_models import Subscription, SubscriptionStatus
+from digest.services.storage.states import SubscriptionStatus
+from digest.services.storage.subscriber_models import Subscription
 from digest.services.transports import batch_size
 
 

@@ -3,24 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime
-from enum import StrEnum
 
 from sqlalchemy import JSON, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from digest.services.storage.db import Base, UTCDateTime, utcnow
-
-
-class SubscriptionStatus(StrEnum):
-    """Where a subscription is (``Subscription.status``); only active ones get issues."""
-
-    PENDING = "pending"            # signed up, the confirmation link not yet clicked
-    ACTIVE = "active"
-    PAUSED = "paused"              # the reader paused their emails
-    UNSUBSCRIBED = "unsubscribed"  # left; kept, so nothing revives it
-    BOUNCED = "bounced"            # the address bounced
-    COMPLAINED = "complained"      # the reader marked an issue as spam
-
+from digest.services.storage.states import SubscriptionStatus
 
 # Links in emails name a subscription by id for good, and webhook events a subscriber:
 # an id is never handed out twice. PostgreSQL's sequences never go back; SQLite reuses
