@@ -318,12 +318,10 @@ def test_the_scheduler_and_send_now_run_only_through_run_list() -> None:
 # String constants equal to a state's value that are not that state, each with why, and
 # how many times the file holds one.
 NOT_A_STATE = {
-    # `--status`'s default: importing the enum there would load SQLAlchemy into every
-    # command, `digest --help` included.
-    ("digest/edges/cli/run_commands.py", "active"): 1,
-    # A paused schedule (Schedule.paused, a flag) shown as a word.
+    # A paused schedule (Schedule.paused, a flag) shown as a word, and that flag's column
+    # in `schedules list` (its JSON key and CSV heading).
     ("digest/edges/cli/run_commands.py", "paused"): 1,
-    ("digest/edges/cli/service_commands.py", "paused"): 1,
+    ("digest/edges/cli/service_commands.py", "paused"): 3,
     # The name of the preferences form's checkbox.
     ("digest/edges/web/public.py", "paused"): 1,
     # How a collect went (ok or partial), a field of its log line.

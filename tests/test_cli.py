@@ -34,7 +34,7 @@ def test_the_whole_job_from_the_command_line(runner: CliRunner, tmp_path: Path,
     broken = feed_server.add("/broken", Route(status=503))
     ok(runner, "feeds", "add", url, "--name", "Desk")
     ok(runner, "feeds", "add", broken)
-    ok(runner, "lists", "create", "weekly", "--title", "The Weekly Recap")
+    ok(runner, "lists", "create", "--list", "weekly", "--title", "The Weekly Recap")
     ok(runner, "subscribers", "add", "Reader@Example.ORG", "--list", "weekly", "--name", "R")
     out = ok(runner, "subscribers", "add", "reader@example.org", "--list", "weekly")
     assert "already subscribed" in out
@@ -68,7 +68,7 @@ def test_errors_are_clear_and_name_the_thing(runner: CliRunner) -> None:
     assert "Traceback" not in result.output
     result = runner.invoke(cli, ["feeds", "add", "ftp://x.example/feed"])
     assert result.exit_code == 1 and "not an http(s) URL" in result.output
-    ok(runner, "lists", "create", "weekly")
+    ok(runner, "lists", "create", "--list", "weekly")
     result = runner.invoke(cli, ["subscribers", "add", "not-an-address", "--list", "weekly"])
     assert result.exit_code == 1 and "not a valid address" in result.output
     result = runner.invoke(cli, ["--set", "lookback_days=soon", "config"])
@@ -76,7 +76,7 @@ def test_errors_are_clear_and_name_the_thing(runner: CliRunner) -> None:
 
 
 def test_removed_subscribers_stay_removed(runner: CliRunner) -> None:
-    ok(runner, "lists", "create", "weekly")
+    ok(runner, "lists", "create", "--list", "weekly")
     ok(runner, "subscribers", "add", "a@example.org", "--list", "weekly")
     ok(runner, "subscribers", "remove", "A@EXAMPLE.org", "--list", "weekly")
     result = runner.invoke(cli, ["subscribers", "add", "a@example.org", "--list", "weekly"])
@@ -101,12 +101,12 @@ def test_python_dash_m_and_db_upgrade(tmp_path: Path) -> None:
 
 
 def test_show_a_list_and_a_subscriber(runner: CliRunner) -> None:
-    ok(runner, "lists", "create", "weekly", "--title", "The Weekly Recap")
+    ok(runner, "lists", "create", "--list", "weekly", "--title", "The Weekly Recap")
     ok(runner, "subscribers", "add", "Ann@Example.org", "--list", "weekly", "--name", "Ann",
        "--keywords", "Iran;Syria")
     ok(runner, "subscribers", "add", "bo@example.org", "--list", "weekly")
     ok(runner, "subscribers", "remove", "bo@example.org", "--list", "weekly")
-    shown = ok(runner, "lists", "show", "weekly")
+    shown = ok(runner, "lists", "show", "--list", "weekly")
     assert "The Weekly Recap" in shown and "active 1" in shown
     assert "unsubscribed 1" in shown and "No issues yet." in shown
     person = ok(runner, "subscribers", "show", "ann@EXAMPLE.org")
@@ -114,7 +114,7 @@ def test_show_a_list_and_a_subscriber(runner: CliRunner) -> None:
     assert "weekly: active, topics: Iran; Syria" in person
     result = runner.invoke(cli, ["subscribers", "show", "nobody@example.org"])
     assert result.exit_code == 1 and "no subscriber nobody@example.org" in result.output
-    result = runner.invoke(cli, ["lists", "show", "nope"])
+    result = runner.invoke(cli, ["lists", "show", "--list", "nope"])
     assert result.exit_code == 1 and "no list named 'nope'" in result.output
 
 
@@ -154,8 +154,8 @@ def test_the_cli_starts_without_the_heavy_libraries() -> None:
 
 def test_read_commands_load_no_pipeline_libraries(tmp_path: Path) -> None:
     env = {"DIGEST_DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}", "PATH": "/usr/bin:/bin"}
-    subprocess.run([sys.executable, "-m", "digest", "lists", "create", "weekly"], cwd=tmp_path,
-                   env=env, capture_output=True, check=True, timeout=60)
+    subprocess.run([sys.executable, "-m", "digest", "lists", "create", "--list", "weekly"],
+                   cwd=tmp_path, env=env, capture_output=True, check=True, timeout=60)
     for command in (["lists", "list"], ["issues", "list"], ["config"],
                     ["subscribers", "show", "a@example.org"]):
         # An existing database at the newest schema costs one query, not Alembic.
@@ -173,12 +173,13 @@ def test_a_command_ends_its_process_with_everything_written(tmp_path: Path) -> N
                               capture_output=True, text=True, timeout=60)
 
     for n in range(8):
-        assert digest("lists", "create", f"list{n}", "--title", f"List {n}").returncode == 0
+        created = digest("lists", "create", "--list", f"list{n}", "--title", f"List {n}")
+        assert created.returncode == 0, created.stderr
     # SQLite's write-ahead log was folded back in: the database was closed properly.
     assert not (tmp_path / "x.db-wal").exists()
     listed = digest("lists", "list")
     assert listed.returncode == 0 and all(f"list{n}" in listed.stdout for n in range(8))
-    missing = digest("lists", "show", "nope")
+    missing = digest("lists", "show", "--list", "nope")
     assert missing.returncode == 1 and "no list named 'nope'" in missing.stderr
     # A log line written just before the end (JSON, to standard error) is there whole.
     collected = digest("collect")
@@ -214,7 +215,7 @@ def test_an_import_away_from_a_terminal_logs_its_progress_in_tenths(tmp_path: Pa
         out.write("email,name,keywords\n")
         out.writelines(f"reader.{i}@example.org,Reader {i},Iran\n" for i in range(60_000))
     env = {"DIGEST_DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}", "PATH": "/usr/bin:/bin"}
-    for argv in (["lists", "create", "weekly"],
+    for argv in (["lists", "create", "--list", "weekly"],
                  ["subscribers", "import", "people.csv", "--list", "weekly"]):
         done = subprocess.run([sys.executable, "-m", "digest", *argv], cwd=tmp_path,
                               env=env, capture_output=True, text=True, timeout=120)
@@ -233,7 +234,7 @@ def test_an_import_from_a_pipe_keeps_its_rejects_in_the_working_folder(tmp_path:
     # estimate from and no folder to write beside.
     env = {"DIGEST_DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}", "PATH": "/usr/bin:/bin"}
     digest = [sys.executable, "-m", "digest"]
-    assert subprocess.run([*digest, "lists", "create", "weekly"], cwd=tmp_path, env=env,
+    assert subprocess.run([*digest, "lists", "create", "--list", "weekly"], cwd=tmp_path, env=env,
                           capture_output=True, timeout=60).returncode == 0
     read_end, write_end = os.pipe()
     with subprocess.Popen([*digest, "subscribers", "import", f"/dev/fd/{read_end}", "--list",
@@ -254,7 +255,7 @@ def test_the_cycle_collector_runs_in_every_command(tmp_path: Path) -> None:
     # Collecting less often while modules load, it must still run through long work (a
     # send, an import, `digest serve`), or their cyclic garbage would pile up.
     env = {"DIGEST_DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}", "PATH": "/usr/bin:/bin"}
-    for command in (["lists", "create", "weekly"], ["lists", "list"], ["--help"]):
+    for command in (["lists", "create", "--list", "weekly"], ["lists", "list"], ["--help"]):
         status, printed = _printed_at_exit(
             "'collecting', gc.isenabled(), gc.get_threshold()[0]", _main(command),
             cwd=tmp_path, env=env)

@@ -115,9 +115,10 @@ def draft_issue(ctx: Context, list_name: str, *, now: datetime | None = None,
     segments' sections are cut from it (:func:`plan_segments`).
     """
     now = now or utcnow()
-    since = now - timedelta(days=ctx.settings.lookback_days)
     with ctx.db.session() as session:
         mailing_list = get_list(session, list_name)
+        # The list's own window when it has one (`digest lists edit --list NAME --lookback-days N`).
+        since = now - timedelta(days=mailing_list.lookback_days or ctx.settings.lookback_days)
         number = next_number(session, mailing_list.id)
         edit = load_edit(session, mailing_list.id, number)
         items = new_items(session, mailing_list.id, since=since)

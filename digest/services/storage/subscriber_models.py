@@ -41,6 +41,9 @@ class MailingList(Base):
     entry_parts: Mapped[str] = mapped_column(String(200), default=DEFAULT_ENTRY_PARTS,
                                              server_default=DEFAULT_ENTRY_PARTS)
     lead_max_chars: Mapped[int] = mapped_column(Integer, default=300, server_default="300")
+    # How many days back an issue of this list looks for entries; None: the
+    # `lookback_days` setting.
+    lookback_days: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
