@@ -65,7 +65,7 @@ def config_cmd(with_help: bool, markdown: bool) -> None:
 
 @click.group()
 def db() -> None:
-    """Manage the database."""
+    """The database: upgrade, backup, check."""
 
 
 @db.command("upgrade")
@@ -125,7 +125,7 @@ def db_check() -> None:
 
 @click.group()
 def feeds() -> None:
-    """Feeds: add, import, export, list and remove them."""
+    """Feeds: add, import, export, list, remove."""
 
 
 @feeds.command("add")
@@ -205,7 +205,8 @@ def feeds_list(row_format: RowFormat) -> None:
     print_rows(columns, ({"id": f.id, "name": f.name, "url": f.url,
                           "last_fetched_at": f.last_fetched_at, "status": f.last_status,
                           "error": f.last_error, "entries": f.entry_count,
-                          "skipped_by_last_read": dict(f.skipped)} for f in list_feeds(state().ctx.db)),
+                          "skipped_by_last_read": dict(f.skipped)}
+                         for f in list_feeds(state().ctx.db)),
                row_format, empty="No feeds yet. Add one with `digest feeds add URL` or "
                                  "`digest feeds import FILE.opml`.")
 
@@ -305,7 +306,7 @@ def collect_cmd(metrics_file_path: Path | None) -> None:
 # --- issues --------------------------------------------------------------------------
 
 @click.command("preview")
-@click.option("--list", "list_name", required=True, help="The list whose next issue to show.")
+@list_option("The list whose next issue to show.")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path),
               default=Path("preview.html"), show_default=True, help="Where to write the HTML.")
 @click.option("--text", "text_path", type=click.Path(dir_okay=False, path_type=Path),
@@ -408,7 +409,7 @@ def _stop_on_sigterm(stop: threading.Event) -> Iterator[None]:
               help="With --worker: wait up to SECONDS for an issue of the list to start "
                    "being sent.")
 @click.option("--jobs", "-j", type=click.IntRange(1, 32), default=1, show_default=True,
-              help="Processes that send together (this one plus JOBS-1 workers).")
+              metavar="N", help="Processes that send together (this one plus N-1 workers).")
 @METRICS_FILE
 @boundary
 def send_cmd(list_name: str, no_collect: bool, yes: bool, resend_uncertain: bool,  # noqa: PLR0913 - a click command: one parameter per option
@@ -567,7 +568,7 @@ def status_cmd(as_json: bool) -> None:
 
 @click.group("issues")
 def issues_group() -> None:
-    """Look at issues that were sent."""
+    """Issues that were sent: list, show."""
 
 
 @issues_group.command("list")
@@ -606,7 +607,7 @@ def issues_show(issue_id: int) -> None:
 
 @click.group("lists")
 def lists_group() -> None:
-    """Mailing lists: create, edit, list, show and delete them."""
+    """Mailing lists: create, edit, list, show, delete."""
 
 
 WHEN_NOTHING_MATCHES_HELP = ("For readers whose keywords have nothing new: skip sends them "
@@ -753,7 +754,7 @@ def lists_delete(list_name: str, yes: bool) -> None:
 
 @click.group("subscribers")
 def subscribers_group() -> None:
-    """Subscribers: add, list, show, remove, forget, import and export them."""
+    """Subscribers: add, list, show, remove, forget, import, export."""
 
 
 @subscribers_group.command("add")

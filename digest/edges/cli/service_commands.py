@@ -31,8 +31,10 @@ def duration(text: str, option: str) -> timedelta:
 
 @click.group("schedules")
 def schedules_group() -> None:
-    """When issues go out by themselves: add, list, pause, resume, run, remove schedules
-    and see their history."""
+    """Schedules: add, list, pause, resume, run, remove, history.
+
+    A schedule sends a list's next issue by itself, at the times it names.
+    """
 
 
 @schedules_group.command("add")
@@ -250,7 +252,7 @@ def serve_cmd(host: str, port: int, no_scheduler: bool) -> None:
 
 @click.group("editors")
 def editors_group() -> None:
-    """Accounts of the people who use the web app: add, list, remove, sign out."""
+    """Web app accounts: add, list, remove, sign-out."""
 
 
 @editors_group.command("add")
