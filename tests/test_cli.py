@@ -367,9 +367,10 @@ def test_db_names_the_database_over_the_environment_and_the_file(
     assert result.exit_code == 0, result.output
     assert (tmp_path / "flag.db").exists()
     assert not (tmp_path / "env.db").exists() and not (tmp_path / "file.db").exists()
-    shown = runner.invoke(cli, ["--db", "flag.db", "config"], env=env).output
-    assert re.search(rf"database_url\s+│\s+sqlite:///{re.escape(str(tmp_path))}/flag\.db\s+│"
-                     r"\s+command line", shown), shown
+    import json
+    settings = json.loads(ok(runner, "--db", "flag.db", "config", "--json"))
+    assert {"setting": "database_url", "value": f"sqlite:///{tmp_path}/flag.db",
+            "source": "command line"} in settings
     assert "weekly" in runner.invoke(cli, ["--db", "flag.db", "lists", "list"], env=env).output
     # Without --db, the environment wins over the file, as before.
     assert "weekly" not in runner.invoke(cli, ["lists", "list"], env=env).output

@@ -46,20 +46,22 @@ if TYPE_CHECKING:
 @click.command("config")
 @click.option("--describe", "with_help", is_flag=True, help="Show each setting's help too.")
 @click.option("--markdown", is_flag=True, help="Print every setting as a Markdown table.")
+@row_formats
 @boundary
-def config_cmd(with_help: bool, markdown: bool) -> None:
+def config_cmd(with_help: bool, markdown: bool, row_format: RowFormat) -> None:
     """Print the effective settings (secrets masked) and where each came from."""
     from digest.settings import declared, markdown_table
     if markdown:
         click.echo(markdown_table(), nl=False)
         return
     loaded = state().loaded
-    table = Table("setting", "value", "from", *(["help"] if with_help else []))
     helps = {info.name: info.help for info in declared()}
-    for name, value, source in describe(loaded):
-        table.add_row(name, value, source, *([helps[name]] if with_help else []))
-    print_table(table)
-    if loaded.config_path is None:
+    columns = [Column("setting"), Column("value"), Column("source", "from"),
+               *([Column("help")] if with_help else [])]
+    print_rows(columns, ({"setting": name, "value": value, "source": source,
+                          "help": helps[name]} for name, value, source in describe(loaded)),
+               row_format)
+    if loaded.config_path is None and row_format is RowFormat.TABLE:
         out.print("No digest.toml found; using defaults and DIGEST_* variables.")
 
 
