@@ -11,10 +11,9 @@ from sqlalchemy.orm import Session
 
 from digest.errors import InvalidInputError, NotFoundError
 from digest.services.storage.db import Database
-from digest.services.storage.states import SubscriptionStatus
+from digest.services.storage.states import SubscriptionStatus, WhenNothingMatches
 from digest.services.storage.subscriber_models import (
     ENTRY_PARTS,
-    WHEN_NOTHING_MATCHES,
     MailingList,
     Subscription,
 )
@@ -31,7 +30,7 @@ class ListSummary:
     name: str
     title: str
     counts: dict[str, int]
-    when_nothing_matches: str = "skip"
+    when_nothing_matches: str = WhenNothingMatches.SKIP
 
 
 def check_slug(kind: str, name: str) -> None:
@@ -43,13 +42,14 @@ def check_slug(kind: str, name: str) -> None:
 
 
 def _check_policy(value: str) -> None:
-    if value not in WHEN_NOTHING_MATCHES:
+    if value not in set(WhenNothingMatches):
         raise InvalidInputError(f"when nothing matches must be one of "
-                                f"{', '.join(WHEN_NOTHING_MATCHES)}, not {value!r}")
+                                f"{', '.join(WhenNothingMatches)}, not {value!r}")
 
 
 def create_list(db: Database, name: str, title: str | None = None,
-                description: str = "", *, when_nothing_matches: str = "skip") -> MailingList:
+                description: str = "", *,
+                when_nothing_matches: str = WhenNothingMatches.SKIP) -> MailingList:
     """Create a list; its name is a short slug (a-z, 0-9, - and _). Its title goes in
     every email's Subject and List-Id: one clean line (:func:`subscribers.fields.one_line`).
     """

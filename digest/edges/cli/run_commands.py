@@ -31,7 +31,7 @@ from digest.edges.cli.base import (
 from digest.edges.cli.output import Column, RowFormat, print_rows, print_table, row_formats
 from digest.errors import InvalidInputError
 from digest.services.feeds import tls
-from digest.services.storage.states import SubscriptionStatus
+from digest.services.storage.states import SubscriptionStatus, WhenNothingMatches
 from digest.settings import describe
 
 if TYPE_CHECKING:
@@ -629,8 +629,9 @@ def _lookback_days(days: int | None) -> str:
 @lists_group.command("create")
 @list_option("The new list's name: lower-case letters, digits, - and _.")
 @click.option("--title", help="The title shown in emails (default: from the name).")
-@click.option("--when-nothing-matches", type=click.Choice(["skip", "full"]), default="skip",
-              show_default=True, help=WHEN_NOTHING_MATCHES_HELP)
+@click.option("--when-nothing-matches", type=click.Choice([w.value for w in WhenNothingMatches]),
+              default=WhenNothingMatches.SKIP.value, show_default=True,
+              help=WHEN_NOTHING_MATCHES_HELP)
 @click.option("--language", default="en", show_default=True, help=LANGUAGE_HELP)
 @click.option("--lookback-days", type=click.IntRange(0, 3650), metavar="DAYS",
               help=LOOKBACK_HELP)
@@ -649,7 +650,7 @@ def lists_create(list_name: str, title: str | None, when_nothing_matches: str,
 @lists_group.command("edit")
 @list_option("The list to change.")
 @click.option("--title", help="A new title.")
-@click.option("--when-nothing-matches", type=click.Choice(["skip", "full"]),
+@click.option("--when-nothing-matches", type=click.Choice([w.value for w in WhenNothingMatches]),
               help=WHEN_NOTHING_MATCHES_HELP)
 @click.option("--language", help=LANGUAGE_HELP)
 @click.option("--logo", "logo_url", metavar="URL",

@@ -42,6 +42,7 @@ from digest.services.storage.models import (
     IssueEntry,
     IssueStatus,
 )
+from digest.services.storage.states import WhenNothingMatches
 from digest.services.storage.subscriber_models import MailingList
 from subscribers.lists import get_list
 
@@ -62,7 +63,7 @@ class Draft:
     window_start: datetime
     window_end: datetime
     edit: EditView | None = None
-    when_nothing_matches: str = "skip"
+    when_nothing_matches: str = WhenNothingMatches.SKIP
 
 
 @dataclass(frozen=True)

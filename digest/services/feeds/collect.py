@@ -31,6 +31,7 @@ from digest.core.feeds import (
     parse_feed,
     title_key,
 )
+from digest.core.words import counted
 from digest.errors import FeedError, InvalidInputError, NotFoundError
 from digest.services.feeds.fetch import FetchLimits, FetchRequest, FetchResult, fetch_all
 from digest.services.storage.db import Database, UTCDateTime, utcnow
@@ -539,7 +540,7 @@ def _apply_result(session: Session, feed: Feed, parsed: ParsedFeed | str, now: d
     skipped = feed.skipped
     if stored.errors:
         count = len(stored.errors)
-        error = (f"could not store {count} {'entry' if count == 1 else 'entries'}: "
+        error = (f"could not store {counted(count, 'entry', 'entries')}: "
                  + "; ".join(stored.errors[:3]) + (" …" if count > 3 else ""))
         _failed(feed, error, now)
         return FeedReport(feed.url, feed.name, "error", new=stored.new,

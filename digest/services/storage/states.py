@@ -16,3 +16,11 @@ class SubscriptionStatus(StrEnum):
     UNSUBSCRIBED = "unsubscribed"  # left; kept, so nothing revives it
     BOUNCED = "bounced"            # the address bounced
     COMPLAINED = "complained"      # the reader marked an issue as spam
+
+
+class WhenNothingMatches(StrEnum):
+    """What a list sends a reader none of whose keywords has anything new
+    (``MailingList.when_nothing_matches``)."""
+
+    SKIP = "skip"  # no email that week
+    FULL = "full"  # the whole issue
