@@ -5,7 +5,7 @@ PostgreSQL, with the same guarantees as ever (rejects by line, never reviving, t
 file twice changes nothing); bounded memory.
 
 Run: .venv/bin/python bench/bench_import.py [N] [sqlite|DATABASE_URL]
-Each step is `digest …` in a fresh process: `digest lists create weekly`, then
+Each step is `digest …` in a fresh process: `digest lists create --list weekly`, then
 `digest subscribers import people.csv --list weekly` twice (the second changes nothing).
 The CSV has 97 domains and 0–3 of 8 keywords a row.
 """
@@ -51,7 +51,7 @@ def main() -> None:
             for i in range(n):
                 chosen = ";".join(rng.sample(keywords, rng.randint(0, 3)))
                 out.write(f"Reader.{i}@Example{i % 97}.org,Reader {i},{chosen}\n")
-        run([*digest, "lists", "create", "weekly"], env, folder)
+        run([*digest, "lists", "create", "--list", "weekly"], env, folder)
         command = [*digest, "subscribers", "import", "people.csv", "--list", "weekly"]
         took, peak, output = run(command, env, folder)
         kind = url.split(":")[0]

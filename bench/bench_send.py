@@ -268,7 +268,8 @@ def main() -> None:  # noqa: PLR0912, PLR0915 - the benchmark's steps, in the or
                     "DIGEST_SENDGRID_HOST": f"http://127.0.0.1:{port}"})
         for name in SAMPLE_FEEDS:
             run([*digest, "feeds", "add", feeds.url(name)], env, folder)
-        run([*digest, "lists", "create", "weekly", "--title", "The Weekly Recap"], env, folder)
+        run([*digest, "lists", "create", "--list", "weekly", "--title", "The Weekly Recap"], env,
+            folder)
         write_csv(folder / "people.csv", n)
         took, _, peak, _ = run([*digest, "subscribers", "import", "people.csv", "--list",
                                 "weekly"], env, folder)

@@ -79,7 +79,8 @@ class Settings:
         600, "Longest entry summary, in characters of text; longer ones are cut at a word.")
     max_entry_age_days: int = setting(
         90, "Entries dated more than this many days before a collect are not stored (counted "
-        "as too old), never fewer than lookback_days; 0: every entry is stored.")
+        "as too old), never fewer than lookback_days or any list's own lookback; 0: every entry "
+        "is stored.")
 
     # Grouping
     keyword_order: list[str] = setting(
@@ -94,7 +95,8 @@ class Settings:
 
     # Issues
     lookback_days: int = setting(
-        7, "An issue holds entries dated within this many days that no earlier issue held.")
+        7, "An issue holds entries dated within this many days that no earlier issue held; "
+        "a list's own window (`digest lists edit --list NAME --lookback-days N`) wins.")
     subject_template: str = setting(
         "{list_title}: {top_sections}",
         "Subject of an issue; {list_title}, {date}, {count} and {top_sections} are filled in.")

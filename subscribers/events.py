@@ -26,12 +26,8 @@ from sqlalchemy.orm import Session
 from digest.errors import DigestError
 from digest.services.storage.db import Database, utcnow
 from digest.services.storage.models import Delivery, WebhookEvent
-from digest.services.storage.subscriber_models import (
-    Subscriber,
-    Subscription,
-    SubscriptionStatus,
-    Suppression,
-)
+from digest.services.storage.states import SubscriptionStatus
+from digest.services.storage.subscriber_models import Subscriber, Subscription, Suppression
 from subscribers.addresses import address_hash, address_key
 from subscribers.subscriptions import ON_LIST, unsubscribe
 

@@ -38,12 +38,8 @@ from sqlalchemy import cast as cast_
 from digest.errors import InvalidInputError
 from digest.services.storage.db import Database, among, utcnow
 from digest.services.storage.files import open_private
-from digest.services.storage.subscriber_models import (
-    Subscriber,
-    Subscription,
-    SubscriptionStatus,
-    Suppression,
-)
+from digest.services.storage.states import SubscriptionStatus
+from digest.services.storage.subscriber_models import Subscriber, Subscription, Suppression
 from subscribers.addresses import address_hash, address_key, normalize_address
 from subscribers.fields import one_line
 from subscribers.lists import get_list

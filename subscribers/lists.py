@@ -11,12 +11,11 @@ from sqlalchemy.orm import Session
 
 from digest.errors import InvalidInputError, NotFoundError
 from digest.services.storage.db import Database
+from digest.services.storage.states import SubscriptionStatus, WhenNothingMatches
 from digest.services.storage.subscriber_models import (
     ENTRY_PARTS,
-    WHEN_NOTHING_MATCHES,
     MailingList,
     Subscription,
-    SubscriptionStatus,
 )
 from subscribers.fields import one_line
 
@@ -31,7 +30,7 @@ class ListSummary:
     name: str
     title: str
     counts: dict[str, int]
-    when_nothing_matches: str = "skip"
+    when_nothing_matches: str = WhenNothingMatches.SKIP
 
 
 def check_slug(kind: str, name: str) -> None:
@@ -43,13 +42,14 @@ def check_slug(kind: str, name: str) -> None:
 
 
 def _check_policy(value: str) -> None:
-    if value not in WHEN_NOTHING_MATCHES:
+    if value not in set(WhenNothingMatches):
         raise InvalidInputError(f"when nothing matches must be one of "
-                                f"{', '.join(WHEN_NOTHING_MATCHES)}, not {value!r}")
+                                f"{', '.join(WhenNothingMatches)}, not {value!r}")
 
 
 def create_list(db: Database, name: str, title: str | None = None,
-                description: str = "", *, when_nothing_matches: str = "skip") -> MailingList:
+                description: str = "", *,
+                when_nothing_matches: str = WhenNothingMatches.SKIP) -> MailingList:
     """Create a list; its name is a short slug (a-z, 0-9, - and _). Its title goes in
     every email's Subject and List-Id: one clean line (:func:`subscribers.fields.one_line`).
     """
@@ -66,6 +66,7 @@ def create_list(db: Database, name: str, title: str | None = None,
     return mailing_list
 
 
+MAX_LOOKBACK_DAYS = 3650  # ten years: past that a window is a mistake, not a choice
 _LANGUAGE = re.compile(r"^[A-Za-z]{2,3}(?:-[A-Za-z0-9]{2,8})*$")
 
 
@@ -81,16 +82,10 @@ def check_parts(text: str) -> str:
     return ",".join(parts)
 
 
-def edit_list(db: Database, name: str, *, title: str | None = None,  # noqa: PLR0913 - keyword-only: one per list setting
-              when_nothing_matches: str | None = None, language: str | None = None,
-              logo_url: str | None = None, logo_alt: str | None = None,
-              logo_size: tuple[int, int] | None = None, entry_parts: str | None = None,
-              lead_max_chars: int | None = None) -> MailingList:
-    """Change a list's title, its policy for readers whose keywords match nothing, or how
-    its emails look (language, masthead logo, what each entry shows, lead length).
-
-    ``logo_url=""`` removes the logo; a logo needs its alt text and its size.
-    """
+def _check_edit(language: str | None, logo_url: str | None,
+                logo_size: tuple[int, int] | None, lead_max_chars: int | None,
+                lookback_days: int | None) -> None:
+    """Refuse, with what is wrong, a value :func:`edit_list` cannot store."""
     if language is not None and not _LANGUAGE.match(language):
         raise InvalidInputError(f"language {language!r} is not a language tag like en, ar "
                                 "or pt-BR")
@@ -101,6 +96,24 @@ def edit_list(db: Database, name: str, *, title: str | None = None,  # noqa: PLR
                                 "(--logo-width, --logo-height)")
     if lead_max_chars is not None and not 40 <= lead_max_chars <= 2000:
         raise InvalidInputError(f"lead length {lead_max_chars} must be 40 to 2000 characters")
+    if lookback_days is not None and not 0 <= lookback_days <= MAX_LOOKBACK_DAYS:
+        raise InvalidInputError(f"lookback of {lookback_days} days must be 1 to "
+                                f"{MAX_LOOKBACK_DAYS} (or 0 for the lookback_days setting)")
+
+
+def edit_list(db: Database, name: str, *, title: str | None = None,  # noqa: PLR0913 - keyword-only: one per list setting
+              when_nothing_matches: str | None = None, language: str | None = None,
+              logo_url: str | None = None, logo_alt: str | None = None,
+              logo_size: tuple[int, int] | None = None, entry_parts: str | None = None,
+              lead_max_chars: int | None = None,
+              lookback_days: int | None = None) -> MailingList:
+    """Change a list's title, its policy for readers whose keywords match nothing, how
+    its emails look (language, masthead logo, what each entry shows, lead length), or how
+    many days back its issues look (``lookback_days``; 0 goes back to the setting).
+
+    ``logo_url=""`` removes the logo; a logo needs its alt text and its size.
+    """
+    _check_edit(language, logo_url, logo_size, lead_max_chars, lookback_days)
     with db.session() as session:
         mailing_list = get_list(session, name)
         if title and (title := one_line(title, most=300)):
@@ -124,6 +137,8 @@ def edit_list(db: Database, name: str, *, title: str | None = None,  # noqa: PLR
             mailing_list.entry_parts = check_parts(entry_parts)
         if lead_max_chars is not None:
             mailing_list.lead_max_chars = lead_max_chars
+        if lookback_days is not None:
+            mailing_list.lookback_days = lookback_days or None
     return mailing_list
 
 
@@ -133,7 +148,7 @@ def get_list(session: Session, name: str) -> MailingList:
     if found is None:
         raise NotFoundError(f"no list named {name!r}",
                             hint="`digest lists list` shows the lists; "
-                                 "`digest lists create NAME` makes one")
+                                 "`digest lists create --list NAME` makes one")
     return found
 
 

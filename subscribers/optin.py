@@ -21,12 +21,8 @@ from digest.core.tokens import InvalidToken
 from digest.services.storage.context import Context
 from digest.services.storage.db import utcnow
 from digest.services.storage.models import delete_deliveries
-from digest.services.storage.subscriber_models import (
-    MailingList,
-    Subscriber,
-    Subscription,
-    SubscriptionStatus,
-)
+from digest.services.storage.states import SubscriptionStatus
+from digest.services.storage.subscriber_models import MailingList, Subscriber, Subscription
 from digest.services.transports import Transport, make_transport
 from subscribers.addresses import normalize_address
 from subscribers.fields import one_line

@@ -17,12 +17,8 @@ from digest.core.grouping import UNTAGGED_KEY, KeywordConfig, KeywordNames
 from digest.core.tokens import InvalidToken
 from digest.services.storage.db import Database, utcnow
 from digest.services.storage.models import Issue, IssueStatus
-from digest.services.storage.subscriber_models import (
-    MailingList,
-    Subscriber,
-    Subscription,
-    SubscriptionStatus,
-)
+from digest.services.storage.states import SubscriptionStatus
+from digest.services.storage.subscriber_models import MailingList, Subscriber, Subscription
 from subscribers.subscriptions import LEFT, ON_LIST, clean_keywords, segment_of, unsubscribe
 
 # Confirmed subscriptions a reader can pause and resume, and choose topics for.

@@ -20,12 +20,8 @@ from digest.core.grouping import keyword_key
 from digest.errors import InvalidInputError, NotFoundError
 from digest.services.storage.db import Database, among, utcnow
 from digest.services.storage.models import delete_deliveries
-from digest.services.storage.subscriber_models import (
-    Subscriber,
-    Subscription,
-    SubscriptionStatus,
-    Suppression,
-)
+from digest.services.storage.states import SubscriptionStatus
+from digest.services.storage.subscriber_models import Subscriber, Subscription, Suppression
 from subscribers.addresses import address_hash, address_key, normalize_address
 from subscribers.fields import one_line
 from subscribers.lists import get_list

@@ -320,12 +320,10 @@ def test_the_scheduler_and_send_now_run_only_through_run_list() -> None:
 # String constants equal to a state's value that are not that state, each with why, and
 # how many times the file holds one.
 NOT_A_STATE = {
-    # `--status`'s default: importing the enum there would load SQLAlchemy into every
-    # command, `digest --help` included.
-    ("digest/edges/cli/run_commands.py", "active"): 1,
-    # A paused schedule (Schedule.paused, a flag) shown as a word.
+    # A paused schedule (Schedule.paused, a flag) shown as a word, and that flag's column
+    # in `schedules list` (its JSON key and CSV heading).
     ("digest/edges/cli/run_commands.py", "paused"): 1,
-    ("digest/edges/cli/service_commands.py", "paused"): 1,
+    ("digest/edges/cli/service_commands.py", "paused"): 3,
     # The name of the preferences form's checkbox.
     ("digest/edges/web/public.py", "paused"): 1,
     # How a collect went (ok or partial), a field of its log line.
@@ -356,7 +354,7 @@ def test_states_are_spelt_by_their_enums() -> None:
     state binds the member or formats it in."""
     from digest.services.storage.models import BatchStatus, DeliveryStatus, IssueStatus
     from digest.services.storage.schedule_models import RunStatus
-    from digest.services.storage.subscriber_models import SubscriptionStatus
+    from digest.services.storage.states import SubscriptionStatus
     members: dict[str, list[str]] = {}
     for enum in (DeliveryStatus, BatchStatus, IssueStatus, SubscriptionStatus, RunStatus):
         for member in enum:

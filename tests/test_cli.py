@@ -34,7 +34,7 @@ def test_the_whole_job_from_the_command_line(runner: CliRunner, tmp_path: Path,
     broken = feed_server.add("/broken", Route(status=503))
     ok(runner, "feeds", "add", url, "--name", "Desk")
     ok(runner, "feeds", "add", broken)
-    ok(runner, "lists", "create", "weekly", "--title", "The Weekly Recap")
+    ok(runner, "lists", "create", "--list", "weekly", "--title", "The Weekly Recap")
     ok(runner, "subscribers", "add", "Reader@Example.ORG", "--list", "weekly", "--name", "R")
     out = ok(runner, "subscribers", "add", "reader@example.org", "--list", "weekly")
     assert "already subscribed" in out
@@ -70,7 +70,7 @@ def test_errors_are_clear_and_name_the_thing(runner: CliRunner) -> None:
     assert "Traceback" not in result.output
     result = runner.invoke(cli, ["feeds", "add", "ftp://x.example/feed"])
     assert result.exit_code == 1 and "not an http(s) URL" in result.output
-    ok(runner, "lists", "create", "weekly")
+    ok(runner, "lists", "create", "--list", "weekly")
     result = runner.invoke(cli, ["subscribers", "add", "not-an-address", "--list", "weekly"])
     assert result.exit_code == 1 and "not a valid address" in result.output
     result = runner.invoke(cli, ["--set", "lookback_days=soon", "config"])
@@ -78,7 +78,7 @@ def test_errors_are_clear_and_name_the_thing(runner: CliRunner) -> None:
 
 
 def test_removed_subscribers_stay_removed(runner: CliRunner) -> None:
-    ok(runner, "lists", "create", "weekly")
+    ok(runner, "lists", "create", "--list", "weekly")
     ok(runner, "subscribers", "add", "a@example.org", "--list", "weekly")
     ok(runner, "subscribers", "remove", "A@EXAMPLE.org", "--list", "weekly")
     result = runner.invoke(cli, ["subscribers", "add", "a@example.org", "--list", "weekly"])
@@ -103,12 +103,12 @@ def test_python_dash_m_and_db_upgrade(tmp_path: Path) -> None:
 
 
 def test_show_a_list_and_a_subscriber(runner: CliRunner) -> None:
-    ok(runner, "lists", "create", "weekly", "--title", "The Weekly Recap")
+    ok(runner, "lists", "create", "--list", "weekly", "--title", "The Weekly Recap")
     ok(runner, "subscribers", "add", "Ann@Example.org", "--list", "weekly", "--name", "Ann",
        "--keywords", "Iran;Syria")
     ok(runner, "subscribers", "add", "bo@example.org", "--list", "weekly")
     ok(runner, "subscribers", "remove", "bo@example.org", "--list", "weekly")
-    shown = ok(runner, "lists", "show", "weekly")
+    shown = ok(runner, "lists", "show", "--list", "weekly")
     assert "The Weekly Recap" in shown and "active 1" in shown
     assert "unsubscribed 1" in shown and "No issues yet." in shown
     person = ok(runner, "subscribers", "show", "ann@EXAMPLE.org")
@@ -116,7 +116,7 @@ def test_show_a_list_and_a_subscriber(runner: CliRunner) -> None:
     assert "weekly: active, topics: Iran; Syria" in person
     result = runner.invoke(cli, ["subscribers", "show", "nobody@example.org"])
     assert result.exit_code == 1 and "no subscriber nobody@example.org" in result.output
-    result = runner.invoke(cli, ["lists", "show", "nope"])
+    result = runner.invoke(cli, ["lists", "show", "--list", "nope"])
     assert result.exit_code == 1 and "no list named 'nope'" in result.output
 
 
@@ -156,8 +156,8 @@ def test_the_cli_starts_without_the_heavy_libraries() -> None:
 
 def test_read_commands_load_no_pipeline_libraries(tmp_path: Path) -> None:
     env = {"DIGEST_DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}", "PATH": "/usr/bin:/bin"}
-    subprocess.run([sys.executable, "-m", "digest", "lists", "create", "weekly"], cwd=tmp_path,
-                   env=env, capture_output=True, check=True, timeout=60)
+    subprocess.run([sys.executable, "-m", "digest", "lists", "create", "--list", "weekly"],
+                   cwd=tmp_path, env=env, capture_output=True, check=True, timeout=60)
     for command in (["lists", "list"], ["issues", "list"], ["config"],
                     ["subscribers", "show", "a@example.org"]):
         # An existing database at the newest schema costs one query, not Alembic.
@@ -175,12 +175,13 @@ def test_a_command_ends_its_process_with_everything_written(tmp_path: Path) -> N
                               capture_output=True, text=True, timeout=60)
 
     for n in range(8):
-        assert digest("lists", "create", f"list{n}", "--title", f"List {n}").returncode == 0
+        created = digest("lists", "create", "--list", f"list{n}", "--title", f"List {n}")
+        assert created.returncode == 0, created.stderr
     # SQLite's write-ahead log was folded back in: the database was closed properly.
     assert not (tmp_path / "x.db-wal").exists()
     listed = digest("lists", "list")
     assert listed.returncode == 0 and all(f"list{n}" in listed.stdout for n in range(8))
-    missing = digest("lists", "show", "nope")
+    missing = digest("lists", "show", "--list", "nope")
     assert missing.returncode == 1 and "no list named 'nope'" in missing.stderr
     # A log line written just before the end (JSON, to standard error) is there whole.
     collected = digest("collect")
@@ -216,7 +217,7 @@ def test_an_import_away_from_a_terminal_logs_its_progress_in_tenths(tmp_path: Pa
         out.write("email,name,keywords\n")
         out.writelines(f"reader.{i}@example.org,Reader {i},Iran\n" for i in range(60_000))
     env = {"DIGEST_DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}", "PATH": "/usr/bin:/bin"}
-    for argv in (["lists", "create", "weekly"],
+    for argv in (["lists", "create", "--list", "weekly"],
                  ["subscribers", "import", "people.csv", "--list", "weekly"]):
         done = subprocess.run([sys.executable, "-m", "digest", *argv], cwd=tmp_path,
                               env=env, capture_output=True, text=True, timeout=120)
@@ -235,7 +236,7 @@ def test_an_import_from_a_pipe_keeps_its_rejects_in_the_working_folder(tmp_path:
     # estimate from and no folder to write beside.
     env = {"DIGEST_DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}", "PATH": "/usr/bin:/bin"}
     digest = [sys.executable, "-m", "digest"]
-    assert subprocess.run([*digest, "lists", "create", "weekly"], cwd=tmp_path, env=env,
+    assert subprocess.run([*digest, "lists", "create", "--list", "weekly"], cwd=tmp_path, env=env,
                           capture_output=True, timeout=60).returncode == 0
     read_end, write_end = os.pipe()
     with subprocess.Popen([*digest, "subscribers", "import", f"/dev/fd/{read_end}", "--list",
@@ -256,9 +257,157 @@ def test_the_cycle_collector_runs_in_every_command(tmp_path: Path) -> None:
     # Collecting less often while modules load, it must still run through long work (a
     # send, an import, `digest serve`), or their cyclic garbage would pile up.
     env = {"DIGEST_DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}", "PATH": "/usr/bin:/bin"}
-    for command in (["lists", "create", "weekly"], ["lists", "list"], ["--help"]):
+    for command in (["lists", "create", "--list", "weekly"], ["lists", "list"], ["--help"]):
         status, printed = _printed_at_exit(
             "'collecting', gc.isenabled(), gc.get_threshold()[0]", _main(command),
             cwd=tmp_path, env=env)
         assert status == 0, printed
         assert printed == f"collecting True {YOUNGEST_ROUND}", (command, printed)
+
+
+def test_a_table_off_a_terminal_is_printed_whole(tmp_path: Path) -> None:
+    # `digest lists list | cat`: no heading or cell cut to fit 80 columns.
+    env = {"DIGEST_DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}", "PATH": "/usr/bin:/bin"}
+    title = "The Weekly Recap of the Middle East Desk, in English and in Arabic"
+    for argv in (["lists", "create", "--list", "weekly", "--title", title], ["lists", "list"]):
+        done = subprocess.run([sys.executable, "-m", "digest", *argv], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+    assert "…" not in done.stdout
+    [heading] = [line for line in done.stdout.splitlines() if "name" in line]
+    assert all(word in heading for word in ("unsubscribed", "complained", "bounced"))
+    assert title in done.stdout
+
+
+def _listings(runner: CliRunner, feed_server: FeedServer) -> dict[str, list[str]]:
+    """A desk with one of everything; each listing command with the keys of its rows."""
+    date = format_datetime(datetime.now(UTC) - timedelta(days=1))
+    url = feed_server.add("/f.xml", body=rss([
+        {"title": "Recap: Iran Moves in Syria", "guid": "1", "link": "https://n.example/1",
+         "date": date, "tags": ["Iran"]}]))
+    ok(runner, "feeds", "add", url, "--name", "=HYPERLINK(\"https://evil.example\")")
+    ok(runner, "lists", "create", "--list", "weekly")
+    ok(runner, "subscribers", "add", "ann@example.org", "--list", "weekly", "--keywords",
+       "Iran;Syria")
+    ok(runner, "send", "--list", "weekly")
+    ok(runner, "schedules", "add", "monday", "--list", "weekly", "--cron", "0 8 * * mon",
+       "--timezone", "UTC")
+    ok(runner, "schedules", "run", "monday")
+    result = runner.invoke(cli, ["editors", "add", "layla", "--password-stdin"],
+                           input="a long enough password\n")
+    assert result.exit_code == 0, result.output
+    return {
+        "feeds list": ["id", "name", "url", "last_fetched_at", "status", "error", "entries",
+                       "skipped_by_last_read"],
+        "lists list": ["name", "title", "pending", "active", "paused", "unsubscribed",
+                       "bounced", "complained"],
+        "subscribers list --list weekly": ["email", "name", "status", "keywords", "since"],
+        "issues list": ["id", "list", "number", "subject", "status", "created_at",
+                        "accepted", "failed", "uncertain"],
+        "schedules list": ["name", "list", "expression", "timezone", "paused", "next_fires",
+                           "skip_empty", "approval_wait_minutes", "misfire_grace_minutes"],
+        "schedules history monday": ["slot", "started_at", "finished_at", "issue", "counts",
+                                     "status", "message", "trigger", "attempts"],
+        "editors list": ["name", "last_sign_in"],
+    }
+
+
+def test_every_listing_prints_json_and_csv(runner: CliRunner, feed_server: FeedServer) -> None:
+    import csv
+    import io
+    import json
+    for command, keys in _listings(runner, feed_server).items():
+        rows = json.loads(ok(runner, *command.split(), "--json"))
+        assert rows and all(list(row) == keys for row in rows), (command, rows)
+        [header, *lines] = list(csv.reader(io.StringIO(ok(runner, *command.split(), "--csv"))))
+        assert header == keys and len(lines) == len(rows), command
+        both = runner.invoke(cli, [*command.split(), "--json", "--csv"])
+        assert both.exit_code == 2 and "--json and --csv are alternatives" in both.output
+    [feed] = json.loads(ok(runner, "feeds", "list", "--json"))
+    assert feed["entries"] == 1 and feed["status"] == "ok" and feed["error"] is None
+    [person] = json.loads(ok(runner, "subscribers", "list", "--list", "weekly", "--json"))
+    assert person["keywords"] == ["Iran", "Syria"] and person["status"] == "active"
+    [issue] = json.loads(ok(runner, "issues", "list", "--json"))
+    assert issue["accepted"] == 1 and issue["list"] == "weekly"
+    [schedule] = json.loads(ok(runner, "schedules", "list", "--json"))
+    assert len(schedule["next_fires"]) == 3 and schedule["approval_wait_minutes"] is None
+    # A feed's name a spreadsheet would run is quoted, as in a subscribers export.
+    [_, cells] = list(csv.reader(io.StringIO(ok(runner, "feeds", "list", "--csv"))))
+    assert cells[1] == "'=HYPERLINK(\"https://evil.example\")"
+    assert "'Iran; Syria'" not in ok(runner, "subscribers", "list", "--list", "weekly", "--csv")
+    # Empty listings are still read by a script.
+    ok(runner, "lists", "create", "--list", "empty")
+    assert json.loads(ok(runner, "subscribers", "list", "--list", "empty", "--json")) == []
+    assert ok(runner, "subscribers", "list", "--list", "empty", "--csv").strip() == \
+        "email,name,status,keywords,since"
+
+
+def test_counts_are_pluralized(runner: CliRunner, feed_server: FeedServer) -> None:
+    date = format_datetime(datetime.now(UTC) - timedelta(days=1))
+    url = feed_server.add("/f.xml", body=rss([
+        {"title": "Recap: Iran Moves in Syria", "guid": "1", "link": "https://n.example/1",
+         "date": date, "tags": ["Iran"]}]))
+    ok(runner, "feeds", "add", url)
+    ok(runner, "lists", "create", "--list", "weekly")
+    ok(runner, "subscribers", "add", "ann@example.org", "--list", "weekly")
+    assert "Collected 1 feed: 1 new entry (1 read" in ok(runner, "collect")
+    previewed = ok(runner, "preview", "--list", "weekly")
+    assert "1 entry in 1 section," in previewed
+    assert "1 subscriber." in ok(runner, "subscribers", "list", "--list", "weekly")
+    assert "lead up to 300 characters" in ok(runner, "lists", "show", "--list", "weekly")
+    ok(runner, "subscribers", "add", "bo@example.org", "--list", "weekly")
+    assert "2 subscribers." in ok(runner, "subscribers", "list", "--list", "weekly")
+
+
+def test_db_names_the_database_over_the_environment_and_the_file(
+        runner: CliRunner, tmp_path: Path) -> None:
+    (tmp_path / "digest.toml").write_text(f'database_url = "sqlite:///{tmp_path}/file.db"\n',
+                                          encoding="utf-8")
+    env = {"DIGEST_DATABASE_URL": f"sqlite:///{tmp_path}/env.db"}
+    result = runner.invoke(cli, ["--db", "flag.db", "lists", "create", "--list", "weekly"],
+                           env=env)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "flag.db").exists()
+    assert not (tmp_path / "env.db").exists() and not (tmp_path / "file.db").exists()
+    import json
+    settings = json.loads(ok(runner, "--db", "flag.db", "config", "--json"))
+    assert {"setting": "database_url", "value": f"sqlite:///{tmp_path}/flag.db",
+            "source": "command line"} in settings
+    assert "weekly" in runner.invoke(cli, ["--db", "flag.db", "lists", "list"], env=env).output
+    # Without --db, the environment wins over the file, as before.
+    assert "weekly" not in runner.invoke(cli, ["lists", "list"], env=env).output
+    both = runner.invoke(cli, ["--db", "a.db", "--set", "database_url=sqlite:///b.db",
+                               "lists", "list"])
+    assert both.exit_code == 2 and "give one of them" in both.output
+
+
+def test_a_list_looks_back_as_far_as_it_says(runner: CliRunner,
+                                             feed_server: FeedServer) -> None:
+    def dated(days: int) -> str:
+        return format_datetime(datetime.now(UTC) - timedelta(days=days))
+
+    url = feed_server.add("/f.xml", body=rss([
+        {"title": "Recap: This Week", "guid": "1", "link": "https://n.example/1",
+         "date": dated(1), "tags": ["Iran"]},
+        {"title": "Recap: Three Weeks Ago", "guid": "2", "link": "https://n.example/2",
+         "date": dated(20), "tags": ["Iran"]},
+        {"title": "Recap: Four Months Ago", "guid": "3", "link": "https://n.example/3",
+         "date": dated(120), "tags": ["Iran"]}]))
+    ok(runner, "feeds", "add", url)
+    ok(runner, "lists", "create", "--list", "weekly")
+    ok(runner, "lists", "create", "--list", "monthly", "--lookback-days", "30")
+    ok(runner, "lists", "create", "--list", "yearly")
+    edited = ok(runner, "lists", "edit", "--list", "yearly", "--lookback-days", "365")
+    assert "issues look back 365 days." in edited
+    # The longest list's window decides what a collect keeps, past max_entry_age_days.
+    assert "3 new entries" in ok(runner, "collect")
+    assert "1 entry in" in ok(runner, "preview", "--list", "weekly", "--out", "w.html")
+    assert "2 entries in" in ok(runner, "preview", "--list", "monthly", "--out", "m.html")
+    assert "3 entries in" in ok(runner, "preview", "--list", "yearly", "--out", "y.html")
+    assert "Issues look back 30 days." in ok(runner, "lists", "show", "--list", "monthly")
+    assert "Issues look back 7 days (the lookback_days setting)." in ok(
+        runner, "lists", "show", "--list", "weekly")
+    ok(runner, "lists", "edit", "--list", "monthly", "--lookback-days", "0")
+    assert "1 entry in" in ok(runner, "preview", "--list", "monthly", "--out", "m.html")
+    wrong = runner.invoke(cli, ["lists", "edit", "--list", "weekly", "--lookback-days", "-1"])
+    assert wrong.exit_code == 2 and "0<=x<=3650" in wrong.output

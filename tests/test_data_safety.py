@@ -276,7 +276,7 @@ def test_the_same_characters_come_in_clean_from_the_command_line(
         runner: CliRunner, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'cli.db'}"
     env = {"DIGEST_DATABASE_URL": url}
-    assert runner.invoke(cli, ["lists", "create", "weekly", "--title",
+    assert runner.invoke(cli, ["lists", "create", "--list", "weekly", "--title",
                                "The\u2028Weekly\vRecap"], env=env).exit_code == 0
     result = runner.invoke(cli, ["subscribers", "add", "Ann\u200b@Example.org", "--list",
                                  "weekly", "--name", _hostile("Ann", "Lee"),

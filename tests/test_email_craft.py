@@ -394,7 +394,7 @@ def test_images_read_also_keywords_and_the_keyword_page(tmp_path: Path,
                fetch_allow_private=LOOPBACK)
     env = {"DIGEST_DATABASE_URL": ctx.settings.database_url, "PATH": "/usr/bin:/bin",
            "DIGEST_FETCH_ALLOW_PRIVATE": ",".join(LOOPBACK)}
-    edit = subprocess.run([sys.executable, "-m", "digest", "lists", "edit", "weekly",
+    edit = subprocess.run([sys.executable, "-m", "digest", "lists", "edit", "--list", "weekly",
                            "--logo", f"{feed_server.base}/img/logo.png", "--logo-alt",
                            "The Weekly Recap", "--lead-length", "60"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)

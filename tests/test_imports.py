@@ -106,7 +106,7 @@ def test_export_round_trips(ctx: Context, tmp_path: Path) -> None:
 
 
 def test_cli_import_and_export(runner: CliRunner, tmp_path: Path) -> None:
-    assert runner.invoke(cli, ["lists", "create", "weekly"]).exit_code == 0
+    assert runner.invoke(cli, ["lists", "create", "--list", "weekly"]).exit_code == 0
     write(tmp_path / "people.csv", MESSY)
     result = runner.invoke(cli, ["subscribers", "import", "people.csv", "--list", "weekly"])
     assert result.exit_code == 0, result.output

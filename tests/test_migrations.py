@@ -62,6 +62,35 @@ def test_an_old_schema_is_upgraded_on_open(tmp_path: Path) -> None:
         db.dispose()
 
 
+def test_a_list_made_before_its_own_lookback_keeps_the_setting(tmp_path: Path) -> None:
+    # 0014 adds lists.lookback_days; a list from before has none, so its issues keep
+    # looking back `lookback_days`, and the migration goes down again cleanly.
+    from sqlalchemy import inspect, text
+
+    from digest.services.storage.db import downgrade, make_engine, schema_revision, upgrade
+    url = f"sqlite:///{tmp_path}/old.db"
+    engine = make_engine(url)
+    upgrade(engine, "0013")
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO lists (name, title, description, when_nothing_matches,"
+                          " created_at) VALUES ('weekly', 'Weekly', '', 'skip', "
+                          "'2026-12-01 00:00:00')"))
+    engine.dispose()
+    db = open_database(url)
+    try:
+        with db.engine.connect() as conn:
+            assert conn.execute(text("SELECT lookback_days FROM lists")).all() == [(None,)]
+    finally:
+        db.dispose()
+    engine = make_engine(url)
+    try:
+        downgrade(engine, "0013")
+        assert schema_revision(engine) == "0013"
+        assert "lookback_days" not in {c["name"] for c in inspect(engine).get_columns("lists")}
+    finally:
+        engine.dispose()
+
+
 def test_among_finds_exactly_the_values_given(database_url: str) -> None:
     # The lists bound as one parameter (JSON text on SQLite, an array literal on
     # PostgreSQL) must match awkward strings exactly, and ints.

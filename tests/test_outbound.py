@@ -210,7 +210,7 @@ def test_preview_check_links_reports_the_refusal(tmp_path: Path, target: FeedSer
         return subprocess.run([sys.executable, "-m", "digest", *argv], cwd=tmp_path, env=env,
                               capture_output=True, text=True, timeout=120)
 
-    for argv in (["feeds", "add", url], ["collect"], ["lists", "create", "weekly"],
+    for argv in (["feeds", "add", url], ["collect"], ["lists", "create", "--list", "weekly"],
                  ["subscribers", "add", "reader@example.org", "--list", "weekly"]):
         assert digest(*argv).returncode == 0, argv
     run = digest("preview", "--list", "weekly", "--out", str(tmp_path / "p.html"),

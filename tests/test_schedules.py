@@ -185,7 +185,7 @@ def test_manual_run_takes_the_missed_slot_or_the_next(newsroom: Context) -> None
 def test_schedules_cli(tmp_path: Path, runner: CliRunner) -> None:
     env = {"DIGEST_DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}",
            "DIGEST_TRANSPORT": "outbox", "DIGEST_OUTBOX_DIR": str(tmp_path / "out")}
-    assert runner.invoke(cli, ["lists", "create", "weekly"], env=env).exit_code == 0
+    assert runner.invoke(cli, ["lists", "create", "--list", "weekly"], env=env).exit_code == 0
     added = runner.invoke(cli, ["schedules", "add", "monday", "--list", "weekly", "--cron",
                                 "0 8 * * 1", "--timezone", "America/New_York"], env=env)
     assert added.exit_code == 0, added.output

@@ -178,7 +178,7 @@ def test_cli_sandbox_and_key_from_environment(runner: CliRunner, tmp_path: Path,
     env = {"SENDGRID_API_KEY": KEY, "DIGEST_TRANSPORT": "sendgrid",
            "DIGEST_SENDGRID_HOST": standin.url}
     for args in (["feeds", "add", feed_server.add("/f.xml", body=rss([recap(1)]))],
-                 ["lists", "create", "weekly"],
+                 ["lists", "create", "--list", "weekly"],
                  ["subscribers", "add", "a@example.org", "--list", "weekly"]):
         assert runner.invoke(cli, args, env=env).exit_code == 0
     result = runner.invoke(cli, ["-v", "send", "--list", "weekly", "--sandbox"], env=env)

@@ -13,6 +13,7 @@ import logging
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
@@ -157,11 +158,15 @@ def progress_bar(description: str, *, enabled: bool) -> Iterator[Callable[[int, 
               help="Settings file (default: ./digest.toml, or $DIGEST_CONFIG).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override one setting for this run (repeatable).")
+@click.option("--db", "db_path", type=click.Path(dir_okay=False, path_type=Path),
+              metavar="PATH",
+              help="The SQLite database file to use: the same as --set "
+                   "database_url=sqlite:///PATH, over DIGEST_DATABASE_URL and digest.toml.")
 @click.option("-v", "--verbose", is_flag=True, help="Log debugging detail.")
 @click.pass_context
 @boundary
 def cli(click_ctx: click.Context, config_path: str | None, overrides: tuple[str, ...],
-        verbose: bool) -> None:
+        db_path: Path | None, verbose: bool) -> None:
     """Turn feeds of news recaps into a weekly email digest and send it."""
     pairs = {}
     for item in overrides:
@@ -169,6 +174,14 @@ def cli(click_ctx: click.Context, config_path: str | None, overrides: tuple[str,
         if not sep:
             raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--set")
         pairs[key.strip()] = value
+    if db_path is not None:
+        if "database_url" in pairs:
+            raise click.UsageError("--db and --set database_url=… both name the database: "
+                                   "give one of them.")
+        # Absolute, so that `send --jobs`' helpers, started with these overrides, open the
+        # same file wherever they run.
+        overrides = (*overrides, f"database_url={sqlite_url(db_path)}")
+        pairs["database_url"] = sqlite_url(db_path)
     loaded = load_settings(config_path, overrides=pairs)
     for console in (out, err):
         # Away from a terminal (a log file, cron's mail, a pipe) a message stays one line,
@@ -179,6 +192,16 @@ def cli(click_ctx: click.Context, config_path: str | None, overrides: tuple[str,
               log_format=loaded.settings.log_format, console=err)
     click_ctx.obj = State(loaded, config_path, overrides)
     click_ctx.call_on_close(lambda: click_ctx.obj._ctx and click_ctx.obj._ctx.close())
+
+
+def list_option(help: str, *, required: bool = True) -> Callable[[F], F]:
+    """The `--list NAME` option: every command that works on one list names it so."""
+    return click.option("--list", "list_name", required=required, metavar="NAME", help=help)
+
+
+def sqlite_url(path: Path) -> str:
+    """The SQLAlchemy URL of the SQLite file at ``path``, made absolute."""
+    return f"sqlite:///{path.expanduser().absolute()}"
 
 
 def state() -> State:

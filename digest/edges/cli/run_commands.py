@@ -12,22 +12,26 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 import click
 from rich.markup import escape
 from rich.table import Table
 
+from digest.core.words import counted
 from digest.edges.cli.base import (
     _interactive,
     boundary,
     err,
+    list_option,
     out,
     progress_bar,
     state,
 )
+from digest.edges.cli.output import Column, RowFormat, print_rows, print_table, row_formats
 from digest.errors import InvalidInputError
 from digest.services.feeds import tls
+from digest.services.storage.states import SubscriptionStatus, WhenNothingMatches
 from digest.settings import describe
 
 if TYPE_CHECKING:
@@ -42,26 +46,28 @@ if TYPE_CHECKING:
 @click.command("config")
 @click.option("--describe", "with_help", is_flag=True, help="Show each setting's help too.")
 @click.option("--markdown", is_flag=True, help="Print every setting as a Markdown table.")
+@row_formats
 @boundary
-def config_cmd(with_help: bool, markdown: bool) -> None:
+def config_cmd(with_help: bool, markdown: bool, row_format: RowFormat) -> None:
     """Print the effective settings (secrets masked) and where each came from."""
     from digest.settings import declared, markdown_table
     if markdown:
         click.echo(markdown_table(), nl=False)
         return
     loaded = state().loaded
-    table = Table("setting", "value", "from", *(["help"] if with_help else []))
     helps = {info.name: info.help for info in declared()}
-    for name, value, source in describe(loaded):
-        table.add_row(name, value, source, *([helps[name]] if with_help else []))
-    out.print(table)
-    if loaded.config_path is None:
+    columns = [Column("setting"), Column("value"), Column("source", "from"),
+               *([Column("help")] if with_help else [])]
+    print_rows(columns, ({"setting": name, "value": value, "source": source,
+                          "help": helps[name]} for name, value, source in describe(loaded)),
+               row_format)
+    if loaded.config_path is None and row_format is RowFormat.TABLE:
         out.print("No digest.toml found; using defaults and DIGEST_* variables.")
 
 
 @click.group()
 def db() -> None:
-    """Manage the database."""
+    """The database: upgrade, backup, check."""
 
 
 @db.command("upgrade")
@@ -121,42 +127,90 @@ def db_check() -> None:
 
 @click.group()
 def feeds() -> None:
-    """Add, list and remove feeds."""
+    """Feeds: add, import, export, list, remove."""
 
 
 @feeds.command("add")
 @click.argument("url")
-@click.option("--name", help="A short name shown in emails and lists.")
+@click.option("--name", help="A short name shown in emails and lists (default: the host).")
 @boundary
 def feeds_add(url: str, name: str | None) -> None:
     """Add a feed by URL."""
     from digest.services.feeds.collect import add_feed
-    feed = add_feed(state().ctx.db, url, name)
-    out.print(f"Added feed {feed.name} ({feed.url}).")
+    from subscribers.fields import one_line
+    feed = add_feed(state().ctx.db, url, one_line(name or "", most=200) or None)
+    out.print(f"Added feed {feed.name} ({feed.url}).", markup=False)
+
+
+@feeds.command("import")
+@click.argument("path", metavar="FILE", type=click.File("rb"))
+@boundary
+def feeds_import(path: BinaryIO) -> None:
+    """Add every feed FILE names (OPML, as feed readers export; - reads standard input).
+
+    Outlines nested in categories are read too. Each outline that names no feed or a bad
+    address is reported with its line and left out; a feed already added (same URL) is
+    not added again, so importing a file twice changes nothing.
+    """
+    from digest.core.opml import read_opml
+    from digest.services.feeds.collect import add_feeds
+    from subscribers.fields import one_line
+    source = "standard input" if path.name == "<stdin>" else path.name
+    found = read_opml(path.read(), source=source)
+    for line, problem in found.problems:
+        err.print(f"  line {line}: {problem}; left out", markup=False)
+    done = add_feeds(state().ctx.db, ((o.url, one_line(o.title, most=200) or None)
+                                      for o in found.feeds))
+    left_out = (f"; {counted(len(found.problems), 'outline')} left out" if found.problems
+                else "")
+    out.print(f"Read {counted(len(found.feeds), 'feed')} from {source}: "
+              f"{len(done.added)} added, {len(done.already)} already there{left_out}.",
+              markup=False)
+
+
+@feeds.command("export")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write here instead of standard output.")
+@boundary
+def feeds_export(out_path: Path | None) -> None:
+    """Write every feed as an OPML 2.0 file, which `digest feeds import` and feed readers
+    read."""
+    from digest.core.opml import write_opml
+    from digest.services.feeds.collect import list_feeds
+    from digest.services.storage.db import utcnow
+    rows = list_feeds(state().ctx.db)
+    document = write_opml(((f.url, f.name) for f in rows), title="recap-digest feeds",
+                          created=utcnow())
+    if out_path is None:
+        sys.stdout.buffer.write(document)
+        sys.stdout.flush()
+        return
+    out_path.write_bytes(document)
+    err.print(f"Wrote {counted(len(rows), 'feed')} to {out_path}.", markup=False)
 
 
 @feeds.command("list")
+@row_formats
 @boundary
-def feeds_list() -> None:
+def feeds_list(row_format: RowFormat) -> None:
     """List feeds with their last fetch, status, entry count and what it skipped."""
     from digest.services.feeds.collect import list_feeds
     from digest.services.storage.models import describe_skips
-    rows = list_feeds(state().ctx.db)
-    if not rows:
-        out.print("No feeds yet. Add one with `digest feeds add URL`.")
-        return
-    table = Table("id", "name", "url", "last fetch (UTC)", "status", "entries",
-                  "skipped by the last read")
-    for f in rows:
-        status = f.last_status or "never fetched"
-        if f.last_error:
-            status += f": {f.last_error}"
-        # Escaped: names, errors and warnings can hold a feed's own text.
-        table.add_row(str(f.id), escape(f.name), escape(f.url),
-                      f.last_fetched_at.strftime("%Y-%m-%d %H:%M") if f.last_fetched_at
-                      else "-", escape(status), str(f.entry_count),
-                      describe_skips(f.skipped) or "-")
-    out.print(table)
+    columns = [Column("id"), Column("name"), Column("url"),
+               Column("last_fetched_at", "last fetch (UTC)",
+                      lambda when: f"{when:%Y-%m-%d %H:%M}" if when else "-"),
+               Column("status", show=lambda status: status or "never fetched"),
+               Column("error", show=lambda error: error or ""),
+               Column("entries"),
+               Column("skipped_by_last_read", "skipped by the last read",
+                      lambda skipped: describe_skips(skipped) or "-")]
+    print_rows(columns, ({"id": f.id, "name": f.name, "url": f.url,
+                          "last_fetched_at": f.last_fetched_at, "status": f.last_status,
+                          "error": f.last_error, "entries": f.entry_count,
+                          "skipped_by_last_read": dict(f.skipped)}
+                         for f in list_feeds(state().ctx.db)),
+               row_format, empty="No feeds yet. Add one with `digest feeds add URL` or "
+                                 "`digest feeds import FILE.opml`.")
 
 
 @feeds.command("remove")
@@ -176,7 +230,8 @@ def print_collect(report: CollectReport) -> None:
     ok = sum(1 for f in report.feeds if f.status == FeedStatus.OK)
     unchanged = sum(1 for f in report.feeds if f.status == FeedStatus.NOT_MODIFIED)
     skipped = describe_skips(report.skipped)
-    err.print(f"Collected {len(report.feeds)} feeds: {report.new} new entries "
+    err.print(f"Collected {counted(len(report.feeds), 'feed')}: "
+              f"{counted(report.new, 'new entry', 'new entries')} "
               f"({ok} read, {unchanged} unchanged, {len(report.failed)} failed)"
               + (f"; skipped {skipped}." if skipped else "."))
     for f in report.feeds:
@@ -260,7 +315,7 @@ def collect_cmd(metrics_file_path: Path | None) -> None:
 # --- issues --------------------------------------------------------------------------
 
 @click.command("preview")
-@click.option("--list", "list_name", required=True, help="The list whose next issue to show.")
+@list_option("The list whose next issue to show.")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path),
               default=Path("preview.html"), show_default=True, help="Where to write the HTML.")
 @click.option("--text", "text_path", type=click.Path(dir_okay=False, path_type=Path),
@@ -297,7 +352,7 @@ def _links_ok(ctx: Context, draft: Draft) -> bool:
     is broken."""
     from digest.services.feeds.linkcheck import check_links, issue_links
     urls = issue_links(draft.rendered.html, ctx.settings.base_url)
-    with err.status(f"Checking {len(urls)} links…"):
+    with err.status(f"Checking {counted(len(urls), 'link')}…"):
         results = check_links(urls, allow_private=ctx.settings.fetch_allow_private)
     broken = [r for r in results if r.broken]
     other = [r for r in results if r.state in ("redirect", "unchecked")]
@@ -306,7 +361,7 @@ def _links_ok(ctx: Context, draft: Draft) -> bool:
         for r in broken + other:
             table.add_row(r.url, {"broken": "[red]broken[/red]", "redirect": "redirects",
                                   "unchecked": "not checked"}[r.state], r.detail)
-        out.print(table)
+        print_table(table)
     out.print(f"Links: {len(results)} checked, {len(broken)} broken, "
               f"{sum(r.state == 'redirect' for r in results)} redirecting.")
     return not broken
@@ -317,8 +372,9 @@ def write_preview(ctx: Context, draft: Draft, out_path: Path, text_path: Path | 
     from digest.services.building.drafts import write_preview_files
     write_preview_files(ctx, draft, out_path, text_path)
     out.print(f"Issue {draft.number} of {draft.list_name}: {draft.rendered.subject!r}, "
-              f"{sum(len(s.entries) for s in draft.sections)} entries in "
-              f"{len(draft.sections)} sections, HTML {draft.rendered.html_bytes / 1000:.1f} KB.")
+              f"{counted(sum(len(s.entries) for s in draft.sections), 'entry', 'entries')} in "
+              f"{counted(len(draft.sections), 'section')}, "
+              f"HTML {draft.rendered.html_bytes / 1000:.1f} KB.")
     out.print(f"Wrote {out_path}" + (f" and {text_path}" if text_path else "") + ".")
     for warning in draft.rendered.warnings:
         err.print(f"[yellow]warning:[/yellow] {warning}")
@@ -358,7 +414,7 @@ def _stop_on_sigterm(stop: threading.Event) -> Iterator[None]:
 
 
 @click.command("send")
-@click.option("--list", "list_name", required=True, help="The list to send to.")
+@list_option("The list to send to.")
 @click.option("--no-collect", is_flag=True, help="Do not fetch feeds first.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @click.option("--resend-uncertain", is_flag=True,
@@ -372,7 +428,7 @@ def _stop_on_sigterm(stop: threading.Event) -> Iterator[None]:
               help="With --worker: wait up to SECONDS for an issue of the list to start "
                    "being sent.")
 @click.option("--jobs", "-j", type=click.IntRange(1, 32), default=1, show_default=True,
-              help="Processes that send together (this one plus JOBS-1 workers).")
+              metavar="N", help="Processes that send together (this one plus N-1 workers).")
 @METRICS_FILE
 @boundary
 def send_cmd(list_name: str, no_collect: bool, yes: bool, resend_uncertain: bool,  # noqa: PLR0913 - a click command: one parameter per option
@@ -407,10 +463,11 @@ def _send(list_name: str, no_collect: bool, yes: bool, resend_uncertain: bool,  
         helpers.start()
 
     def confirm(draft: Draft, audience: int) -> bool:
-        people = f"{audience} subscriber" + ("" if audience == 1 else "s")
+        people = counted(audience, "subscriber")
         go = yes or not interactive or click.confirm(
             f"Send issue {draft.number} {draft.rendered.subject!r} "
-            f"({sum(len(s.entries) for s in draft.sections)} entries) to {people} of "
+            f"({counted(sum(len(s.entries) for s in draft.sections), 'entry', 'entries')}) "
+            f"to {people} of "
             f"{list_name}?", err=True)
         if go:
             start_helpers()  # they start up while the issue and its deliveries are recorded
@@ -473,7 +530,6 @@ def status_cmd(as_json: bool) -> None:
     """
     from digest.services.operations.status import gather
     from digest.services.storage.models import DeliveryStatus, describe_skips
-    from digest.services.storage.subscriber_models import SubscriptionStatus
     status = gather(state().ctx)
     if as_json:
         import json
@@ -495,7 +551,7 @@ def status_cmd(as_json: bool) -> None:
                             f"[red]{f.failures}[/red] since {when(f.failing_since)}"
                             if f.failures else "0", escape(f.last_error or ""),
                             str(f.entries_this_week), describe_skips(f.skipped) or "-")
-    out.print(feeds_table)
+    print_table(feeds_table)
     if status.schedules:
         sched = Table("schedule", "list", "next fire", "last slot", "last outcome",
                       title="Schedules", title_justify="left")
@@ -505,7 +561,7 @@ def status_cmd(as_json: bool) -> None:
                           (s.last_slot or "-").replace("T", " "),
                           (s.last_outcome or "never ran")
                           + (f": {s.last_message}" if s.last_message else ""))
-        out.print(sched)
+        print_table(sched)
     lists_table = Table("list", SubscriptionStatus.ACTIVE, "unconfirmed", "last issue", "status",
                         "when (UTC)", DeliveryStatus.ACCEPTED, DeliveryStatus.FAILED,
                         DeliveryStatus.UNCERTAIN, title="Lists", title_justify="left")
@@ -514,7 +570,7 @@ def status_cmd(as_json: bool) -> None:
                             str(li.last_issue or "-"), li.last_issue_status or "-",
                             when(li.last_issue_at), str(li.accepted), str(li.failed),
                             f"[red]{li.uncertain}[/red]" if li.uncertain else "0")
-    out.print(lists_table)
+    print_table(lists_table)
     out.print(f"Suppressions added this week: {status.suppressions_this_week}")
     for note in status.notes:
         out.print(f"Note: {note}", markup=False)
@@ -529,22 +585,29 @@ def status_cmd(as_json: bool) -> None:
 
 @click.group("issues")
 def issues_group() -> None:
-    """Look at issues that were sent."""
+    """Issues that were sent: list, show."""
 
 
 @issues_group.command("list")
-@click.option("--list", "list_name", help="Only this list.")
+@list_option("Only the issues of this list.", required=False)
+@row_formats
 @boundary
-def issues_list(list_name: str | None) -> None:
-    """List issues with their delivery counts."""
+def issues_list(list_name: str | None, row_format: RowFormat) -> None:
+    """List issues, newest first, with their delivery counts."""
     from digest.services.delivery.reports import issue_rows
     from digest.services.storage.models import DeliveryStatus
-    table = Table("id", "list", "no.", "subject", "status", "created (UTC)",
-                  DeliveryStatus.ACCEPTED, DeliveryStatus.FAILED, DeliveryStatus.UNCERTAIN)
-    for row in issue_rows(state().ctx, list_name):
-        table.add_row(str(row.id), row.list_name, str(row.number), row.subject, row.status,
-                      row.created, str(row.accepted), str(row.failed), str(row.uncertain))
-    out.print(table)
+    columns = [Column("id"), Column("list"), Column("number", "no."), Column("subject"),
+               Column("status"), Column("created_at", "created (UTC)",
+                                        lambda when: f"{when:%Y-%m-%d %H:%M}"),
+               *(Column(s) for s in (DeliveryStatus.ACCEPTED, DeliveryStatus.FAILED,
+                                     DeliveryStatus.UNCERTAIN))]
+    print_rows(columns, ({"id": row.id, "list": row.list_name, "number": row.number,
+                          "subject": row.subject, "status": row.status,
+                          "created_at": row.created_at, DeliveryStatus.ACCEPTED: row.accepted,
+                          DeliveryStatus.FAILED: row.failed,
+                          DeliveryStatus.UNCERTAIN: row.uncertain}
+                         for row in issue_rows(state().ctx, list_name)),
+               row_format, empty="No issues yet.")
 
 
 @issues_group.command("show")
@@ -561,35 +624,50 @@ def issues_show(issue_id: int) -> None:
 
 @click.group("lists")
 def lists_group() -> None:
-    """Create and look at mailing lists."""
+    """Mailing lists: create, edit, list, show, delete."""
+
+
+WHEN_NOTHING_MATCHES_HELP = ("For readers whose keywords have nothing new: skip sends them "
+                             "no email, full sends them the whole issue.")
+LANGUAGE_HELP = "Language of its emails (<html lang>), e.g. en, ar, fr."
+LOOKBACK_HELP = ("Days an issue of this list looks back for entries, 1 to 3650; 0 goes "
+                 "back to the lookback_days setting (7 unless set).")
+
+
+def _lookback_days(days: int | None) -> str:
+    """A list's window in words: its own, or the setting's."""
+    setting = state().loaded.settings.lookback_days
+    return (counted(days, "day") if days else
+            f"{counted(setting, 'day')} (the lookback_days setting)")
 
 
 @lists_group.command("create")
-@click.argument("name")
+@list_option("The new list's name: lower-case letters, digits, - and _.")
 @click.option("--title", help="The title shown in emails (default: from the name).")
-@click.option("--when-nothing-matches", type=click.Choice(["skip", "full"]), default="skip",
-              show_default=True,
-              help="For readers whose keywords have nothing new: no email, or the full issue.")
-@click.option("--language", default="en", show_default=True,
-              help="Language of its emails (<html lang>), e.g. en, ar, fr.")
+@click.option("--when-nothing-matches", type=click.Choice([w.value for w in WhenNothingMatches]),
+              default=WhenNothingMatches.SKIP.value, show_default=True,
+              help=WHEN_NOTHING_MATCHES_HELP)
+@click.option("--language", default="en", show_default=True, help=LANGUAGE_HELP)
+@click.option("--lookback-days", type=click.IntRange(0, 3650), metavar="DAYS",
+              help=LOOKBACK_HELP)
 @boundary
-def lists_create(name: str, title: str | None, when_nothing_matches: str,
-                 language: str) -> None:
+def lists_create(list_name: str, title: str | None, when_nothing_matches: str,
+                 language: str, lookback_days: int | None) -> None:
     """Create a list (`digest lists edit` sets its logo and what entries show)."""
     from subscribers.lists import create_list, edit_list
-    created = create_list(state().ctx.db, name, title,
+    created = create_list(state().ctx.db, list_name, title,
                           when_nothing_matches=when_nothing_matches)
-    if language != "en":
-        edit_list(state().ctx.db, name, language=language)
-    out.print(f"Created list {created.name} ({created.title}).")
+    if language != "en" or lookback_days:
+        edit_list(state().ctx.db, list_name, language=language, lookback_days=lookback_days)
+    out.print(f"Created list {created.name} ({created.title}).", markup=False)
 
 
 @lists_group.command("edit")
-@click.argument("name")
+@list_option("The list to change.")
 @click.option("--title", help="A new title.")
-@click.option("--when-nothing-matches", type=click.Choice(["skip", "full"]),
-              help="For readers whose keywords have nothing new: no email, or the full issue.")
-@click.option("--language", help="Language of its emails (<html lang>), e.g. en, ar, fr.")
+@click.option("--when-nothing-matches", type=click.Choice([w.value for w in WhenNothingMatches]),
+              help=WHEN_NOTHING_MATCHES_HELP)
+@click.option("--language", help=LANGUAGE_HELP)
 @click.option("--logo", "logo_url", metavar="URL",
               help='Masthead logo (a wide PNG or JPEG, by URL); "" removes it.')
 @click.option("--logo-alt", help="The logo's text for screen readers (default: the title).")
@@ -602,13 +680,15 @@ def lists_create(name: str, title: str | None, when_nothing_matches: str,
                    "image, lead, summary, read_also, keywords.")
 @click.option("--lead-length", "lead_max_chars", type=int,
               help="Longest lead, in characters; it is cut at the end of a sentence.")
+@click.option("--lookback-days", type=click.IntRange(0, 3650), metavar="DAYS",
+              help=LOOKBACK_HELP)
 @boundary
-def lists_edit(name: str, title: str | None, when_nothing_matches: str | None,  # noqa: PLR0913 - a click command: one parameter per option
+def lists_edit(list_name: str, title: str | None, when_nothing_matches: str | None,  # noqa: PLR0913 - a click command: one parameter per option
                language: str | None, logo_url: str | None, logo_alt: str | None,
                logo_width: int | None, logo_height: int | None, entry_parts: str | None,
-               lead_max_chars: int | None) -> None:
-    """Change a list's title, what readers with unmatched keywords get, or how its emails
-    look."""
+               lead_max_chars: int | None, lookback_days: int | None) -> None:
+    """Change a list's title, what readers with unmatched keywords get, how its emails
+    look, or how many days back its issues look."""
     from subscribers.lists import edit_list
     size = (logo_width, logo_height) if logo_width and logo_height else None
     if logo_url and size is None:
@@ -619,52 +699,55 @@ def lists_edit(name: str, title: str | None, when_nothing_matches: str | None,  
         if size is None:
             raise InvalidInputError(f"could not read the size of the logo {logo_url}",
                                     hint="give it with --logo-width and --logo-height")
-    edited = edit_list(state().ctx.db, name, title=title,
+    edited = edit_list(state().ctx.db, list_name, title=title,
                        when_nothing_matches=when_nothing_matches, language=language,
                        logo_url=logo_url, logo_alt=logo_alt, logo_size=size,
-                       entry_parts=entry_parts, lead_max_chars=lead_max_chars)
+                       entry_parts=entry_parts, lead_max_chars=lead_max_chars,
+                       lookback_days=lookback_days)
     out.print(f"List {edited.name}: {edited.title}; when nothing matches a reader's keywords: "
               f"{edited.when_nothing_matches}; language {edited.language}; entries show "
               f"{edited.entry_parts.replace(',', ', ') or 'their title only'} (lead up to "
-              f"{edited.lead_max_chars} characters)"
+              f"{counted(edited.lead_max_chars, 'character')})"
               + (f"; logo {edited.logo_url} ({edited.logo_width}×{edited.logo_height}, "
-                 f"alt {edited.logo_alt!r})" if edited.logo_url else "") + ".", markup=False)
+                 f"alt {edited.logo_alt!r})" if edited.logo_url else "")
+              + f"; issues look back {_lookback_days(edited.lookback_days)}.", markup=False)
 
 
 @lists_group.command("list")
+@row_formats
 @boundary
-def lists_list() -> None:
+def lists_list(row_format: RowFormat) -> None:
     """List the lists with subscriber counts by status."""
-    from digest.services.storage.subscriber_models import SubscriptionStatus
     from subscribers.lists import summarize_lists
-    table = Table("name", "title", *SubscriptionStatus)
-    for summary in summarize_lists(state().ctx.db):
-        table.add_row(summary.name, summary.title,
-                      *(str(summary.counts[s]) for s in SubscriptionStatus))
-    out.print(table)
+    columns = [Column("name"), Column("title"), *(Column(s) for s in SubscriptionStatus)]
+    print_rows(columns, ({"name": summary.name, "title": summary.title,
+                          **{s: summary.counts[s] for s in SubscriptionStatus}}
+                         for summary in summarize_lists(state().ctx.db)),
+               row_format, empty="No lists yet. Create one with `digest lists create --list "
+                                 "NAME`.")
 
 
 @lists_group.command("show")
-@click.argument("name")
+@list_option("The list to show.")
 @boundary
-def lists_show(name: str) -> None:
-    """Show a list: subscribers by status and its latest issues."""
+def lists_show(list_name: str) -> None:
+    """Show a list: its settings, subscribers by status and its latest issues."""
     from digest.services.delivery.reports import issue_rows
     from subscribers.lists import get_list, summarize_lists
     with state().ctx.db.session() as session:
-        get_list(session, name)  # a clear error when there is no such list
-    [summary] = [s for s in summarize_lists(state().ctx.db) if s.name == name]
+        look = get_list(session, list_name)  # a clear error when there is no such list
+        session.expunge(look)
+    [summary] = [s for s in summarize_lists(state().ctx.db) if s.name == list_name]
     out.print(f"{summary.name}: {summary.title}", markup=False)
     out.print(f"When nothing matches a reader's keywords: {summary.when_nothing_matches}")
-    with state().ctx.db.session() as session:
-        look = get_list(session, name)
-        out.print(f"Emails: language {look.language}; entries show "
-                  f"{look.entry_parts.replace(',', ', ') or 'their title only'} (lead up to "
-                  f"{look.lead_max_chars} characters); "
-                  + (f"logo {look.logo_url} ({look.logo_width}×{look.logo_height})"
-                     if look.logo_url else "no logo"), markup=False)
+    out.print(f"Emails: language {look.language}; entries show "
+              f"{look.entry_parts.replace(',', ', ') or 'their title only'} (lead up to "
+              f"{counted(look.lead_max_chars, 'character')}); "
+              + (f"logo {look.logo_url} ({look.logo_width}×{look.logo_height})"
+                 if look.logo_url else "no logo"), markup=False)
+    out.print(f"Issues look back {_lookback_days(look.lookback_days)}.", markup=False)
     out.print("Subscribers: " + ", ".join(f"{k} {v}" for k, v in summary.counts.items()))
-    rows = issue_rows(state().ctx, name, limit=5)
+    rows = issue_rows(state().ctx, list_name, limit=5)
     if not rows:
         out.print("No issues yet.")
     for row in rows:
@@ -674,27 +757,27 @@ def lists_show(name: str) -> None:
 
 
 @lists_group.command("delete")
-@click.argument("name")
+@list_option("The list to delete.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @boundary
-def lists_delete(name: str, yes: bool) -> None:
+def lists_delete(list_name: str, yes: bool) -> None:
     """Delete a list with its subscriptions and issues."""
     from subscribers.lists import delete_list
     if not yes and _interactive():
-        click.confirm(f"Delete list {name} with its subscriptions and issues?", abort=True,
-                      err=True)
-    delete_list(state().ctx.db, name)
-    out.print(f"Deleted list {name}.")
+        click.confirm(f"Delete list {list_name} with its subscriptions and issues?",
+                      abort=True, err=True)
+    delete_list(state().ctx.db, list_name)
+    out.print(f"Deleted list {list_name}.", markup=False)
 
 
 @click.group("subscribers")
 def subscribers_group() -> None:
-    """Add, list and remove subscribers."""
+    """Subscribers: add, list, show, remove, forget, import, export."""
 
 
 @subscribers_group.command("add")
 @click.argument("email")
-@click.option("--list", "list_name", required=True)
+@list_option("The list to subscribe the address to.")
 @click.option("--name", default="", help="The subscriber's name, for the greeting.")
 @click.option("--keywords", default="", help="Only these sections (;-separated).")
 @click.option("--confirm", "double_opt_in", is_flag=True,
@@ -734,19 +817,23 @@ def subscribers_add(email: str, list_name: str, name: str, keywords: str,
 
 
 @subscribers_group.command("list")
-@click.option("--list", "list_name", required=True)
-@click.option("--status", help="Only this status (active, unsubscribed, …).")
+@list_option("The list whose subscribers to show.")
+@click.option("--status", type=click.Choice([s.value for s in SubscriptionStatus]),
+              help="Only subscriptions in this state (default: every state).")
+@row_formats
 @boundary
-def subscribers_list(list_name: str, status: str | None) -> None:
-    """List a list's subscribers."""
+def subscribers_list(list_name: str, status: str | None, row_format: RowFormat) -> None:
+    """List a list's subscribers: address, name, state, keywords, since when."""
     from subscribers.subscriptions import list_subscriptions
     rows = list_subscriptions(state().ctx.db, list_name, status)
-    table = Table("email", "name", "status", "keywords", "since (UTC)")
-    for r in rows:
-        table.add_row(r.email, r.name, r.status, "; ".join(r.keywords) or "all",
-                      r.created_at.strftime("%Y-%m-%d"))
-    out.print(table)
-    out.print(f"{len(rows)} subscribers.")
+    columns = [Column("email"), Column("name"), Column("status"),
+               Column("keywords", show=lambda keywords: "; ".join(keywords) or "all"),
+               Column("since", "since (UTC)", lambda when: f"{when:%Y-%m-%d}")]
+    print_rows(columns, ({"email": r.email, "name": r.name, "status": r.status,
+                          "keywords": list(r.keywords), "since": r.created_at} for r in rows),
+               row_format)
+    if row_format is RowFormat.TABLE:
+        out.print(f"{counted(len(rows), 'subscriber')}.")
 
 
 @subscribers_group.command("show")
@@ -766,7 +853,7 @@ def subscribers_show(email: str) -> None:
 
 @subscribers_group.command("remove")
 @click.argument("email")
-@click.option("--list", "list_name", required=True)
+@list_option("The list to unsubscribe the address from.")
 @boundary
 def subscribers_remove(email: str, list_name: str) -> None:
     """Unsubscribe an address (kept as unsubscribed, so no import revives it)."""
@@ -791,11 +878,12 @@ def subscribers_forget(email: str, yes: bool) -> None:
 
 
 @subscribers_group.command("import")
-@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--list", "list_name", required=True)
+@click.argument("path", metavar="FILE",
+                type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@list_option("The list to import the subscribers into.")
 @boundary
 def subscribers_import(path: Path, list_name: str) -> None:
-    """Import a CSV (header: email, and optionally name, keywords separated by ;).
+    """Import FILE, a CSV (header: email, and optionally name, keywords separated by ;).
 
     Rejected rows are listed with their line numbers and written to FILE.rejects.csv.
     Addresses that left the list or were forgotten are never re-activated.
@@ -803,7 +891,7 @@ def subscribers_import(path: Path, list_name: str) -> None:
     from subscribers.imports import import_csv
     with progress_bar(f"Importing {path.name}", enabled=_interactive()) as update:
         report = import_csv(state().ctx.db, list_name, path, on_progress=update)
-    out.print(f"{report.rows} rows: {report.added} added, {report.updated} updated, "
+    out.print(f"{counted(report.rows, 'row')}: {report.added} added, {report.updated} updated, "
               f"{report.unchanged} unchanged, {len(report.rejected)} rejected, "
               f"{report.suppressed} suppressed (left the list or forgotten; not re-added).")
     for line, reason in report.rejected[:50]:
@@ -815,11 +903,12 @@ def subscribers_import(path: Path, list_name: str) -> None:
 
 
 @subscribers_group.command("export")
-@click.option("--list", "list_name", required=True)
+@list_option("The list whose subscribers to export.")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Write here instead of standard output.")
-@click.option("--status", default="active", show_default=True,
-              help="Only subscriptions of this status, or 'all'.")
+@click.option("--status", type=click.Choice([*(s.value for s in SubscriptionStatus), "all"]),
+              default=SubscriptionStatus.ACTIVE.value, show_default=True,
+              help="Only subscriptions in this state, or all of them.")
 @boundary
 def subscribers_export(list_name: str, out_path: Path | None, status: str) -> None:
     """Export a list's subscribers as CSV, in the format import reads."""
@@ -831,7 +920,7 @@ def subscribers_export(list_name: str, out_path: Path | None, status: str) -> No
     from digest.services.storage.files import open_private
     with open_private(out_path, "w", encoding="utf-8", newline="") as handle:  # addresses
         count = export_csv(state().ctx.db, list_name, handle, status=wanted)
-    err.print(f"Wrote {count} subscribers to {out_path}.")
+    err.print(f"Wrote {counted(count, 'subscriber')} to {out_path}.", markup=False)
 
 
 # --- demo ------------------------------------------------------------------------------

@@ -9,9 +9,10 @@ import threading
 from datetime import UTC, datetime, timedelta
 
 import click
-from rich.table import Table
 
-from digest.edges.cli.base import boundary, err, out, state
+from digest.core.words import counted
+from digest.edges.cli.base import boundary, err, list_option, out, state
+from digest.edges.cli.output import Column, RowFormat, print_rows, row_formats
 from digest.errors import InvalidInputError
 
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
@@ -30,15 +31,21 @@ def duration(text: str, option: str) -> timedelta:
 
 @click.group("schedules")
 def schedules_group() -> None:
-    """When issues go out by themselves: add, list, pause, resume, run."""
+    """Schedules: add, list, pause, resume, run, remove, history.
+
+    A schedule sends a list's next issue by itself, at the times it names.
+    """
 
 
 @schedules_group.command("add")
 @click.argument("name")
-@click.option("--list", "list_name", required=True, help="The list this schedule sends.")
-@click.option("--cron", "expression", help='Cron with day names: "0 8 * * mon".')
-@click.option("--every", "friendly", help='Or: "weekly on monday at 08:00", '
-              '"daily at 07:30", "monthly on day 1 at 09:00".')
+@list_option("The list this schedule sends.")
+@click.option("--cron", "expression", metavar="EXPRESSION",
+              help='When it fires, as cron: "0 8 * * mon" (day names or 0-7). An '
+                   'alternative to --every: give one of the two.')
+@click.option("--every", "friendly", metavar="PHRASE",
+              help='When it fires, in words: "weekly on monday at 08:00", "daily at '
+                   '07:30", "monthly on day 1 at 09:00". An alternative to --cron.')
 @click.option("--timezone", required=True, help="IANA zone, e.g. Europe/London.")
 @click.option("--send-when-empty", is_flag=True,
               help="Send even when nothing is new (default: skip that week).")
@@ -54,8 +61,11 @@ def schedules_add(name: str, list_name: str, expression: str | None, friendly: s
                   approval_wait: str, misfire_grace: str) -> None:
     """Add a schedule for a list."""
     from schedules.service import add_schedule
-    if bool(expression) == bool(friendly):
-        raise InvalidInputError("give the time as --cron or as --every (one of them)")
+    if expression and friendly:
+        raise click.UsageError("--cron and --every are alternatives: give one of them, "
+                               "not both.")
+    if not expression and not friendly:
+        raise click.UsageError("say when the schedule fires, with --cron or --every.")
     view = add_schedule(state().ctx.db, name, list_name, expression or friendly or "",
                         timezone, skip_empty=not send_when_empty,
                         hold_for_approval=hold_for_approval,
@@ -72,22 +82,35 @@ def _print_fires(fires: list[datetime]) -> None:
                   "UTC)", markup=False)
 
 
+def _fires(fires: list[datetime]) -> str:
+    return "\n".join(f"{f:%a %Y-%m-%d %H:%M %Z} · {f.astimezone(UTC):%Y-%m-%d %H:%M} UTC"
+                     for f in fires) or "paused"
+
+
 @schedules_group.command("list")
+@row_formats
 @boundary
-def schedules_list() -> None:
+def schedules_list(row_format: RowFormat) -> None:
     """Every schedule with its next three fire times, local and UTC."""
     from schedules.service import list_schedules
-    table = Table("name", "list", "when", "zone", "next three (local · UTC)", "options")
-    for view in list_schedules(state().ctx.db):
-        fires = "\n".join(f"{f:%a %Y-%m-%d %H:%M %Z} · {f.astimezone(UTC):%Y-%m-%d %H:%M} UTC"
-                          for f in view.next_fires) or "paused"
-        options = [("skips empty weeks" if view.skip_empty else "sends when empty")]
-        if view.hold_for_approval:
-            options.append(f"holds for approval ({view.approval_wait_seconds // 60} min)")
-        options.append(f"misfire grace {view.misfire_grace_seconds // 60} min")
-        table.add_row(view.name, view.list_name, view.expression, view.timezone, fires,
-                      "; ".join(options))
-    out.print(table)
+    columns = [Column("name"), Column("list"), Column("expression", "when"),
+               Column("timezone", "zone"),
+               Column("paused", show=lambda paused: "yes" if paused else "no"),
+               Column("next_fires", "next three (local · UTC)", _fires),
+               Column("skip_empty", "skips empty weeks",
+                      lambda skip: "yes" if skip else "no, sends when empty"),
+               Column("approval_wait_minutes", "holds for approval",
+                      lambda wait: f"{wait} min" if wait is not None else "no"),
+               Column("misfire_grace_minutes", "misfire grace", lambda grace: f"{grace} min")]
+    print_rows(columns, ({"name": view.name, "list": view.list_name,
+                          "expression": view.expression, "timezone": view.timezone,
+                          "paused": view.paused, "next_fires": view.next_fires,
+                          "skip_empty": view.skip_empty,
+                          "approval_wait_minutes": view.approval_wait_seconds // 60
+                          if view.hold_for_approval else None,
+                          "misfire_grace_minutes": view.misfire_grace_seconds // 60}
+                         for view in list_schedules(state().ctx.db)),
+               row_format, empty="No schedules yet. Add one with `digest schedules add`.")
 
 
 @schedules_group.command("pause")
@@ -144,21 +167,27 @@ def schedules_run(name: str) -> None:
 
 @schedules_group.command("history")
 @click.argument("name")
-@click.option("--limit", default=20, show_default=True)
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(1),
+              help="How many runs to show, newest first.")
+@row_formats
 @boundary
-def schedules_history(name: str, limit: int) -> None:
-    """A schedule's runs: slot, started, finished, issue, counts, outcome."""
+def schedules_history(name: str, limit: int, row_format: RowFormat) -> None:
+    """Schedule NAME's runs: slot, started, finished, issue, counts, outcome."""
     from schedules.service import history
-    table = Table("slot (local)", "started (UTC)", "finished (UTC)", "issue", "counts",
-                  "outcome", "by")
-    for run in history(state().ctx.db, name, limit):
-        table.add_row(run.slot_key.replace("T", " "), f"{run.started_at:%Y-%m-%d %H:%M:%S}",
-                      f"{run.finished_at:%Y-%m-%d %H:%M:%S}" if run.finished_at else "",
-                      str(run.issue_id or ""),
-                      ", ".join(f"{k} {v}" for k, v in sorted(run.counts.items())),
-                      f"{run.status}: {run.message}" if run.message else run.status,
-                      f"{run.trigger} (try {run.attempts})")
-    out.print(table)
+    columns = [Column("slot", "slot (local)", lambda slot: slot.replace("T", " ")),
+               Column("started_at", "started (UTC)"),
+               Column("finished_at", "finished (UTC)"), Column("issue"),
+               Column("counts", show=lambda counts: ", ".join(
+                   f"{k} {v}" for k, v in sorted(counts.items()))),
+               Column("status", "outcome"), Column("message"), Column("trigger", "by"),
+               Column("attempts", "tries")]
+    print_rows(columns, ({"slot": run.slot_key, "started_at": run.started_at,
+                          "finished_at": run.finished_at, "issue": run.issue_id,
+                          "counts": dict(run.counts), "status": run.status,
+                          "message": run.message, "trigger": run.trigger,
+                          "attempts": run.attempts}
+                         for run in history(state().ctx.db, name, limit)),
+               row_format, empty=f"Schedule {name} has not run yet.")
 
 
 # --- daemons -----------------------------------------------------------------------------
@@ -180,8 +209,10 @@ def scheduler_cmd() -> None:
 
 
 @click.command("serve")
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (0.0.0.0: every interface, e.g. in a container).")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535),
+              help="TCP port to listen on.")
 @click.option("--no-scheduler", is_flag=True, help="Serve the web app only.")
 @boundary
 def serve_cmd(host: str, port: int, no_scheduler: bool) -> None:
@@ -221,7 +252,7 @@ def serve_cmd(host: str, port: int, no_scheduler: bool) -> None:
 
 @click.group("editors")
 def editors_group() -> None:
-    """Accounts of the people who use the web app."""
+    """Web app accounts: add, list, remove, sign-out."""
 
 
 @editors_group.command("add")
@@ -243,14 +274,16 @@ def editors_add(name: str, password_stdin: bool) -> None:
 
 
 @editors_group.command("list")
+@row_formats
 @boundary
-def editors_list() -> None:
+def editors_list(row_format: RowFormat) -> None:
     """Editors and their last sign-in."""
     from digest.services.building.editors import list_editors
-    table = Table("name", "last sign-in (UTC)")
-    for name, last in list_editors(state().ctx.db):
-        table.add_row(name, f"{last:%Y-%m-%d %H:%M}" if last else "never")
-    out.print(table)
+    columns = [Column("name"), Column("last_sign_in", "last sign-in (UTC)",
+                                      lambda last: f"{last:%Y-%m-%d %H:%M}" if last else "never")]
+    print_rows(columns, ({"name": name, "last_sign_in": last}
+                         for name, last in list_editors(state().ctx.db)),
+               row_format, empty="No editors yet. Add one with `digest editors add NAME`.")
 
 
 @editors_group.command("remove")
@@ -274,7 +307,7 @@ def editors_sign_out(name: str) -> None:
     if name not in {n for n, _ in list_editors(db)}:
         raise InvalidInputError(f"no editor named {name!r}")
     ended = end_sessions(db, name)
-    out.print(f"Ended {ended} session{'s' if ended != 1 else ''} of {name}.")
+    out.print(f"Ended {counted(ended, 'session')} of {name}.", markup=False)
 
 
 # Registered with the top-level group by digest.edges.cli.

@@ -29,7 +29,8 @@ from digest.errors import DeliveryError, DigestError, InvalidInputError, NotFoun
 from digest.services.building.drafts import keyword_config
 from digest.services.delivery.archive import ArchivePage, archive_page, archived_issue
 from digest.services.storage.models import Entry, Issue, IssueEntry, IssueStatus
-from digest.services.storage.subscriber_models import MailingList, SubscriptionStatus
+from digest.services.storage.states import SubscriptionStatus
+from digest.services.storage.subscriber_models import MailingList
 from subscribers.addresses import normalize_address
 from subscribers.events import WebhookRefused, apply_events, verify
 from subscribers.lists import get_list

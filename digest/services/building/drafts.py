@@ -42,6 +42,7 @@ from digest.services.storage.models import (
     IssueEntry,
     IssueStatus,
 )
+from digest.services.storage.states import WhenNothingMatches
 from digest.services.storage.subscriber_models import MailingList
 from subscribers.lists import get_list
 
@@ -62,7 +63,7 @@ class Draft:
     window_start: datetime
     window_end: datetime
     edit: EditView | None = None
-    when_nothing_matches: str = "skip"
+    when_nothing_matches: str = WhenNothingMatches.SKIP
 
 
 @dataclass(frozen=True)
@@ -115,9 +116,10 @@ def draft_issue(ctx: Context, list_name: str, *, now: datetime | None = None,
     segments' sections are cut from it (:func:`plan_segments`).
     """
     now = now or utcnow()
-    since = now - timedelta(days=ctx.settings.lookback_days)
     with ctx.db.session() as session:
         mailing_list = get_list(session, list_name)
+        # The list's own window when it has one (`digest lists edit --list NAME --lookback-days N`).
+        since = now - timedelta(days=mailing_list.lookback_days or ctx.settings.lookback_days)
         number = next_number(session, mailing_list.id)
         edit = load_edit(session, mailing_list.id, number)
         items = new_items(session, mailing_list.id, since=since)

@@ -36,7 +36,8 @@ from digest.services.building.editors import audit
 from digest.services.storage.context import Context
 from digest.services.storage.db import utcnow
 from digest.services.storage.models import Entry, IssueEdit
-from digest.services.storage.subscriber_models import Subscription, SubscriptionStatus
+from digest.services.storage.states import SubscriptionStatus
+from digest.services.storage.subscriber_models import Subscription
 from digest.services.transports import Transport, make_transport
 from subscribers.addresses import normalize_address
 from subscribers.lists import get_list

@@ -40,7 +40,8 @@ from digest.services.storage.models import (
     SendBatch,
     delete_deliveries,
 )
-from digest.services.storage.subscriber_models import Subscription, SubscriptionStatus
+from digest.services.storage.states import SubscriptionStatus, WhenNothingMatches
+from digest.services.storage.subscriber_models import Subscription
 from digest.services.transports import batch_size
 
 
@@ -110,7 +111,7 @@ def _add_deliveries(ctx: Context, session: Session, draft: Draft, issue_id: int,
         session.add(row)
         session.flush()
         variant_ids[keys] = row.id
-    skip = draft.when_nothing_matches == "skip"
+    skip = draft.when_nothing_matches == WhenNothingMatches.SKIP
     plan = [(segment, variant_ids[keys] if keys else None,
              DeliveryStatus.SKIPPED if keys is None and skip else DeliveryStatus.PENDING)
             for segment, keys in by_segment.items()]

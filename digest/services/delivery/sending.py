@@ -61,12 +61,8 @@ from digest.services.storage.models import (
     get_issue,
     held_batches,
 )
-from digest.services.storage.subscriber_models import (
-    MailingList,
-    Subscriber,
-    Subscription,
-    SubscriptionStatus,
-)
+from digest.services.storage.states import SubscriptionStatus
+from digest.services.storage.subscriber_models import MailingList, Subscriber, Subscription
 from digest.services.telemetry import metrics
 from digest.services.transports import batch_size
 from digest.services.transports.base import (

@@ -8,7 +8,7 @@ import os
 import time
 import unicodedata
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import suppress
@@ -31,6 +31,7 @@ from digest.core.feeds import (
     parse_feed,
     title_key,
 )
+from digest.core.words import counted
 from digest.errors import FeedError, InvalidInputError, NotFoundError
 from digest.services.feeds.fetch import FetchLimits, FetchRequest, FetchResult, fetch_all
 from digest.services.storage.db import Database, UTCDateTime, utcnow
@@ -42,6 +43,7 @@ from digest.services.storage.models import (
     Skip,
     describe_skips,
 )
+from digest.services.storage.subscriber_models import MailingList
 from digest.services.telemetry.logs import fields
 from digest.settings import Settings
 
@@ -106,18 +108,55 @@ class FeedSummary:
     skipped: Mapping[Skip, int] = field(default_factory=dict)
 
 
-def add_feed(db: Database, url: str, name: str | None = None) -> Feed:
-    """Add a feed by URL; adding the same URL again is an error naming it."""
+def _checked_url(url: str) -> str:
+    """``url`` trimmed, or an error when it is not an http(s) URL."""
     url = url.strip()
     parts = urlsplit(url)
     if parts.scheme not in {"http", "https"} or not parts.netloc:
         raise InvalidInputError(f"{url!r} is not an http(s) URL")
+    return url
+
+
+def _new_feed(url: str, name: str | None) -> Feed:
+    return Feed(url=url, name=(name or urlsplit(url).netloc).strip()[:200])
+
+
+def add_feed(db: Database, url: str, name: str | None = None) -> Feed:
+    """Add a feed by URL; adding the same URL again is an error naming it."""
+    url = _checked_url(url)
     with db.session() as session:
         if session.scalar(select(Feed.id).where(Feed.url == url)) is not None:
             raise InvalidInputError(f"feed {url} is already added")
-        feed = Feed(url=url, name=(name or parts.netloc).strip()[:200])
+        feed = _new_feed(url, name)
         session.add(feed)
     return feed
+
+
+@dataclass
+class FeedsAdded:
+    """What adding many feeds did: the feeds added, and those already there (by URL)."""
+
+    added: list[tuple[str, str]] = field(default_factory=list)  # (url, name)
+    already: list[str] = field(default_factory=list)
+
+
+def add_feeds(db: Database, feeds: Iterable[tuple[str, str | None]]) -> FeedsAdded:
+    """Add many feeds (URL and name) in one transaction; a URL already added, or given
+    twice, is counted once in ``already`` and not added again. Every URL must be an
+    http(s) URL (the caller checks, to report each bad one where it came from)."""
+    wanted = [(_checked_url(url), name) for url, name in feeds]
+    done = FeedsAdded()
+    with db.session() as session:
+        known = set(session.scalars(select(Feed.url)))  # a desk's feeds: thousands at most
+        for url, name in wanted:
+            if url in known:
+                done.already.append(url)
+                continue
+            known.add(url)
+            feed = _new_feed(url, name)
+            session.add(feed)
+            done.added.append((feed.url, feed.name))
+    return done
 
 
 def find_feed(session: Session, ref: str) -> Feed:
@@ -508,7 +547,7 @@ def _apply_result(session: Session, feed: Feed, parsed: ParsedFeed | str, now: d
     skipped = feed.skipped
     if stored.errors:
         count = len(stored.errors)
-        error = (f"could not store {count} {'entry' if count == 1 else 'entries'}: "
+        error = (f"could not store {counted(count, 'entry', 'entries')}: "
                  + "; ".join(stored.errors[:3]) + (" …" if count > 3 else ""))
         _failed(feed, error, now)
         return FeedReport(feed.url, feed.name, FeedStatus.ERROR, new=stored.new,
@@ -553,6 +592,8 @@ def collect(db: Database, settings: Settings, *, now: datetime | None = None,
     with db.session() as session:
         requests = [FetchRequest(f.url, f.etag, f.last_modified)
                     for f in session.scalars(select(Feed).order_by(Feed.id))]
+        # A list that looks further back than the settings still finds its entries.
+        longest_lookback = session.scalar(select(func.max(MailingList.lookback_days))) or 0
     if on_start is not None:
         on_start(len(requests))
     limits = FetchLimits(timeout=settings.fetch_timeout, max_bytes=settings.fetch_max_bytes,
@@ -560,7 +601,8 @@ def collect(db: Database, settings: Settings, *, now: datetime | None = None,
                          concurrency=settings.fetch_concurrency,
                          allow_private=tuple(settings.fetch_allow_private))
     parser = _Parser(settings, len(requests))
-    oldest = (now - timedelta(days=max(settings.max_entry_age_days, settings.lookback_days))
+    oldest = (now - timedelta(days=max(settings.max_entry_age_days, settings.lookback_days,
+                                       longest_lookback))
               if settings.max_entry_age_days > 0 else None)
 
     def fetched(result: FetchResult) -> None:

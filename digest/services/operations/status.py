@@ -30,12 +30,8 @@ from digest.services.storage.models import (
     held_batches,
 )
 from digest.services.storage.schedule_models import RunStatus, ScheduleRun
-from digest.services.storage.subscriber_models import (
-    MailingList,
-    Subscription,
-    SubscriptionStatus,
-    Suppression,
-)
+from digest.services.storage.states import SubscriptionStatus
+from digest.services.storage.subscriber_models import MailingList, Subscription, Suppression
 from schedules.service import list_schedules
 
 FEED_FAILING_DAYS = 3

@@ -3,24 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime
-from enum import StrEnum
 
 from sqlalchemy import JSON, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from digest.services.storage.db import Base, UTCDateTime, utcnow
-
-
-class SubscriptionStatus(StrEnum):
-    """Where a subscription is (``Subscription.status``); only active ones get issues."""
-
-    PENDING = "pending"            # signed up, the confirmation link not yet clicked
-    ACTIVE = "active"
-    PAUSED = "paused"              # the reader paused their emails
-    UNSUBSCRIBED = "unsubscribed"  # left; kept, so nothing revives it
-    BOUNCED = "bounced"            # the address bounced
-    COMPLAINED = "complained"      # the reader marked an issue as spam
-
+from digest.services.storage.states import SubscriptionStatus, WhenNothingMatches
 
 # Links in emails name a subscription by id for good, and webhook events a subscriber:
 # an id is never handed out twice. PostgreSQL's sequences never go back; SQLite reuses
@@ -30,8 +18,6 @@ NEVER_REUSED = {"sqlite_autoincrement": True}
 # What an entry of an email can show, besides its title; lists choose some, in this order.
 ENTRY_PARTS = ("image", "lead", "summary", "read_also", "keywords")
 DEFAULT_ENTRY_PARTS = "image,lead,read_also,keywords"
-# When none of a subscriber's keywords has anything new: send nothing, or the full issue.
-WHEN_NOTHING_MATCHES = ("skip", "full")
 
 
 class MailingList(Base):
@@ -42,7 +28,8 @@ class MailingList(Base):
     name: Mapped[str] = mapped_column(String(100), unique=True)
     title: Mapped[str] = mapped_column(String(300))
     description: Mapped[str] = mapped_column(Text, default="")
-    when_nothing_matches: Mapped[str] = mapped_column(String(10), default="skip")
+    when_nothing_matches: Mapped[str] = mapped_column(String(10),
+                                                      default=WhenNothingMatches.SKIP)
     # How its emails look: the language (<html lang>), the masthead logo, and which parts
     # each entry shows (ENTRY_PARTS), with the lead cut at a sentence to lead_max_chars.
     language: Mapped[str] = mapped_column(String(20), default="en", server_default="en")
@@ -53,6 +40,9 @@ class MailingList(Base):
     entry_parts: Mapped[str] = mapped_column(String(200), default=DEFAULT_ENTRY_PARTS,
                                              server_default=DEFAULT_ENTRY_PARTS)
     lead_max_chars: Mapped[int] = mapped_column(Integer, default=300, server_default="300")
+    # How many days back an issue of this list looks for entries; None: the
+    # `lookback_days` setting.
+    lookback_days: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
