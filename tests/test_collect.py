@@ -181,6 +181,6 @@ def test_feeds_over_https_are_verified_as_httpx_would(tmp_path: Path) -> None:
         assert "No such file" in missing.stderr
         trusted = digest("collect", SSL_CERT_FILE=str(cert))
         assert trusted.returncode == 0, trusted.stderr
-        assert "1 new entries" in trusted.stderr, trusted.stderr
+        assert "1 new entry" in trusted.stderr, trusted.stderr
     finally:
         server.close()

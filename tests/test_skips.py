@@ -122,7 +122,7 @@ def test_the_desk_is_told_which_entry_was_refused_even_with_markup_in_its_title(
         conn.execute("CREATE TRIGGER refuse BEFORE INSERT ON entries WHEN NEW.title LIKE "
                      "'Recap%' BEGIN SELECT RAISE(ABORT, 'refused by the database'); END")
     out = desk("collect")
-    assert "1 new entries" in out and "1 failed" in out
+    assert "1 new entry" in out and "1 failed" in out
     assert f'could not store 1 entry: "{title}" (https://n.example/refused)' in out
     assert title in desk("feeds", "list") and title in desk("status")
 

@@ -625,10 +625,10 @@ def collect(db: Database, settings: Settings, *, now: datetime | None = None,
         metrics.FEED_FETCHES.labels(feed_report.status).inc()
     if len(report.failed) < len(report.feeds) or not report.feeds:
         metrics.LAST_SUCCESS.labels("collect").set(time.time())  # some feed was read
-    log.info("collected %d feeds: %d new entries, %d failed", len(report.feeds), report.new,
-             len(report.failed), extra=fields(count=report.new,
-                                              duration=round(time.perf_counter() - started, 3),
-                                              status="ok" if not report.failed else "partial"))
+    log.info("collected %s: %s, %d failed", counted(len(report.feeds), "feed"),
+             counted(report.new, "new entry", "new entries"), len(report.failed),
+             extra=fields(count=report.new, duration=round(time.perf_counter() - started, 3),
+                          status="ok" if not report.failed else "partial"))
     return report
 
 
