@@ -194,15 +194,18 @@ class Recipient(NamedTuple):
         HTML, as they are for the text)."""
         unsubscribe, preferences = self.unsubscribe_url, self.preferences_url
         greeting = self.name.strip() or "there"
-        if _SPECIAL(unsubscribe + preferences + greeting) is None:  # links never need it
+        if not _special(unsubscribe + preferences + greeting):  # links never need it
             return unsubscribe, unsubscribe, preferences, preferences, greeting, greeting
         escape = html.escape
         return (escape(unsubscribe), unsubscribe, escape(preferences), preferences,
                 escape(greeting), greeting)
 
 
-# What html.escape changes; a recipient's values seldom hold any (links never do).
-_SPECIAL = re.compile("[&<>\"']").search
+def _special(value: str) -> bool:
+    """Whether html.escape would change ``value``; a recipient's values seldom need it
+    (links never do). Five substring tests, once per recipient: cheaper than a regular
+    expression's search."""
+    return "&" in value or "<" in value or ">" in value or '"' in value or "'" in value
 
 
 def _marker(code: str, tag: str) -> str:

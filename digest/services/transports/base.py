@@ -110,6 +110,8 @@ _LINE_BREAKS = frozenset("\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")
 
 def unfit(recipient: OutgoingRecipient) -> str | None:
     """Why no message can carry this recipient's name or address; None when one can."""
+    if recipient.name.isprintable() and recipient.email.isprintable():
+        return None  # no line break is printable: the usual case, checked at once
     for what, value in (("name", recipient.name), ("address", recipient.email)):
         if value.isprintable():  # no line break is printable
             continue

@@ -154,7 +154,8 @@ class SendGridTransport(Transport):
             p2 = p1 if v4 is v3 else q(v4)
             n1 = q(v5)
             n2 = n1 if v6 is v5 else q(v6)
-            headers = (f'"List-Unsubscribe":{q(f"<{r.values.unsubscribe_url}>")},{one_click}'
+            # u2 is the link as a JSON string, and JSON escapes neither "<" nor ">".
+            headers = (f'"List-Unsubscribe":"<{u2[1:-1]}>",{one_click}'
                        if not r.headers else
                        ",".join([f"{q(k)}:{q(v)}" for k, v in r.own_headers().items()]))
             people.append(
