@@ -11,6 +11,7 @@ from datetime import datetime
 
 from digest.core.feeds import Image
 from digest.core.sanitize import html_to_text
+from digest.core.words import counted
 
 UNTAGGED_KEY = ""
 
@@ -324,7 +325,7 @@ def summary_line(sections: Sequence[Section], *, most: int = 3) -> str:
     parts = [f"{len(s.entries)} on {s.title}" for s in named[:most]]
     rest = sum(len(s.entries) for s in sections) - sum(len(s.entries) for s in named[:most])
     if not parts:
-        return f"{rest} recap{'s' if rest != 1 else ''}"
+        return counted(rest, "recap")
     if rest:
         return ", ".join(parts) + f" and {rest} more"
     if len(parts) == 1:

@@ -56,6 +56,7 @@ from urllib.parse import quote
 from digest.core.feeds import Image
 from digest.core.grouping import UNTAGGED_KEY, Placed, Section, keyword_key, summary_line
 from digest.core.sanitize import cut_text, email_fragment, html_to_text
+from digest.core.words import counted
 from digest.errors import DigestError
 
 if TYPE_CHECKING:
@@ -504,7 +505,7 @@ class Renderer:
                                 sentences=sentence_cut,
                                 email_summary=email_summary, underline=underline)
         self.env.globals.update(fitted=fitted, TextLinks=TextLinks, COLUMN=COLUMN,
-                                TEXT_WIDTH=TEXT_WIDTH)
+                                TEXT_WIDTH=TEXT_WIDTH, counted=counted)
         self.size_warning = size_warning
         self._inline_cache = inline_cache
         self._premailer: Any = None  # made at the first document not in the cache

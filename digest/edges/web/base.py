@@ -11,6 +11,7 @@ from starlette.responses import HTMLResponse, Response
 from starlette.templating import Jinja2Templates
 
 from digest.core.rendering import long_date, template_dir
+from digest.core.words import counted
 from digest.edges.web.security import RateLimiter, current_editor
 from digest.services.storage.context import Context
 from subscribers.events import load_key
@@ -44,6 +45,7 @@ class WebApp:
                                  autoescape=True, undefined=jinja2.StrictUndefined,
                                  trim_blocks=True, lstrip_blocks=True)
         env.filters["longdate"] = long_date
+        env.globals["counted"] = counted
         self.templates = Jinja2Templates(env=env)
         s = ctx.settings
         self.subscribe_limit = RateLimiter(ctx.db, "subscribe", s.subscribe_per_ip_per_hour,

@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from digest.core.words import counted
 from digest.edges.web.base import WebApp, web_of
 from digest.edges.web.security import (
     client_address,
@@ -64,7 +65,7 @@ def _wait_text(seconds: float) -> str:
     """"12 seconds", "4 minutes": how long a refused sign-in waits, rounded up."""
     if seconds <= 90:
         n = max(1, math.ceil(seconds))
-        return f"{n} second{'s' if n != 1 else ''}"
+        return counted(n, "second")
     return f"{math.ceil(seconds / 60)} minutes"
 
 
@@ -145,7 +146,7 @@ async def logout(request: Request) -> Response:
     if name is not None:
         ended = await run_in_threadpool(end_sessions, web.ctx.db, name)
         await run_in_threadpool(audit, web.ctx.db, name, "sign out",
-                                f"{ended} session{'s' if ended != 1 else ''} ended")
+                                f"{counted(ended, 'session')} ended")
     request.session.clear()
     return RedirectResponse("/login", status_code=303)
 

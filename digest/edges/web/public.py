@@ -23,6 +23,7 @@ from starlette.routing import Route
 from digest.core.atom import ATOM_MEDIA_TYPE, AtomEntry, AtomFeed, atom_feed
 from digest.core.grouping import KeywordNames
 from digest.core.tokens import InvalidToken
+from digest.core.words import counted
 from digest.edges.web.base import WebApp, page_csp, web_of
 from digest.edges.web.security import client_address, csrf_ok, csrf_token
 from digest.errors import DeliveryError, DigestError, InvalidInputError, NotFoundError
@@ -109,7 +110,7 @@ async def preferences_page(request: Request) -> Response:
                 n = await run_in_threadpool(leave_every_list, ctx.db, subscription_id)
                 return web.page(request, "web/message.html", {
                     "title": "You left every list",
-                    "text": f"Unsubscribed from {n} list{'s' if n != 1 else ''}. "
+                    "text": f"Unsubscribed from {counted(n, 'list')}. "
                             "You will get no more emails from us."})
             status = await run_in_threadpool(
                 lambda: save_preferences(
