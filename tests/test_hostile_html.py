@@ -165,6 +165,17 @@ def test_a_scheme_in_capitals_is_written_in_lower_case() -> None:
     assert entry.image is not None and entry.image.url == "https://n.example/i.png"
 
 
+def test_control_characters_around_a_link_are_dropped_not_kept() -> None:
+    # Found by the feed fuzzer in CI: urlsplit drops leading control characters, so a
+    # link read as "\x01http://…" came out as "httphttp://…".
+    body = (b'<?xml version="1.0"?><rss version="2.0"><channel><title>F</title>'
+            b'<item><title>One</title><link>\x01\x00\x00http://n.example/1</link></item>'
+            b'<item><title>Two</title><link>ht\ttp://n.example/2\x7f</link></item>'
+            b'</channel></rss>')
+    entries = parse_feed(body, url="https://n.example/f").entries
+    assert [e.link for e in entries] == ["http://n.example/1", "http://n.example/2"]
+
+
 def test_a_link_that_names_no_host_is_no_link() -> None:
     [entry] = parse_feed(rss([{"title": "T", "link": "http:xx//n.example/1", "guid": "1"}]),
                          url="https://n.example/f").entries

@@ -95,10 +95,13 @@ def _clip(text: str, most: int) -> str:
 
 
 def _absolute_http(link: str | None, base: str) -> str | None:
+    # No character a link can't show: urlsplit itself drops leading control characters
+    # and tabs and line breaks anywhere, and what it parses must be what is kept.
+    link = "".join(ch for ch in link or "" if ch.isprintable()).strip()
     if not link:
         return None
     try:
-        absolute = urljoin(base, link.strip())
+        absolute = urljoin(base, link)
         parts = urlsplit(absolute)
         port = parts.port  # raises ValueError for a port that is no number
     except ValueError:
