@@ -68,7 +68,8 @@ class Settings:
     fetch_concurrency: int = setting(10, "Feeds fetched at the same time.")
     fetch_allow_private: list[str] = setting(
         [], "Private networks (CIDR, e.g. 127.0.0.1/32) that URLs chosen by content may "
-        "reach: feed images being sized, links being checked, every feed's redirects. "
+        "reach: feed images being sized, links being checked, every feed's redirects, "
+        "feeds imported from a file. "
         "Empty: loopback, private, link-local, CGNAT, multicast and reserved addresses "
         "are refused (feed URLs added by hand are fetched as given).")
     image_size_timeout: float = setting(

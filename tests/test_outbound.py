@@ -238,6 +238,28 @@ def test_a_hand_added_feed_is_fetched_as_given_but_its_redirects_are_checked(
     assert elsewhere.seen == [("GET", "/feed.xml")]
 
 
+def test_a_feed_imported_from_a_file_is_checked_from_its_first_request(
+        ctx: Context, feed_server: FeedServer, elsewhere: FeedServer) -> None:
+    """An OPML file's addresses are content: the operator vouches for the file, not for
+    each of its outlines, so an outline aimed at this machine or the LAN is refused
+    before anything is sent, and ``fetch_allow_private`` opens it."""
+    from digest.services.feeds.collect import add_feeds
+    internal = elsewhere.url("/feed.xml")
+    typed = feed_server.add("/typed.xml", body=rss([item(1)]))
+    add_feeds(ctx.db, [(internal, "Reuters World")])
+    add_feed(ctx.db, typed, "Typed by hand")
+    report = {f.url: f for f in collect(ctx.db, ctx.settings).feeds}
+    assert report[internal].status == "error"
+    assert report[internal].error == (f"{internal} refused: 127.0.0.2 is a loopback "
+                                      f"address; {HINT}")
+    assert elsewhere.seen == []
+    assert report[typed].status == "ok"  # a feed typed by hand is fetched as given
+    allowed = ctx.settings.replace(fetch_allow_private=["127.0.0.2/32"])
+    again = {f.url: f for f in collect(ctx.db, allowed).feeds}
+    assert again[internal].status == "ok" and again[internal].new == 1
+    assert elsewhere.seen == [("GET", "/feed.xml")]
+
+
 def test_links_are_read_by_a_parser_with_their_references_decoded() -> None:
     html = ('<p><a class="x" href="https://n.example/a?b=1&amp;c=2">one</a> '
             "<A HREF='https://n.example/b'>two</A> <a href=\"#s1\">in page</a> "

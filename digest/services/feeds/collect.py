@@ -117,8 +117,8 @@ def _checked_url(url: str) -> str:
     return url
 
 
-def _new_feed(url: str, name: str | None) -> Feed:
-    return Feed(url=url, name=(name or urlsplit(url).netloc).strip()[:200])
+def _new_feed(url: str, name: str | None, *, checked: bool = False) -> Feed:
+    return Feed(url=url, name=(name or urlsplit(url).netloc).strip()[:200], checked=checked)
 
 
 def add_feed(db: Database, url: str, name: str | None = None) -> Feed:
@@ -141,9 +141,13 @@ class FeedsAdded:
 
 
 def add_feeds(db: Database, feeds: Iterable[tuple[str, str | None]]) -> FeedsAdded:
-    """Add many feeds (URL and name) in one transaction; a URL already added, or given
-    twice, is counted once in ``already`` and not added again. Every URL must be an
-    http(s) URL (the caller checks, to report each bad one where it came from)."""
+    """Add many feeds (URL and name) from a file in one transaction; a URL already added,
+    or given twice, is counted once in ``already`` and not added again. Every URL must be
+    an http(s) URL (the caller checks, to report each bad one where it came from).
+
+    The operator vouches for the file, not for each address in it: such feeds are
+    fetched with every hop checked against private addresses, the first one too
+    (``fetch_allow_private`` opens exceptions), as a link found in a feed is."""
     wanted = [(_checked_url(url), name) for url, name in feeds]
     done = FeedsAdded()
     with db.session() as session:
@@ -153,7 +157,7 @@ def add_feeds(db: Database, feeds: Iterable[tuple[str, str | None]]) -> FeedsAdd
                 done.already.append(url)
                 continue
             known.add(url)
-            feed = _new_feed(url, name)
+            feed = _new_feed(url, name, checked=True)
             session.add(feed)
             done.added.append((feed.url, feed.name))
     return done
@@ -590,7 +594,7 @@ def collect(db: Database, settings: Settings, *, now: datetime | None = None,
     """Fetch every feed and store new entries; a failing feed never stops the others."""
     now = now or utcnow()
     with db.session() as session:
-        requests = [FetchRequest(f.url, f.etag, f.last_modified)
+        requests = [FetchRequest(f.url, f.etag, f.last_modified, checked=f.checked)
                     for f in session.scalars(select(Feed).order_by(Feed.id))]
         # A list that looks further back than the settings still finds its entries.
         longest_lookback = session.scalar(select(func.max(MailingList.lookback_days))) or 0

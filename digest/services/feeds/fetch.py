@@ -29,6 +29,8 @@ class FetchRequest:
     url: str
     etag: str | None = None
     last_modified: str | None = None
+    # Its address came from content (an imported file): the first hop is checked too.
+    checked: bool = False
 
 
 @dataclass(frozen=True)
@@ -70,10 +72,13 @@ class _Clients:
     max_redirects: int
 
     @asynccontextmanager
-    async def get(self, url: str, headers: dict[str, str]) -> AsyncIterator[httpx.Response]:
-        """The answer to GET ``url`` at the end of its redirects, streamed."""
-        response = await self.given.send(self.given.build_request("GET", url, headers=headers),
-                                         stream=True)
+    async def get(self, url: str, headers: dict[str, str], *,
+                  checked: bool = False) -> AsyncIterator[httpx.Response]:
+        """The answer to GET ``url`` at the end of its redirects, streamed; with
+        ``checked``, its first hop is checked as its redirects are."""
+        first = self.guarded if checked else self.given
+        response = await first.send(first.build_request("GET", url, headers=headers),
+                                    stream=True, follow_redirects=False)
         try:
             hop = response.next_request
             if hop is not None:
@@ -96,7 +101,7 @@ async def _fetch_one(clients: _Clients, request: FetchRequest,
         headers["If-Modified-Since"] = request.last_modified
 
     async def run() -> FetchResult:
-        async with clients.get(request.url, headers) as response:
+        async with clients.get(request.url, headers, checked=request.checked) as response:
             if response.status_code == 304:
                 return FetchResult(request.url, FeedStatus.NOT_MODIFIED, etag=request.etag,
                                    last_modified=request.last_modified)
@@ -132,7 +137,8 @@ async def _fetch_one(clients: _Clients, request: FetchRequest,
         return FetchResult(request.url, FeedStatus.ERROR,
                            error=f"more than {limits.max_redirects} redirects (a loop?)")
     except outbound.Refused as e:
-        return FetchResult(request.url, FeedStatus.ERROR, error=f"redirect to {e.url} {e.reason}")
+        where = e.url if request.checked and e.url == request.url else f"redirect to {e.url}"
+        return FetchResult(request.url, FeedStatus.ERROR, error=f"{where} {e.reason}")
     except httpx.InvalidURL as e:
         return FetchResult(request.url, FeedStatus.ERROR, error=f"invalid URL: {e}")
     except httpx.HTTPError as e:

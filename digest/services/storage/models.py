@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     ForeignKey,
     Index,
     Integer,
@@ -18,6 +19,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     delete,
+    false,
     func,
     select,
 )
@@ -49,6 +51,9 @@ class Feed(Base):
     last_status: Mapped[str | None] = mapped_column(String(20))  # a FeedStatus
     last_error: Mapped[str | None] = mapped_column(Text)
     last_ok_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Its address came from a file (an OPML import), not from the operator's own hand: its
+    # first request is checked against private addresses as its redirects always are.
+    checked: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     # Fetches failed in a row, and when the first of them was (None while it works).
     failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     failing_since: Mapped[datetime | None] = mapped_column(UTCDateTime)
