@@ -157,6 +157,22 @@ def test_demo_never_deletes_what_it_did_not_write(runner: CliRunner, tmp_path: P
     assert sent_later.exists() and (tmp_path / FOLDER / "demo.db").exists()
 
 
+def test_an_edited_manifest_cannot_make_the_user_s_files_the_demos(
+        runner: CliRunner, tmp_path: Path) -> None:
+    """Only the database is recorded without a digest: a manifest that claims any other
+    file without one (copied with a folder, or edited) doesn't make it the demo's."""
+    import json
+    folder = tmp_path / FOLDER
+    folder.mkdir()
+    own = folder / "digest.toml"
+    own.write_text('secret_key = "mine"\n', encoding="utf-8")
+    (folder / ".digest-demo.json").write_text(json.dumps(
+        {"files": {"digest.toml": None, "preview.html": None}}), encoding="utf-8")
+    result = runner.invoke(cli, ["demo"])
+    assert result.exit_code == 1 and f"{FOLDER}/digest.toml is in the demo's way" in result.output
+    assert own.read_text(encoding="utf-8") == 'secret_key = "mine"\n'
+
+
 def test_the_web_app_on_the_demos_settings_shows_what_the_email_showed(
         runner: CliRunner, tmp_path: Path) -> None:
     demo(runner)

@@ -218,7 +218,11 @@ def _written_here(path: Path, directory: Path, recorded: dict[str, str | None]) 
         name = DATABASE  # SQLite's companions belong to the database
     if name not in recorded:
         return False
-    return recorded[name] is None or recorded[name] == _digest_of(path)
+    if name == DATABASE:  # the one file recorded without a digest
+        return True
+    # Anything else must match its digest: a manifest copied or edited by hand can't
+    # make the demo take a file of the user's for its own.
+    return recorded[name] is not None and recorded[name] == _digest_of(path)
 
 
 def shown_path(path: Path, cwd: Path) -> str:
