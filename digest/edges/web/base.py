@@ -16,6 +16,20 @@ from digest.edges.web.security import RateLimiter, current_editor
 from digest.services.storage.context import Context
 from subscribers.events import load_key
 
+# The largest row id or issue number a URL or form may name: both databases' 32-bit
+# integer. A bigger one names nothing (SQLite would refuse it with an error, not a miss).
+MAX_ROW_NUMBER = 2**31 - 1
+
+
+def row_number(text: object) -> int | None:
+    """A row id or issue number written in a URL or form, or None when it is none (not
+    only ASCII digits, or too big to be one)."""
+    value = str(text)
+    if not (value.isascii() and value.isdigit()) or len(value) > 10:
+        return None
+    number = int(value)
+    return number if number <= MAX_ROW_NUMBER else None
+
 
 def page_csp(images: str = "'self' data:") -> str:
     """The Content-Security-Policy of a page, whose images may come from ``images``."""

@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from digest.core.words import counted
-from digest.edges.web.base import WebApp, web_of
+from digest.edges.web.base import WebApp, row_number, web_of
 from digest.edges.web.security import (
     client_address,
     csrf_ok,
@@ -70,7 +70,7 @@ def _wait_text(seconds: float) -> str:
 
 
 def _ints(form: FormData, name: str) -> list[int]:
-    return [int(str(v)) for v in form.getlist(name) if str(v).isdigit()]
+    return [n for v in form.getlist(name) if (n := row_number(v)) is not None]
 
 
 def _list_name(request: Request) -> str:
@@ -244,8 +244,8 @@ async def edit(request: Request) -> Response:
     name, editor = _list_name(request), current_editor(request) or ""
     moves = {}
     for key, value in form.multi_items():
-        if key.startswith("move-") and key[5:].isdigit() and str(value):
-            moves[int(key[5:])] = str(value)
+        if key.startswith("move-") and (entry := row_number(key[5:])) is not None and str(value):
+            moves[entry] = str(value)
     # Position i shows the section chosen in the i-th select (first choice wins).
     order = list(dict.fromkeys(str(v) for v in form.getlist("order")))
     changed = await run_in_threadpool(lambda: save_edit(

@@ -24,7 +24,7 @@ from digest.core.atom import ATOM_MEDIA_TYPE, AtomEntry, AtomFeed, atom_feed
 from digest.core.grouping import KeywordNames
 from digest.core.tokens import InvalidToken
 from digest.core.words import counted
-from digest.edges.web.base import WebApp, page_csp, web_of
+from digest.edges.web.base import WebApp, page_csp, row_number, web_of
 from digest.edges.web.security import client_address, csrf_ok, csrf_token
 from digest.errors import DeliveryError, DigestError, InvalidInputError, NotFoundError
 from digest.services.building.drafts import keyword_config
@@ -203,10 +203,11 @@ async def archive_list(request: Request) -> Response:
     of them at a time (``?before=N``: those numbered below N)."""
     web = web_of(request)
     before = request.query_params.get("before")
-    if before is not None and not before.isdecimal():
+    below = None if before is None else row_number(before)
+    if before is not None and below is None:
         return web.not_found(request)
     page = await run_in_threadpool(archive_page, web.ctx, request.path_params["list"],
-                                   before=int(before) if before else None)
+                                   before=below)
     if page is None:
         return web.not_found(request)
     return web.page(request, "web/archive_list.html", {"page": page, "paged": bool(before)})
@@ -215,8 +216,9 @@ async def archive_list(request: Request) -> Response:
 async def archive_issue(request: Request) -> Response:
     """A sent issue as a web page: its sections and recaps, and a way to subscribe."""
     web = web_of(request)
-    found = await run_in_threadpool(archived_issue, web.ctx, request.path_params["list"],
-                                    request.path_params["number"])
+    number = row_number(request.path_params["number"])
+    found = None if number is None else await run_in_threadpool(
+        archived_issue, web.ctx, request.path_params["list"], number)
     if found is None:
         return web.not_found(request)
     page, earlier, later = found
