@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from digest.errors import ConfigError
 
@@ -454,3 +455,9 @@ def settings_toml(values: Mapping[str, Any], *, comment: str = "") -> str:
         lines += ["", f"[{_toml_key(name)}]"]
         lines += [f"{_toml_key(str(k))} = {_toml_value(v)}" for k, v in table.items()]
     return "\n".join(lines) + "\n"
+
+
+def sqlite_url(path: Path) -> str:
+    """The SQLAlchemy URL of the SQLite file at ``path``, made absolute; a "?" or "%" in
+    the path is quoted, so the URL names that file and no other."""
+    return "sqlite:///" + quote(str(path.expanduser().absolute()), safe="/")

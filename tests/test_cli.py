@@ -379,6 +379,11 @@ def test_db_names_the_database_over_the_environment_and_the_file(
     both = runner.invoke(cli, ["--db", "a.db", "--set", "database_url=sqlite:///b.db",
                                "lists", "list"])
     assert both.exit_code == 2 and "give one of them" in both.output
+    # A path that looks like a URL's query or escapes names that file and no other.
+    odd = "odd?mode=ro%2F.db"
+    assert runner.invoke(cli, ["--db", odd, "lists", "create", "--list", "odd"]).exit_code == 0
+    assert (tmp_path / odd).exists() and not (tmp_path / "odd").exists()
+    assert "odd" in runner.invoke(cli, ["--db", odd, "lists", "list"]).output
 
 
 def test_a_list_looks_back_as_far_as_it_says(runner: CliRunner,

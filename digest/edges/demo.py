@@ -38,7 +38,7 @@ from digest.services.storage.context import Context
 from digest.services.storage.db import utcnow
 from digest.services.storage.files import open_private, private_folder
 from digest.services.storage.models import DeliveryStatus
-from digest.settings import DEFAULT_CONFIG_NAME, load_settings, settings_toml
+from digest.settings import DEFAULT_CONFIG_NAME, load_settings, settings_toml, sqlite_url
 from subscribers.lists import create_list, edit_list
 from subscribers.subscriptions import add_subscriber, remove_subscriber
 
@@ -176,7 +176,7 @@ DEMO_SETTINGS: dict[str, Any] = {
 def demo_settings(directory: Path) -> dict[str, Any]:
     """The settings the demo writes for ``directory``: paths in it are absolute, so that
     ``--config DIRECTORY/digest.toml`` works from any folder."""
-    return {"database_url": f"sqlite:///{directory / DATABASE}",
+    return {"database_url": sqlite_url(directory / DATABASE),
             "outbox_dir": str(directory / "outbox"), **DEMO_SETTINGS}
 
 

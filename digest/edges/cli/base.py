@@ -21,7 +21,7 @@ from rich.console import Console
 
 from digest import __version__
 from digest.errors import DigestError
-from digest.settings import LoadedSettings, load_settings
+from digest.settings import LoadedSettings, load_settings, sqlite_url
 
 # Only what `digest --help` needs is imported here; each command imports the modules it
 # uses (SQLAlchemy, httpx, feedparser, premailer, sendgrid…), so every command starts fast.
@@ -197,11 +197,6 @@ def cli(click_ctx: click.Context, config_path: str | None, overrides: tuple[str,
 def list_option(help: str, *, required: bool = True) -> Callable[[F], F]:
     """The `--list NAME` option: every command that works on one list names it so."""
     return click.option("--list", "list_name", required=required, metavar="NAME", help=help)
-
-
-def sqlite_url(path: Path) -> str:
-    """The SQLAlchemy URL of the SQLite file at ``path``, made absolute."""
-    return f"sqlite:///{path.expanduser().absolute()}"
 
 
 def state() -> State:
