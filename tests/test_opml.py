@@ -68,6 +68,7 @@ def test_an_export_round_trips_through_import(runner: CliRunner, tmp_path: Path)
     assert exported.startswith("<?xml version='1.0' encoding='UTF-8'?>\n<opml version=\"2.0\">")
     written = run(runner, "feeds", "export", "--out", "out.opml")
     assert "Wrote 3 feeds to out.opml." in written
+    assert (tmp_path / "out.opml").stat().st_mode & 0o777 == 0o600  # URLs may hold keys
     assert (tmp_path / "out.opml").read_text(encoding="utf-8").split("<dateCreated>")[0] == \
         exported.split("<dateCreated>")[0]
     assert "Read 3 feeds from out.opml: 0 added, 3 already there." in run(
@@ -82,6 +83,11 @@ def test_an_export_round_trips_through_import(runner: CliRunner, tmp_path: Path)
         cli, ["--db", "one.db", "feeds", "export"]).stdout_bytes)
     assert "Read 1 feed from one.opml: 0 added, 1 already there." in run(
         runner, "--db", "one.db", "feeds", "import", "one.opml")
+    # A name from someone's file is printed as written, never read as markup.
+    run(runner, "--db", "one.db", "feeds", "add", "https://two.example/", "--name",
+        "Reuters [/] [bold red]FAKE[/]")
+    removed = run(runner, "--db", "one.db", "feeds", "remove", "https://two.example/")
+    assert "Removed feed Reuters [/] [bold red]FAKE[/] (https://two.example/)." in removed
 
 
 def test_a_hostile_or_broken_file_is_refused_whole(runner: CliRunner, tmp_path: Path) -> None:

@@ -185,7 +185,9 @@ def feeds_export(out_path: Path | None) -> None:
         sys.stdout.buffer.write(document)
         sys.stdout.flush()
         return
-    out_path.write_bytes(document)
+    from digest.services.storage.files import open_private
+    with open_private(out_path, "wb") as file:  # feed URLs may carry their readers' keys
+        file.write(document)
     err.print(f"Wrote {counted(len(rows), 'feed')} to {out_path}.", markup=False)
 
 
@@ -220,7 +222,7 @@ def feeds_remove(feed: str) -> None:
     """Remove a feed (by id, URL or name); its collected entries stay."""
     from digest.services.feeds.collect import remove_feed
     removed = remove_feed(state().ctx.db, feed)
-    out.print(f"Removed feed {removed.name} ({removed.url}).")
+    out.print(f"Removed feed {removed.name} ({removed.url}).", markup=False)
 
 
 def print_collect(report: CollectReport) -> None:
