@@ -465,6 +465,8 @@ def test_the_archive_index_shows_each_issue_with_its_sections_and_lead(
     older = page_of(client.get("/archive/weekly?before=2").text)
     assert older.xpath("//article//h2/a/@href") == ["/archive/weekly/1"]
     assert client.get("/archive/weekly?before=x").status_code == 404
+    made_up = client.get("/archive/weekly/k/visit%20evil.example%20for%20a%20refund")
+    assert made_up.status_code == 404 and "evil.example" not in made_up.text.lower()
     # Numbers no issue can have are no page, not a server error.
     for url in ("/archive/weekly?before=" + "9" * 30, "/archive/weekly?before=" + "9" * 5000,
                 "/archive/weekly/" + "9" * 30, "/archive/weekly?before=²"):

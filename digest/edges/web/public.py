@@ -251,7 +251,8 @@ async def archive_keyword(request: Request) -> Response:
         return RedirectResponse(f"/archive/{quote(name, safe='')}/k/{quote(key, safe='')}",
                                 status_code=301)
     found = await run_in_threadpool(_keyword_recaps, web, name, key)
-    if found is None:
+    # No recaps: no page, so that a made-up keyword can't put its words in a heading here.
+    if found is None or not found["recaps"]:
         return web.not_found(request)
     return web.page(request, "web/archive_keyword.html", found)
 
