@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from digest.edges.cli import cli
@@ -416,3 +417,15 @@ def test_a_list_looks_back_as_far_as_it_says(runner: CliRunner,
     assert "1 entry in" in ok(runner, "preview", "--list", "monthly", "--out", "m.html")
     wrong = runner.invoke(cli, ["lists", "edit", "--list", "weekly", "--lookback-days", "-1"])
     assert wrong.exit_code == 2 and "0<=x<=3650" in wrong.output
+
+
+def test_a_table_shows_control_and_invisible_characters_as_escapes(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A cell holding others' text (a keyword in a subject, a feed's error) can't move
+    the cursor, clear the screen or reverse the line it is printed on."""
+    from digest.edges.cli.output import Column, RowFormat, print_rows
+    subject = "The Weekly Recap: Iran\u202e, \x1b[2Jcleared\u200b"
+    print_rows([Column("subject")], [{"subject": subject}], RowFormat.TABLE)
+    shown = capsys.readouterr().out
+    assert "\x1b" not in shown and "\u202e" not in shown and "\u200b" not in shown
+    assert "Iran\\u202e, \\x1b[2Jcleared\\u200b" in shown

@@ -130,6 +130,15 @@ def print_rows(columns: Sequence[Column], rows: Iterable[Mapping[str, Any]],
         return
     table = Table(*(c.title for c in columns))
     for row in rows:
-        # Text, not markup: a cell may hold a feed's own text.
-        table.add_row(*(Text(c.show(row.get(c.key))) for c in columns))
+        # Text, not markup: a cell may hold a feed's own text, whose invisible or
+        # control characters are shown as escapes rather than sent to the terminal.
+        table.add_row(*(Text(visible(c.show(row.get(c.key)))) for c in columns))
     print_table(table)
+
+
+def visible(text: str) -> str:
+    """``text`` with each character a terminal would act on or hide (escape sequences,
+    bidirectional overrides, zero-width marks) written as its escape, e.g. ``\\u202e``."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
