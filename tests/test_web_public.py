@@ -539,8 +539,11 @@ def test_issues_stored_before_the_archive_read_them_still_show(desk: Context) ->
 
 def test_a_keyword_page_lists_the_recaps_a_rule_put_under_it(
         any_ctx: Context, feed_server: FeedServer, locmem: type[LocmemTransport]) -> None:
-    ctx = Context(any_ctx.settings.replace(transport="locmem",
-                                           keyword_rules={"Israel": ["Golan"]}), any_ctx.db)
+    # Two rules match the untagged recap: it is under both keywords in the email, so it
+    # is on both keyword pages, though it was placed in one section only.
+    ctx = Context(any_ctx.settings.replace(
+        transport="locmem", keyword_rules={"Israel": ["Golan"], "Lebanon": ["Golan"]}),
+        any_ctx.db)
     golan = dict(recap(1, tags=[]), title="Recap: A Quiet Week on the Golan")
     tagged = dict(recap(2, tags=["Israel"]), title="Recap: The Coalition Survives")
     add_feed(ctx.db, feed_server.add("/feed.xml", body=rss([golan, tagged])), "Desk")
@@ -551,3 +554,5 @@ def test_a_keyword_page_lists_the_recaps_a_rule_put_under_it(
     page = client_for(ctx).get("/archive/weekly/k/israel")
     assert page.status_code == 200
     assert "A Quiet Week on the Golan" in page.text and "The Coalition Survives" in page.text
+    lebanon = client_for(ctx).get("/archive/weekly/k/lebanon")
+    assert lebanon.status_code == 200 and "A Quiet Week on the Golan" in lebanon.text

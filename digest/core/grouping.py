@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -212,6 +212,12 @@ class _Keywords:
             if key and any(p.search(text) for p in patterns) and key not in keys:
                 keys.append(key)
         return keys
+
+
+def key_finder(config: KeywordConfig) -> Callable[[Item], list[str]]:
+    """The section keys an entry goes under, as grouping finds them: its tags after
+    aliases, else the keywords whose rules its title or summary match."""
+    return _Keywords(config).keys_of
 
 
 def canonical_keys(keywords: Iterable[str], config: KeywordConfig) -> frozenset[str]:

@@ -21,13 +21,13 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from digest.core.atom import ATOM_MEDIA_TYPE, AtomEntry, AtomFeed, atom_feed
-from digest.core.grouping import KeywordNames
+from digest.core.grouping import KeywordNames, key_finder
 from digest.core.tokens import InvalidToken
 from digest.core.words import counted
 from digest.edges.web.base import WebApp, page_csp, row_number, web_of
 from digest.edges.web.security import client_address, csrf_ok, csrf_token
 from digest.errors import DeliveryError, DigestError, InvalidInputError, NotFoundError
-from digest.services.building.drafts import keyword_config
+from digest.services.building.drafts import item_of, keyword_config
 from digest.services.delivery.archive import ArchivePage, archive_page, archived_issue
 from digest.services.storage.models import Entry, Issue, IssueEntry, IssueStatus
 from digest.services.storage.states import SubscriptionStatus
@@ -334,9 +334,9 @@ def _keyword_recaps(web: WebApp, name: str, wanted: str) -> dict[str, Any] | Non
     """The recaps of a list's sent issues under a keyword's key (its aliases included),
     newest first, for /archive/LIST/k/KEY, and the keyword's one name: an entry is
     there if it carries the keyword or was placed in its section (an editor rule, an
-    editor's move)."""
+    editor's move); an untagged one, if a rule puts it there, as in the email."""
     config = keyword_config(web.ctx)
-    names = KeywordNames(config)
+    names, keys_of = KeywordNames(config), key_finder(config)
     with web.ctx.db.session() as session:
         try:
             mailing_list = get_list(session, name)
@@ -352,8 +352,7 @@ def _keyword_recaps(web: WebApp, name: str, wanted: str) -> dict[str, Any] | Non
         for entry, section, number in rows:
             # The section is stored by its title; the untagged one is no keyword's.
             placed_here = section != config.untagged_title and names.key(section) == wanted
-            if entry.id in seen or not (placed_here or any(
-                    names.key(tag) == wanted for tag in entry.keywords or [])):
+            if entry.id in seen or not (placed_here or wanted in keys_of(item_of(entry, None))):
                 continue
             seen.add(entry.id)
             for tag in entry.keywords or []:
