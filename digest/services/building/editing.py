@@ -108,9 +108,15 @@ def segments(ctx: Context, list_name: str) -> list[Segment]:
                    Subscription.status == SubscriptionStatus.ACTIVE)
             .group_by(Subscription.segment).order_by(func.count().desc()).limit(50)).all()
     names = keyword_names(ctx.db, keyword_config(ctx), list_id=list_id)
-    return [Segment(segment, ", ".join(sorted((k.name for k in names.unique(segment.split(";"))),
-                                              key=str.casefold)), n)
-            for segment, n in rows]
+    # Readers who typed one keyword two ways (an alias, another script) share a rendering,
+    # as plan_segments gives them one: one row, under the keys after aliases.
+    merged: dict[str, int] = {}
+    for segment, n in rows:
+        key = ";".join(sorted({k for part in segment.split(";") if (k := names.key(part))}))
+        merged[key] = merged.get(key, 0) + n
+    return [Segment(key, ", ".join(sorted((k.name for k in names.unique(key.split(";"))),
+                                          key=str.casefold)), n)
+            for key, n in sorted(merged.items(), key=lambda kv: -kv[1])]
 
 
 def _edit_row(ctx: Context, list_name: str) -> tuple[int, int]:
