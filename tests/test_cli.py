@@ -69,6 +69,7 @@ def test_errors_are_clear_and_name_the_thing(runner: CliRunner) -> None:
     result = runner.invoke(cli, ["send", "--list", "nope"])
     assert result.exit_code == 1 and "no list named 'nope'" in result.output
     assert "Traceback" not in result.output
+    assert "Collected" not in result.output  # said before any feed is fetched
     result = runner.invoke(cli, ["feeds", "add", "ftp://x.example/feed"])
     assert result.exit_code == 1 and "not an http(s) URL" in result.output
     ok(runner, "lists", "create", "--list", "weekly")

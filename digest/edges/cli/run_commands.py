@@ -244,9 +244,14 @@ def print_collect(report: CollectReport) -> None:
             err.print(f"  [yellow]warning[/yellow] {escape(f.url)}: {escape(f.warning)}")
 
 
-def collect_first(ctx: Context) -> CollectReport:
+def collect_first(ctx: Context, list_name: str | None = None) -> CollectReport:
     """Collect every feed and say how it went: what `collect` does, and what `send` and
-    `preview` do first unless told `--no-collect`."""
+    `preview` do first unless told `--no-collect` (for ``list_name``, which must exist:
+    a mistyped list is said before anything is fetched)."""
+    if list_name is not None:
+        from subscribers.lists import get_list
+        with ctx.db.session() as session:
+            get_list(session, list_name)
     report = _collect_with_progress(ctx)
     print_collect(report)
     return report
@@ -335,10 +340,11 @@ def preview_cmd(list_name: str, out_path: Path, text_path: Path | None,
     from digest.services.building.drafts import draft_issue
     from subscribers.lists import get_list
     ctx = state().ctx
-    with ctx.db.session() as session:
-        get_list(session, list_name)  # no such list: say so before fetching anything
-    if not no_collect:
-        collect_first(ctx)
+    if no_collect:
+        with ctx.db.session() as session:
+            get_list(session, list_name)
+    else:
+        collect_first(ctx, list_name)
     draft = draft_issue(ctx, list_name)
     if draft is None:
         out.print(f"Nothing new for list {list_name!r}: no issue to preview"
@@ -476,7 +482,7 @@ def _send(list_name: str, no_collect: bool, yes: bool, resend_uncertain: bool,  
         return go
 
     if not no_collect and not worker:
-        collect_first(ctx)
+        collect_first(ctx, list_name)
     with progress_bar(f"Sending {list_name}", enabled=interactive) as update, \
             _stop_on_sigterm(stop):
 
