@@ -140,6 +140,8 @@ def test_the_change_endpoint_refuses_bad_bodies_and_missing_tokens(desk: Context
     client.post("/login", data={"csrf": csrf[1], "name": "amal",
                                 "password": "a long enough password"})
     page = client.get("/editor/lists/weekly").text
+    # The desk has one reader: the page counts in words as the CLI does.
+    assert "1 active subscriber ·" in page and "Send now to 1 subscriber<" in page
     token = re.search(r'data-csrf="([^"]+)"', page)
     version = re.search(r'data-version="(\d+)"', page)
     assert token and version

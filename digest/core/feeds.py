@@ -21,6 +21,7 @@ from digest.core.sanitize import (
     parse_fragment,
     summarize_parsed,
 )
+from digest.core.words import counted
 from digest.errors import FeedError
 
 TRACKING_PARAMS = ("utm_", "fbclid", "gclid", "mc_cid", "mc_eid")
@@ -306,5 +307,6 @@ def parse_feed(body: bytes, *, url: str, headers: Mapping[str, str] | None = Non
             entries.append(entry)
     feed = parsed.get("feed") or {}
     title = _plain(feed.get("title"), feed.get("title_detail"), guess=guess) or None
-    warning = f"malformed feed, kept {len(entries)} entries: {problem}" if problem else None
+    warning = (f"malformed feed, kept {counted(len(entries), 'entry', 'entries')}: {problem}"
+               if problem else None)
     return ParsedFeed(title=title, entries=entries, warning=warning, untitled=untitled)

@@ -328,17 +328,17 @@ async def send_now(request: Request) -> Response:
         audience = audience_size(ctx, list_id)
         if str(form.get("confirm_list", "")) != name or \
                 str(form.get("audience", "")) != str(audience):
-            return (f"Not sent: confirm sending to {name} ({audience} active "
-                    "subscribers) again; the numbers changed.")
+            return (f"Not sent: confirm sending to {name} "
+                    f"({counted(audience, 'active subscriber')}) again; the numbers changed.")
         # A run the scheduler (or, while none leads, this app's worker) claims and
         # carries out; while it waits or runs, asking again is the same run.
         _, asked = request_run(ctx, name, editor)
         if not asked:
             return (f"A send of {name} is already requested or running; its state is "
                     "under Send now.")
-        audit(ctx.db, editor, "send now", f"to {audience} subscribers", list_id)
-        return (f"Sending to {audience} subscribers of {name}: requested; its state is "
-                "under Send now.")
+        audit(ctx.db, editor, "send now", f"to {counted(audience, 'subscriber')}", list_id)
+        return (f"Sending to {counted(audience, 'subscriber')} of {name}: requested; its "
+                "state is under Send now.")
 
     notice = await run_in_threadpool(start)
     request.app.state.runs.nudge()
