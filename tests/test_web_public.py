@@ -556,3 +556,18 @@ def test_a_keyword_page_lists_the_recaps_a_rule_put_under_it(
     assert "A Quiet Week on the Golan" in page.text and "The Coalition Survives" in page.text
     lebanon = client_for(ctx).get("/archive/weekly/k/lebanon")
     assert lebanon.status_code == 200 and "A Quiet Week on the Golan" in lebanon.text
+
+
+
+def test_a_keyword_with_a_slash_has_its_page(
+        any_ctx: Context, feed_server: FeedServer, locmem: type[LocmemTransport]) -> None:
+    ctx = Context(any_ctx.settings.replace(transport="locmem"), any_ctx.db)
+    both = dict(recap(1, tags=["Israel/Palestine"]), title="Recap: Talks Resume")
+    add_feed(ctx.db, feed_server.add("/feed.xml", body=rss([both])), "Desk")
+    create_list(ctx.db, "weekly", "The Weekly Recap")
+    add_subscriber(ctx.db, "weekly", "alice@example.org")
+    [message] = send(ctx).values()
+    html = str(message.get_body(("html",)).get_content())  # type: ignore[union-attr]
+    [link] = {u for u in re.findall(r'href="([^"]+/k/[^"]+)"', html)}
+    page = client_for(ctx).get(link.removeprefix(ctx.settings.base_url.rstrip("/")))
+    assert page.status_code == 200 and "Recap: Talks Resume" in page.text

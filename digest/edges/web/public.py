@@ -299,7 +299,7 @@ ROUTES = (
     Route("/archive/{list}", archive_list, methods=["GET"]),
     Route("/archive/{list}/{number:int}", archive_issue, methods=["GET"]),
     Route("/archive/{list}/feed.atom", archive_feed, methods=["GET"]),
-    Route("/archive/{list}/k/{keyword}", archive_keyword, methods=["GET"]),
+    Route("/archive/{list}/k/{keyword:path}", archive_keyword, methods=["GET"]),
     Route("/webhooks/sendgrid", sendgrid_webhook, methods=["POST"]),
 )
 
