@@ -336,6 +336,8 @@ def test_every_listing_prints_json_and_csv(runner: CliRunner, feed_server: FeedS
     # A feed's name a spreadsheet would run is quoted, as in a subscribers export.
     [_, cells] = list(csv.reader(io.StringIO(ok(runner, "feeds", "list", "--csv"))))
     assert cells[1] == "'=HYPERLINK(\"https://evil.example\")"
+    # Where the table shows "-" for nothing skipped, the CSV cell is empty, not "'-".
+    assert "'-" not in cells and "-" not in cells
     assert "'Iran; Syria'" not in ok(runner, "subscribers", "list", "--list", "weekly", "--csv")
     # Empty listings are still read by a script.
     ok(runner, "lists", "create", "--list", "empty")

@@ -55,6 +55,9 @@ class Column:
     key: str
     heading: str = ""
     show: Callable[[Any], str] = _plain
+    # What the table shows for a value whose text is empty ("-", "never fetched"); CSV
+    # and JSON leave such a cell empty, as scripts expect.
+    placeholder: str = ""
 
     @property
     def title(self) -> str:
@@ -132,7 +135,8 @@ def print_rows(columns: Sequence[Column], rows: Iterable[Mapping[str, Any]],
     for row in rows:
         # Text, not markup: a cell may hold a feed's own text, whose invisible or
         # control characters are shown as escapes rather than sent to the terminal.
-        table.add_row(*(Text(visible(c.show(row.get(c.key)))) for c in columns))
+        table.add_row(*(Text(visible(c.show(row.get(c.key)) or c.placeholder))
+                        for c in columns))
     print_table(table)
 
 

@@ -200,12 +200,12 @@ def feeds_list(row_format: RowFormat) -> None:
     from digest.services.storage.models import describe_skips
     columns = [Column("id"), Column("name"), Column("url"),
                Column("last_fetched_at", "last fetch (UTC)",
-                      lambda when: f"{when:%Y-%m-%d %H:%M}" if when else "-"),
-               Column("status", show=lambda status: status or "never fetched"),
+                      lambda when: f"{when:%Y-%m-%d %H:%M}" if when else "", "-"),
+               Column("status", placeholder="never fetched"),
                Column("error", show=lambda error: error or ""),
                Column("entries"),
                Column("skipped_by_last_read", "skipped by the last read",
-                      lambda skipped: describe_skips(skipped) or "-")]
+                      describe_skips, "-")]
     print_rows(columns, ({"id": f.id, "name": f.name, "url": f.url,
                           "last_fetched_at": f.last_fetched_at, "status": f.last_status,
                           "error": f.last_error, "entries": f.entry_count,
@@ -835,7 +835,7 @@ def subscribers_list(list_name: str, status: str | None, row_format: RowFormat) 
     from subscribers.subscriptions import list_subscriptions
     rows = list_subscriptions(state().ctx.db, list_name, status)
     columns = [Column("email"), Column("name"), Column("status"),
-               Column("keywords", show=lambda keywords: "; ".join(keywords) or "all"),
+               Column("keywords", placeholder="all"),
                Column("since", "since (UTC)", lambda when: f"{when:%Y-%m-%d}")]
     print_rows(columns, ({"email": r.email, "name": r.name, "status": r.status,
                           "keywords": list(r.keywords), "since": r.created_at} for r in rows),
