@@ -245,10 +245,10 @@ def clear_folder(directory: Path, *, cwd: Path) -> None:
         more = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
         raise InvalidInputError(
             f"{shown_path(foreign[0], cwd)}{more} is in the demo's way: the demo did not "
-            "write it, or it changed since. The demo deletes nothing it did not write; "
-            "nothing was changed",
-            hint="move it away, or run the demo in another folder: digest demo --dir "
-                 "OTHER-FOLDER")
+            "write it (its desk may have, after it), or it changed since. The demo deletes "
+            "nothing it did not write; nothing was changed",
+            hint="move it away (or delete the demo's folder, if nothing in it is yours to "
+                 "keep), or run the demo in another folder: digest demo --dir OTHER-FOLDER")
     for path in found:
         path.unlink()
     for name in OWN_FOLDERS:
