@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 from lxml import etree
 
+from digest.core.sanitize import xml_safe
 from digest.errors import InvalidInputError
 
 # Categories refused in a feed's address: controls, format characters (bidirectional
@@ -102,12 +103,6 @@ def read_opml(data: bytes, *, source: str = "the OPML file") -> OpmlFeeds:
     return found
 
 
-def _xml_text(text: str) -> str:
-    """``text`` without the characters XML 1.0 cannot hold (C0 controls, surrogates)."""
-    return "".join(c for c in text if c in "\t\n\r" or (
-        c >= " " and not "\ud800" <= c <= "\udfff" and c not in "\ufffe\uffff"))
-
-
 def write_opml(feeds: Iterable[tuple[str, str]], *, title: str, created: datetime) -> bytes:
     """An OPML 2.0 document of ``feeds`` (address and name), as feed readers import."""
     root = etree.Element("opml", version="2.0")
@@ -116,8 +111,8 @@ def write_opml(feeds: Iterable[tuple[str, str]], *, title: str, created: datetim
     etree.SubElement(head, "dateCreated").text = format_datetime(created)
     body = etree.SubElement(root, "body")
     for url, name in feeds:
-        shown = _xml_text(name)
+        shown = xml_safe(name)
         etree.SubElement(body, "outline", type="rss", text=shown, title=shown,
-                         xmlUrl=_xml_text(url))
+                         xmlUrl=xml_safe(url))
     return bytes(etree.tostring(root, xml_declaration=True, encoding="UTF-8",
                                 pretty_print=True))
