@@ -226,12 +226,6 @@ def canonical_keys(keywords: Iterable[str], config: KeywordConfig) -> frozenset[
     return frozenset(key for k in keywords if (key := _canonical(k, aliases)))
 
 
-def keys_carried(items: Iterable[Item], config: KeywordConfig) -> frozenset[str]:
-    """Every section key some entry carries (tags, aliases and editor rules applied),
-    whether or not the full issue gives it a section of its own."""
-    return Grouping.of(items, config).keys_carried
-
-
 @dataclass(frozen=True)
 class Grouping:
     """Entries with their resolved keywords: resolved once (tags, aliases, editor rules),
